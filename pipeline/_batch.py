@@ -1,0 +1,254 @@
+"""Run a batch: build each slide's graph on the cluster and collect one result per slide.
+
+The client only submits tasks and collects small results. Each slide is planned first (tissue
+and tile grid on a worker); when its plan arrives the rest of its graph is submitted: tiling
+tasks → encoding tasks (on GPU workers when there are any) → one MIL task → one reduce task.
+A slide whose task fails ends as a failed result; the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, Future, as_completed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cluster import ClusterSettings, connect, gpu_workers
+from pipeline._discover import SlideEntry, assign_ids, expand
+from pipeline._store import PARTIAL, fresh_work_dir, publish
+from pipeline._tasks import (
+    SlideJob,
+    SlidePlan,
+    encode_block,
+    mil_slide,
+    plan_slide,
+    reduce_slide,
+    tile_block,
+    write_result,
+)
+from pipeline.errors import InvalidInputError, NoTissueError, one_line
+from schemas import (
+    ModelManifest,
+    Provenance,
+    RunSpec,
+    SlideResult,
+    TilingSpec,
+    slidemill_version,
+)
+from workers import ModelPlugin, manifest_sha256, read_manifest
+
+log = logging.getLogger(__name__)
+
+GPU = "GPU"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """The outcome of a batch."""
+
+    results: tuple[SlideResult, ...]
+    """One per slide, in the order given."""
+    results_csv: Path
+    """Where the table was written."""
+    dashboard: str | None
+    """The Dask dashboard used."""
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r.status == "failed" for r in self.results)
+
+
+def tiling_for(manifest: ModelManifest, spec: RunSpec) -> TilingSpec:
+    """The model fixes resolution and tile size; the run chooses overlap and tissue filter."""
+    return TilingSpec(
+        mpp=manifest.input_mpp,
+        tile_px=manifest.tile_px,
+        overlap_px=spec.overlap_px,
+        tissue_method=spec.tissue_method,
+        min_tissue_fraction=spec.min_tissue_fraction,
+    )
+
+
+def run_batch(
+    spec: RunSpec, on_dashboard: Callable[[str], None] | None = None
+) -> BatchReport:
+    """Run every slide of `spec` and write `results.csv`; never raises for one slide's error."""
+    manifest = read_manifest(spec.model)
+    model_sha = manifest_sha256(manifest)
+    tiling = tiling_for(manifest, spec)
+    entries = assign_ids(expand(spec.slides))
+    if not entries:
+        raise InvalidInputError(f"no slide files found in {', '.join(map(str, spec.slides))}")
+    out = spec.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        SlideJob(
+            slide_id=e.slide_id,
+            path=str(e.path),
+            out=str(out),
+            tiling=tiling,
+            fallback_mpp=spec.fallback_mpp,
+            tiles_per_task=spec.tiles_per_task,
+            model_bundle=str(spec.model.absolute()),
+            model_sha256=model_sha,
+            class_names=manifest.class_names,
+            feature_dim=manifest.feature_dim,
+            batch_size=spec.batch_size,
+        )
+        for e in entries
+    ]
+    settings = ClusterSettings(scheduler=spec.scheduler, n_workers=spec.n_workers)
+    with connect(settings) as client:
+        dashboard = client.dashboard_link
+        if on_dashboard is not None:
+            on_dashboard(dashboard)
+        results = _run_on(client, jobs, spec.show_progress)
+    by_id = {r.slide_id: r for r in results}
+    ordered = tuple(by_id[e.slide_id] for e in entries)
+    csv_path = write_results_csv(out, ordered, manifest.class_names)
+    _remove_if_empty(out / PARTIAL)
+    return BatchReport(ordered, csv_path, dashboard)
+
+
+def _run_on(client: Client, jobs: list[SlideJob], show_progress: bool) -> list[SlideResult]:
+    token = uuid.uuid4().hex[:8]
+    job0 = jobs[0]
+    gpus = gpu_workers(client)
+    inference_resources = {GPU: 1} if gpus else None
+    client.register_plugin(
+        ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None)
+    )
+
+    def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:
+        return client.submit(fn, *args, key=f"{key}-{token}", priority=priority, pure=False, **kw)
+
+    pending: dict[Future, tuple[str, SlideJob]] = {}
+    slide_futures: dict[str, list[Future]] = {}
+    results: list[SlideResult] = []
+    for i, job in enumerate(jobs):
+        # earlier slides first, so results arrive steadily rather than all at the end
+        fut = submit(plan_slide, job, key=f"plan-{job.slide_id}", priority=len(jobs) - i)
+        pending[fut] = ("plan", job)
+        slide_futures[job.slide_id] = [fut]
+    priority_of = {job.slide_id: len(jobs) - i for i, job in enumerate(jobs)}
+
+    progress = Progress(
+        TextColumn("[bold]slides"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    )
+    with progress:
+        bar = progress.add_task("slides", total=len(jobs), failed=0)
+        failed = 0
+        queue = as_completed(list(pending))
+        for fut in queue:
+            stage, job = pending.pop(fut)
+            try:
+                value = fut.result()
+            except Exception as err:
+                result = _failure(job, err)
+                client.cancel(slide_futures.pop(job.slide_id, []))
+                _record_failure(job, result)
+            else:
+                if stage == "plan":
+                    graph = _submit_slide(
+                        submit, value, priority_of[job.slide_id], inference_resources
+                    )
+                    slide_futures[job.slide_id] = graph
+                    reduce_fut = graph[-1]
+                    pending[reduce_fut] = ("reduce", job)
+                    queue.add(reduce_fut)
+                    continue
+                result = value
+                slide_futures.pop(job.slide_id, None)
+            results.append(result)
+            failed += result.status == "failed"
+            progress.update(bar, advance=1, failed=failed)
+            log.info("%s: %s%s", job.slide_id, result.status, f" ({result.error})" if result.error else "")
+    return results
+
+
+def _submit_slide(
+    submit: Callable[..., Future],
+    plan: SlidePlan,
+    priority: int,
+    inference_resources: dict[str, int] | None,
+) -> list[Future]:
+    """Submit a planned slide's graph; the last future returned is the reduce task."""
+    sid = plan.job.slide_id
+    res = {"resources": inference_resources} if inference_resources else {}
+    tiled, encoded = [], []
+    for start, stop in plan.blocks:
+        t = submit(tile_block, plan, start, stop, key=f"tile-{sid}-{start}", priority=priority)
+        e = submit(
+            encode_block, plan, start, stop, t, key=f"encode-{sid}-{start}", priority=priority, **res
+        )
+        tiled.append(t)
+        encoded.append(e)
+    mil = submit(mil_slide, plan, encoded, key=f"mil-{sid}", priority=priority, **res)
+    reduce = submit(
+        reduce_slide, plan, mil, tiled, encoded, key=f"reduce-{sid}", priority=priority
+    )
+    return [*tiled, *encoded, mil, reduce]
+
+
+def _failure(job: SlideJob, err: BaseException) -> SlideResult:
+    message = one_line(err)
+    if job.path not in message:  # every line names its file
+        message = f"{job.path}: {message}"
+    return SlideResult(
+        slide_id=job.slide_id,
+        path=job.path,
+        status="skipped" if isinstance(err, NoTissueError) else "failed",
+        error=message,
+        provenance=Provenance(
+            slidemill_version=slidemill_version(), model_sha256=job.model_sha256, tiling=job.tiling
+        ),
+    )
+
+
+def _record_failure(job: SlideJob, result: SlideResult) -> None:
+    """Replace the slide's folder by one holding only its failed/skipped result.json."""
+    out = Path(job.out)
+    folder = fresh_work_dir(out, job.slide_id)
+    write_result(folder, result)
+    publish(out, job.slide_id)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or holds another run's work
+        pass
+
+
+def write_results_csv(
+    out: Path, results: tuple[SlideResult, ...], class_names: tuple[str, ...]
+) -> Path:
+    """`results.csv`: slide_id, path, status, label, prob_<class>…, n_tiles, error."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(
+        ["slide_id", "path", "status", "label", *[f"prob_{c}" for c in class_names], "n_tiles", "error"]
+    )
+    for r in results:
+        probs = [f"{p:.6f}" for p in r.probabilities] or [""] * len(class_names)
+        writer.writerow(
+            [r.slide_id, r.path, r.status, r.label or "", *probs, r.n_tiles, r.error or ""]
+        )
+    path = out / "results.csv"
+    tmp = out / ".results.csv.tmp"
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,74 @@
+"""Heatmaps: tile scores onto the tile grid (pure), and a PNG over the slide thumbnail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless workers; must precede pyplot
+import matplotlib.pyplot as plt
+import numpy as np
+from numpy.typing import NDArray
+
+
+def rasterise(
+    scores: NDArray[np.float32],
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    shape: tuple[int, int],
+) -> NDArray[np.float32]:
+    """Scores (N, C) at grid cells (rows, cols) → (C, grid rows, grid cols), NaN off tissue.
+
+    One value per grid cell: the grid is at tile resolution, so a whole slide takes kilobytes.
+    """
+    heat = np.full((scores.shape[1], *shape), np.nan, dtype=np.float32)
+    heat[:, rows, cols] = scores.T
+    return heat
+
+
+def render_png(
+    path: Path,
+    thumbnail: NDArray[np.uint8],
+    heatmap: NDArray[np.float32],
+    class_names: tuple[str, ...],
+    cell_px: float,
+    title: str,
+) -> None:
+    """The thumbnail beside one overlay per class (classes after the first when there are two),
+    with a colour bar; written to a temporary name and renamed.
+
+    `cell_px` is one grid cell (the tile stride) in thumbnail pixels.
+    """
+    shown = list(range(1, len(class_names))) if len(class_names) == 2 else list(range(len(class_names)))
+    h, w = thumbnail.shape[:2]
+    panel_w = 4.0
+    panel_h = panel_w * h / w
+    fig, axes = plt.subplots(
+        1, len(shown) + 1, figsize=(panel_w * (len(shown) + 1) + 1.0, panel_h + 0.8), squeeze=False
+    )
+    axes[0, 0].imshow(thumbnail)
+    axes[0, 0].set_title("slide")
+    image = None
+    grid_h, grid_w = heatmap.shape[1:]
+    for ax, c in zip(axes[0, 1:], shown, strict=True):
+        ax.imshow(thumbnail)
+        image = ax.imshow(
+            np.ma.masked_invalid(heatmap[c]),
+            cmap="inferno",
+            vmin=0.0,
+            vmax=1.0,
+            alpha=0.6,
+            interpolation="nearest",
+            extent=(0, grid_w * cell_px, grid_h * cell_px, 0),
+        )
+        ax.set_title(f"P({class_names[c]}) per tile")
+    for ax in axes[0]:
+        ax.set_axis_off()
+    if image is not None:
+        fig.colorbar(image, ax=axes[0, 1:].tolist(), fraction=0.04, label="tile probability")
+    fig.suptitle(title)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

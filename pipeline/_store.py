@@ -1,0 +1,138 @@
+"""The per-slide Zarr v3 store and the output folders.
+
+Layout of `<out>/<slide_id>/slide.zarr` (N tiles, C classes, D feature dims, T tile px):
+
+    coords          (N, 2) int64    level-0 x, y of each tile's top-left corner
+    grid_index      (N, 2) int32    tile grid row, column
+    tissue_fraction (N,)   float32
+    tiles           (N, T, T, 3) uint8   one tile per chunk, one task's block per shard
+    features        (N, D) float32
+    attention       (N,)   float32
+    scores          (N, C) float32  per-tile class probabilities
+    heatmap         (C, rows, cols) float32, NaN off tissue
+    thumbnail       (h, w, 3) uint8 the slide pyramid at `tissue_mpp` (never the label/macro)
+    tissue_mask     (h, w) bool
+
+A slide is built under `<out>/.partial/<slide_id>/` and renamed into place when complete, so a
+folder `<out>/<slide_id>/` is always whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+from zarr.codecs import ZstdCodec
+
+from schemas import SlideStoreAttrs
+
+STORE_NAME = "slide.zarr"
+PARTIAL = ".partial"
+_ATTRS_KEY = "slidemill"
+
+
+def work_dir(out: Path, slide_id: str) -> Path:
+    return out / PARTIAL / slide_id
+
+
+def final_dir(out: Path, slide_id: str) -> Path:
+    return out / slide_id
+
+
+def fresh_work_dir(out: Path, slide_id: str) -> Path:
+    """An empty work folder for a slide (leftovers of an earlier attempt are removed)."""
+    path = work_dir(out, slide_id)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(out: Path, slide_id: str) -> Path:
+    """Move a finished work folder into place, replacing an earlier result of the same slide."""
+    src, dst = work_dir(out, slide_id), final_dir(out, slide_id)
+    old = None
+    if dst.exists():
+        old = out / PARTIAL / f"{slide_id}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def create_store(
+    path: Path,
+    attrs: SlideStoreAttrs,
+    *,
+    n_tiles: int,
+    tile_px: int,
+    tiles_per_shard: int,
+    feature_dim: int,
+    n_classes: int,
+) -> zarr.Group:
+    """Create the group and every per-tile array, empty, with its final shape and chunking."""
+    root = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+    root.attrs[_ATTRS_KEY] = attrs.model_dump(mode="json")
+    n = max(n_tiles, 1)
+    block = min(tiles_per_shard, n)
+    zstd = ZstdCodec(level=1)  # write speed first: tiles are a cache of the slide, not an archive
+    root.create_array("coords", shape=(n_tiles, 2), dtype="int64", chunks=(n, 2))
+    root.create_array("grid_index", shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
+    root.create_array("tissue_fraction", shape=(n_tiles,), dtype="float32", chunks=(n,))
+    root.create_array(
+        "tiles",
+        shape=(n_tiles, tile_px, tile_px, 3),
+        dtype="uint8",
+        chunks=(1, tile_px, tile_px, 3),
+        shards=(block, tile_px, tile_px, 3),
+        compressors=zstd,
+    )
+    root.create_array(
+        "features", shape=(n_tiles, feature_dim), dtype="float32", chunks=(block, feature_dim)
+    )
+    root.create_array("attention", shape=(n_tiles,), dtype="float32", chunks=(n,))
+    root.create_array("scores", shape=(n_tiles, n_classes), dtype="float32", chunks=(n, n_classes))
+    return root
+
+
+def write_array(path: Path, name: str, data: NDArray[np.generic]) -> None:
+    """Create (or replace) a whole small array in the store."""
+    root = zarr.open_group(store=str(path), mode="r+")
+    arr = root.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        fill_value=np.nan if data.dtype.kind == "f" else 0,
+        overwrite=True,
+    )
+    arr[...] = data
+
+
+def write_block(path: Path, name: str, start: int, data: NDArray[np.generic]) -> None:
+    """Write rows [start, start + len(data)) of a per-tile array."""
+    arr = zarr.open_array(store=str(path / name), mode="r+")
+    arr[start : start + data.shape[0]] = data
+
+
+def read_block(path: Path, name: str, start: int, stop: int) -> NDArray[np.generic]:
+    arr = zarr.open_array(store=str(path / name), mode="r")
+    return np.asarray(arr[start:stop])
+
+
+def read_all(path: Path, name: str) -> NDArray[np.generic]:
+    return np.asarray(zarr.open_array(store=str(path / name), mode="r")[...])
+
+
+def read_attrs(path: Path) -> SlideStoreAttrs:
+    root = zarr.open_group(store=str(path), mode="r")
+    return SlideStoreAttrs.model_validate(root.attrs[_ATTRS_KEY])
+
+
+def write_attrs(path: Path, attrs: SlideStoreAttrs) -> None:
+    root = zarr.open_group(store=str(path), mode="r+")
+    root.attrs[_ATTRS_KEY] = attrs.model_dump(mode="json")

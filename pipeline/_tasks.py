@@ -1,0 +1,306 @@
+"""The functions Dask runs on workers, one per stage. They pass paths, indices and small value
+objects; slide pixels stay on the workers and in the Zarr store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline._grid import blocks, plan_grid
+from pipeline._heatmap import rasterise, render_png
+from pipeline._levels import LevelChoice, choose_level
+from pipeline._readers import READERS, read_thumbnail
+from pipeline._store import (
+    STORE_NAME,
+    create_store,
+    fresh_work_dir,
+    publish,
+    read_all,
+    read_attrs,
+    read_block,
+    write_array,
+    write_attrs,
+    write_block,
+)
+from pipeline._tiling import read_tiles
+from pipeline._tissue import tissue_mask
+from pipeline.errors import MissingResolutionError, NoTissueError, SlideError
+from schemas import (
+    Provenance,
+    SlideResult,
+    SlideStoreAttrs,
+    StageTimings,
+    TilingSpec,
+    slidemill_version,
+)
+from workers import encode_tiles, file_sha256, get_model, predict_slide
+
+log = logging.getLogger(__name__)
+
+# The PNG shows the thumbnail at most this wide or tall.
+PNG_MAX_PX = 1600
+
+
+@dataclass(frozen=True, slots=True)
+class SlideJob:
+    """Everything a worker needs to process one slide."""
+
+    slide_id: str
+    """Unique within the batch; names the output folder."""
+    path: str
+    """Absolute path of the slide file, as workers see it."""
+    out: str
+    """Absolute output folder of the batch."""
+    tiling: TilingSpec
+    """Where and how to cut tiles."""
+    fallback_mpp: float | None
+    """µm/px to assume when the slide records none."""
+    tiles_per_task: int
+    """Tiles per tiling/encoding task, and per Zarr shard."""
+    model_bundle: str
+    """Path of the model bundle."""
+    model_sha256: str
+    """The bundle id, checked when a worker loads it."""
+    class_names: tuple[str, ...]
+    """Slide-level classes."""
+    feature_dim: int
+    """Encoder output width."""
+    batch_size: int
+    """Tiles per encoder forward pass."""
+
+    @property
+    def store(self) -> Path:
+        return Path(self.out) / ".partial" / self.slide_id / STORE_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class SlidePlan:
+    """The outcome of planning: what the rest of the slide's graph needs."""
+
+    job: SlideJob
+    """The job planned."""
+    n_tiles: int
+    """Tiles kept."""
+    blocks: tuple[tuple[int, int], ...]
+    """[start, stop) tile ranges, one per tiling/encoding task."""
+    choice: LevelChoice
+    """Pyramid level tiles are read from, and the tile size there."""
+    stride_level0: float
+    """Tile stride in level-0 pixels."""
+    provenance: Provenance
+    """What produced the slide's outputs."""
+    file_sha256: str
+    """sha256 of the slide file."""
+    seconds: float
+    """Time spent planning."""
+
+
+def plan_slide(job: SlideJob) -> SlidePlan:
+    """Open the slide, find tissue, plan the tile grid and create the slide's Zarr store."""
+    t0 = time.perf_counter()
+    path = Path(job.path)
+    reader = READERS.get(path)
+    if reader.mpp is not None:
+        base_mpp, source = reader.mpp, "slide"
+    elif job.fallback_mpp is not None:
+        base_mpp, source = job.fallback_mpp, "fallback"
+    else:
+        raise MissingResolutionError(
+            f"{path}: the slide records no resolution (µm/px); give it with --mpp"
+        )
+    spec = job.tiling
+    width, height = reader.dimensions
+    try:
+        thumb = read_thumbnail(reader, base_mpp, spec.tissue_mpp)
+    except SlideError:
+        READERS.evict(path)
+        raise
+    thumb_mpp = base_mpp * width / thumb.shape[1]
+    mask = tissue_mask(thumb, spec.tissue_method, thumb_mpp)
+    choice = choose_level(base_mpp, reader.level_downsamples, spec.mpp, spec.tile_px)
+    stride_level0 = spec.stride_px * spec.mpp / base_mpp
+    grid = plan_grid(
+        mask,
+        thumb.shape[1] / width,
+        width,
+        height,
+        choice.tile_level0,
+        stride_level0,
+        spec.min_tissue_fraction,
+    )
+    if grid.n_tiles == 0:
+        raise NoTissueError(
+            f"{path}: no tissue found (no {spec.tile_px}px tile at {spec.mpp} µm/px has "
+            f"≥{spec.min_tissue_fraction:.0%} tissue)"
+        )
+    provenance = Provenance(
+        slidemill_version=slidemill_version(),
+        model_sha256=job.model_sha256,
+        tiling=spec,
+        slide_mpp=base_mpp,
+        mpp_source=source,
+        level=choice.level,
+    )
+    attrs = SlideStoreAttrs(
+        slide_id=job.slide_id,
+        slide_dimensions=(width, height),
+        tile_size_level0=choice.tile_level0,
+        stride_level0=stride_level0,
+        grid_shape=grid.shape,
+        class_names=job.class_names,
+        provenance=provenance,
+    )
+    fresh_work_dir(Path(job.out), job.slide_id)
+    create_store(
+        job.store,
+        attrs,
+        n_tiles=grid.n_tiles,
+        tile_px=spec.tile_px,
+        tiles_per_shard=job.tiles_per_task,
+        feature_dim=job.feature_dim,
+        n_classes=len(job.class_names),
+    )
+    write_block(job.store, "coords", 0, grid.coords())
+    write_block(job.store, "grid_index", 0, np.stack([grid.rows, grid.cols], 1).astype(np.int32))
+    write_block(job.store, "tissue_fraction", 0, grid.tissue_fraction)
+    write_array(job.store, "thumbnail", thumb)
+    write_array(job.store, "tissue_mask", mask)
+    sha = file_sha256(path)
+    return SlidePlan(
+        job=job,
+        n_tiles=grid.n_tiles,
+        blocks=tuple(blocks(grid.n_tiles, job.tiles_per_task)),
+        choice=choice,
+        stride_level0=stride_level0,
+        provenance=provenance,
+        file_sha256=sha,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
+    """Read tiles [start, stop) from the slide and write them to the store; returns seconds."""
+    t0 = time.perf_counter()
+    job = plan.job
+    spec = job.tiling
+    grid_index = read_block(job.store, "grid_index", start, stop)
+    path = Path(job.path)
+    reader = READERS.get(path)
+    try:
+        tiles = read_tiles(
+            reader,
+            plan.choice,
+            plan.stride_level0,
+            spec.tile_px,
+            spec.stride_px,
+            grid_index[:, 0].astype(np.int64),
+            grid_index[:, 1].astype(np.int64),
+        )
+    except SlideError:
+        READERS.evict(path)
+        raise
+    write_block(job.store, "tiles", start, tiles)
+    return time.perf_counter() - t0
+
+
+def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float:
+    """Encode tiles [start, stop) from the store into features; returns seconds.
+
+    `_tiled` is the tiling task's result: passing it makes this task wait for that one.
+    """
+    t0 = time.perf_counter()
+    job = plan.job
+    model = get_model(job.model_bundle, job.model_sha256)
+    tiles = read_block(job.store, "tiles", start, stop)
+    features = encode_tiles(model, tiles.astype(np.uint8, copy=False), job.batch_size)
+    write_block(job.store, "features", start, features)
+    return time.perf_counter() - t0
+
+
+@dataclass(frozen=True, slots=True)
+class MILResult:
+    """The slide-level outcome of the MIL head."""
+
+    probabilities: tuple[float, ...]
+    """Slide class probabilities."""
+    seconds: float
+    """Time spent."""
+
+
+def mil_slide(plan: SlidePlan, _encoded: list[float]) -> MILResult:
+    """Run the MIL head over all of a slide's features; writes attention and tile scores."""
+    t0 = time.perf_counter()
+    job = plan.job
+    model = get_model(job.model_bundle, job.model_sha256)
+    features = read_all(job.store, "features").astype(np.float32, copy=False)
+    pred = predict_slide(model, features)
+    write_block(job.store, "attention", 0, pred.attention)
+    write_block(job.store, "scores", 0, pred.tile_scores)
+    return MILResult(
+        probabilities=tuple(float(p) for p in pred.probabilities),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def reduce_slide(
+    plan: SlidePlan, mil: MILResult, tiled: list[float], encoded: list[float]
+) -> SlideResult:
+    """Write the heatmap, its PNG and result.json, then publish the slide's folder."""
+    t0 = time.perf_counter()
+    job = plan.job
+    attrs = read_attrs(job.store)
+    scores = read_all(job.store, "scores").astype(np.float32, copy=False)
+    grid_index = read_all(job.store, "grid_index")
+    heat = rasterise(
+        scores, grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64), attrs.grid_shape
+    )
+    write_array(job.store, "heatmap", heat)
+    thumb = read_all(job.store, "thumbnail").astype(np.uint8, copy=False)
+    step = max(1, int(np.ceil(max(thumb.shape[:2]) / PNG_MAX_PX)))
+    thumb = thumb[::step, ::step]
+    label_index = int(np.argmax(mil.probabilities))
+    label = job.class_names[label_index]
+    work = job.store.parent
+    render_png(
+        work / "heatmap.png",
+        thumb,
+        heat,
+        job.class_names,
+        cell_px=attrs.stride_level0 * thumb.shape[1] / attrs.slide_dimensions[0],
+        title=f"{job.slide_id}: {label} (p={mil.probabilities[label_index]:.2f})",
+    )
+    write_attrs(job.store, attrs)
+    result = SlideResult(
+        slide_id=job.slide_id,
+        path=job.path,
+        file_sha256=plan.file_sha256,
+        status="done",
+        class_names=job.class_names,
+        probabilities=mil.probabilities,
+        label=label,
+        n_tiles=plan.n_tiles,
+        timings=StageTimings(
+            plan=plan.seconds,
+            tile=sum(tiled),
+            encode=sum(encoded),
+            mil=mil.seconds,
+            reduce=time.perf_counter() - t0,
+        ),
+        provenance=plan.provenance,
+    )
+    write_result(work, result)
+    publish(Path(job.out), job.slide_id)
+    return result
+
+
+def write_result(folder: Path, result: SlideResult) -> None:
+    """Write `result.json` into `folder` (temporary name, then rename)."""
+    tmp = folder / "result.json.tmp"
+    tmp.write_text(json.dumps(result.model_dump(mode="json"), indent=2) + "\n")
+    tmp.replace(folder / "result.json")
+

@@ -1,0 +1,83 @@
+"""Read a block of planned tiles from a slide at the target resolution.
+
+OpenSlide's cost is per call (~2 ms), not per pixel, so a block is read as a few wide strips, one
+per run of neighbouring tiles in a grid row, each resized once and then sliced into tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from pipeline._grid import origin
+from pipeline._levels import LevelChoice
+from pipeline._readers import SlideReader
+
+# Longest run of tiles read in one call: bounds a strip's memory (~32 × 256² × 4 B = 8 MB).
+MAX_RUN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Tiles of one grid row with consecutive columns, read as one strip."""
+
+    row: int
+    """Grid row."""
+    col: int
+    """Grid column of the first tile."""
+    length: int
+    """Number of tiles."""
+    offset: int
+    """Index of the first tile within the block."""
+
+
+def runs(rows: NDArray[np.int64], cols: NDArray[np.int64], max_run: int = MAX_RUN) -> list[Run]:
+    """Split tiles (row-major, as planned) into runs of consecutive columns in one row."""
+    out: list[Run] = []
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if (
+            i == len(rows)
+            or rows[i] != rows[start]
+            or cols[i] != cols[i - 1] + 1
+            or i - start == max_run
+        ):
+            if len(rows):
+                out.append(Run(int(rows[start]), int(cols[start]), i - start, start))
+            start = i
+    return out
+
+
+def read_tiles(
+    reader: SlideReader,
+    choice: LevelChoice,
+    stride_level0: float,
+    tile_px: int,
+    stride_px: int,
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+) -> NDArray[np.uint8]:
+    """Tiles at (rows, cols) of the grid, as (n, tile_px, tile_px, 3) uint8 RGB."""
+    out = np.empty((len(rows), tile_px, tile_px, 3), dtype=np.uint8)
+    ds = choice.level_downsample
+    for run in runs(rows, cols):
+        x0 = int(origin(np.array([run.col]), stride_level0)[0])
+        y0 = int(origin(np.array([run.row]), stride_level0)[0])
+        width_px = (run.length - 1) * stride_px + tile_px  # the strip at the target resolution
+        width_level0 = (run.length - 1) * stride_level0 + choice.tile_level0
+        size = (
+            max(1, math.ceil(width_level0 / ds - 1e-6)),
+            max(1, math.ceil(choice.tile_level0 / ds - 1e-6)),
+        )
+        strip = reader.read_region((x0, y0), choice.level, size)
+        if size != (width_px, tile_px):
+            strip = np.asarray(
+                Image.fromarray(strip).resize((width_px, tile_px), Image.Resampling.BILINEAR)
+            )
+        for k in range(run.length):
+            out[run.offset + k] = strip[:, k * stride_px : k * stride_px + tile_px]
+    return out

@@ -1,0 +1,137 @@
+"""The `slidemill` command line: each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import PipelineError
+from schemas import RunSpec, TissueMethod, write_json_schemas
+from workers import WorkerError, init_bundle
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+model_app = typer.Typer(no_args_is_help=True, help="Model bundles.")
+app.add_typer(model_app, name="model")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    scheduler: Annotated[
+        str | None, typer.Option(help="tcp://HOST:PORT of an existing Dask scheduler.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Embedded cluster: worker processes (default: cores).")
+    ] = None,
+    mpp: Annotated[
+        float | None,
+        typer.Option(help="µm/px to assume for slides that do not record their resolution."),
+    ] = None,
+    overlap: Annotated[int, typer.Option(min=0, help="Tile overlap in pixels.")] = 0,
+    min_tissue: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Minimum tissue fraction of a kept tile.")
+    ] = 0.25,
+    tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
+    tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Dask task.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per encoder batch.")] = 64,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
+
+    Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count).
+    """
+    from pipeline._batch import run_batch
+
+    try:
+        spec = RunSpec(
+            slides=tuple(slides),
+            model=model,
+            out=out,
+            scheduler=scheduler,
+            n_workers=workers,
+            fallback_mpp=mpp,
+            overlap_px=overlap,
+            min_tissue_fraction=min_tissue,
+            tissue_method=tissue_method,
+            tiles_per_task=tiles_per_task,
+            batch_size=batch_size,
+            show_progress=progress,
+        )
+        report = run_batch(spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"))
+    except (PipelineError, WorkerError, ValueError) as err:
+        _fail(str(err))
+        return
+    table = Table("slide", "status", "label", "tiles", "error")
+    for r in report.results:
+        table.add_row(r.slide_id, r.status, r.label or "", str(r.n_tiles), r.error or "")
+    console.print(table)
+    console.print(f"results: {report.results_csv}")
+    if report.n_failed:
+        raise typer.Exit(1)
+
+
+@model_app.command("init")
+def model_init(
+    out: Annotated[Path, typer.Option(help="New bundle folder.")],
+    encoder: Annotated[str, typer.Option(help="Registered encoder.")] = "resnet18",
+    head: Annotated[str, typer.Option(help="Registered MIL head.")] = "abmil_gated",
+    classes: Annotated[str, typer.Option(help="Comma-separated class names.")] = "negative,positive",
+    mpp: Annotated[float, typer.Option(help="µm/px the model works at.")] = 0.5,
+    tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a bundle with seeded random weights, for trying the plumbing."""
+    try:
+        manifest = init_bundle(
+            out,
+            encoder=encoder,
+            head=head,
+            class_names=tuple(c.strip() for c in classes.split(",") if c.strip()),
+            mpp=mpp,
+            tile_px=tile_px,
+            seed=seed,
+        )
+    except (WorkerError, ValueError) as err:
+        _fail(str(err))
+        return
+    console.print(f"wrote {out} ({manifest.encoder} + {manifest.head}, {manifest.feature_dim}-d)")
+
+
+@app.command()
+def schemas(out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files.")]) -> None:
+    """Export slidemill's contracts as JSON Schema."""
+    for path in write_json_schemas(out):
+        console.print(str(path))
+
+
+@app.command()
+def bench(
+    slide: Annotated[Path | None, typer.Option(help="Slide to measure (default: the sample).")] = None,
+    seconds: Annotated[float, typer.Option(help="Time budget per measurement.")] = 5.0,
+) -> None:
+    """Benchmark tiling against the JPEG decode limit and a naive OpenSlide loop."""
+    from pipeline._bench import default_sample, run_bench
+
+    path = slide or default_sample()
+    if path is None:
+        _fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
+        return
+    run_bench(path, seconds, console)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,45 @@
+"""Typed errors of the pipeline. Each message is one line that names the file and, where there is
+one, the fix; the batch reports it in `result.json` and `results.csv` and carries on."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of everything the pipeline raises on purpose."""
+
+
+class SlideError(PipelineError):
+    """A problem with one slide; the slide fails alone."""
+
+
+class MissingSlideError(SlideError):
+    """The slide file does not exist or cannot be read at all."""
+
+
+class UnreadableSlideError(SlideError):
+    """The file exists but is empty, truncated or corrupt."""
+
+
+class UnsupportedSlideError(SlideError):
+    """The file is not a whole-slide image any reader supports."""
+
+
+class MissingResolutionError(SlideError):
+    """The slide records no µm/px and none was given."""
+
+
+class NoTissueError(SlideError):
+    """No tile passes the tissue filter; the slide is skipped, not failed."""
+
+
+class InvalidInputError(PipelineError):
+    """A command-line or configuration input is wrong (not a single slide's problem)."""
+
+
+def one_line(err: BaseException) -> str:
+    """Render any exception as one line (first line of its message, prefixed by its type when
+    the type is not one of ours)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, PipelineError):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -1,0 +1,37 @@
+"""slidemill's contracts: pydantic v2 models shared by the pipeline, the workers and lab systems.
+
+Everything that crosses a boundary (a config file, a model bundle's manifest, a result file, the
+attributes of a Zarr store) is one of these models; `write_json_schemas` exports them as JSON Schema.
+"""
+
+from schemas._models import (
+    SCHEMA_MODELS,
+    ModelManifest,
+    Normalisation,
+    Provenance,
+    RunSpec,
+    SlideResult,
+    SlideStatus,
+    SlideStoreAttrs,
+    StageTimings,
+    TilingSpec,
+    TissueMethod,
+    slidemill_version,
+)
+from schemas._export import write_json_schemas
+
+__all__ = [
+    "SCHEMA_MODELS",
+    "ModelManifest",
+    "Normalisation",
+    "Provenance",
+    "RunSpec",
+    "SlideResult",
+    "SlideStatus",
+    "SlideStoreAttrs",
+    "StageTimings",
+    "TilingSpec",
+    "TissueMethod",
+    "slidemill_version",
+    "write_json_schemas",
+]

@@ -1,0 +1,186 @@
+"""The pydantic models. Field descriptions double as the JSON Schema documentation."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+@cache
+def slidemill_version() -> str:
+    """The installed slidemill version, recorded in every output's provenance."""
+    try:
+        return version("slidemill")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TissueMethod(StrEnum):
+    """How tissue is told from background on the low-resolution image."""
+
+    OTSU_SATURATION = "otsu_saturation"
+    """Otsu threshold on HSV saturation, then morphological clean-up (robust to white glass)."""
+    NONE = "none"
+    """Treat the whole slide as tissue (for cytology or pre-cropped images)."""
+
+
+class TilingSpec(_Frozen):
+    """Where and how tiles are cut: physical resolution, size, overlap and tissue filter."""
+
+    mpp: Annotated[float, Field(gt=0, le=1000, description="Target microns per pixel of tiles.")]
+    tile_px: Annotated[int, Field(ge=16, le=4096, description="Tile edge in pixels at `mpp`.")]
+    overlap_px: Annotated[
+        int, Field(ge=0, description="Overlap between neighbouring tiles, pixels at `mpp`.")
+    ] = 0
+    tissue_method: Annotated[
+        TissueMethod, Field(description="Tissue detection method on the thumbnail.")
+    ] = TissueMethod.OTSU_SATURATION
+    min_tissue_fraction: Annotated[
+        float,
+        Field(ge=0, le=1, description="Keep a tile when at least this fraction of it is tissue."),
+    ] = 0.25
+    tissue_mpp: Annotated[
+        float,
+        Field(gt=0, description="Resolution (µm/px) of the image tissue detection runs on."),
+    ] = 8.0
+
+    @model_validator(mode="after")
+    def _overlap_smaller_than_tile(self) -> TilingSpec:
+        if self.overlap_px >= self.tile_px:
+            raise ValueError(
+                f"overlap_px ({self.overlap_px}) must be smaller than tile_px ({self.tile_px})"
+            )
+        return self
+
+    @property
+    def stride_px(self) -> int:
+        """Distance between neighbouring tile origins, pixels at `mpp`."""
+        return self.tile_px - self.overlap_px
+
+
+class Normalisation(_Frozen):
+    """Per-channel normalisation applied to RGB in [0, 1] before the encoder."""
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class ModelManifest(_Frozen):
+    """The JSON half of a model bundle; the other half is `weights.safetensors`."""
+
+    format_version: Literal[1] = 1
+    encoder: str = Field(description="Registered encoder name, e.g. 'resnet18'.")
+    encoder_kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    feature_dim: int = Field(gt=0, description="Length of one tile's feature vector.")
+    head: str = Field(description="Registered MIL head name, e.g. 'abmil_gated'.")
+    head_kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    class_names: tuple[str, ...] = Field(min_length=2, description="Slide-level classes, in order.")
+    input_mpp: float = Field(gt=0, description="µm/px the model was trained at.")
+    tile_px: int = Field(ge=16, description="Tile edge in pixels the model was trained at.")
+    normalisation: Normalisation = Normalisation()
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the weights.")
+    description: str = ""
+
+
+class RunSpec(_Frozen):
+    """One batch: what to run, with which model, where to write, and on which cluster."""
+
+    slides: tuple[Path, ...] = Field(min_length=1, description="Slide files or folders.")
+    model: Path = Field(description="A model bundle folder.")
+    out: Path = Field(description="Output folder; one subfolder per slide.")
+    scheduler: str | None = Field(
+        default=None, description="Address of an existing Dask scheduler; None starts one."
+    )
+    n_workers: int | None = Field(default=None, ge=1, description="Local workers; None = cores.")
+    tiles_per_task: int = Field(
+        default=256, ge=1, le=65536, description="Tiles read, written and encoded per Dask task."
+    )
+    fallback_mpp: float | None = Field(
+        default=None, gt=0, description="µm/px for slides that do not record their resolution."
+    )
+    overlap_px: int = Field(default=0, ge=0)
+    min_tissue_fraction: float = Field(default=0.25, ge=0, le=1)
+    tissue_method: TissueMethod = TissueMethod.OTSU_SATURATION
+    batch_size: int = Field(default=64, ge=1, description="Tiles per encoder forward pass.")
+    show_progress: bool = True
+
+
+SlideStatus = Literal["done", "failed", "skipped"]
+
+
+class StageTimings(_Frozen):
+    """Seconds spent in each stage, summed over the slide's tasks (worker time, not wall)."""
+
+    plan: float = 0.0
+    tile: float = 0.0
+    encode: float = 0.0
+    mil: float = 0.0
+    reduce: float = 0.0
+
+
+class Provenance(_Frozen):
+    """What produced a result; enough to decide whether it is still valid."""
+
+    slidemill_version: str
+    model_sha256: str | None = None
+    tiling: TilingSpec | None = None
+    slide_mpp: float | None = Field(default=None, description="Level-0 µm/px used for the slide.")
+    mpp_source: Literal["slide", "fallback"] | None = None
+    level: int | None = Field(default=None, description="Pyramid level tiles were read from.")
+
+
+class SlideResult(_Frozen):
+    """The outcome of one slide, written as `<out>/<slide_id>/result.json`."""
+
+    slide_id: str
+    path: str
+    file_sha256: str | None = None
+    status: SlideStatus
+    error: str | None = Field(default=None, description="One line naming the file and the cause.")
+    class_names: tuple[str, ...] = ()
+    probabilities: tuple[float, ...] = ()
+    label: str | None = None
+    n_tiles: int = 0
+    timings: StageTimings = StageTimings()
+    provenance: Provenance
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SlideResult:
+        if self.status == "done" and (self.label is None or not self.probabilities):
+            raise ValueError("a done slide needs a label and probabilities")
+        if self.status != "done" and not self.error:
+            raise ValueError(f"a {self.status} slide needs an error line")
+        if self.error is not None and "\n" in self.error:
+            raise ValueError("error must be one line")
+        return self
+
+
+class SlideStoreAttrs(_Frozen):
+    """Attributes on the root group of `<slide_id>/slide.zarr`."""
+
+    layout_version: Literal[1] = 1
+    slide_id: str
+    slide_dimensions: tuple[int, int] = Field(description="Level-0 width, height in pixels.")
+    tile_size_level0: float = Field(description="Tile edge in level-0 pixels.")
+    stride_level0: float = Field(description="Tile stride in level-0 pixels.")
+    grid_shape: tuple[int, int] = Field(description="Tile grid rows, columns.")
+    class_names: tuple[str, ...] = ()
+    provenance: Provenance
+
+
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "tiling_spec": TilingSpec,
+    "model_manifest": ModelManifest,
+    "run_spec": RunSpec,
+    "slide_result": SlideResult,
+    "slide_store_attrs": SlideStoreAttrs,
+}
