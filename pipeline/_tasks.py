@@ -42,8 +42,8 @@ from workers import encode_tiles, file_sha256, get_model, predict_slide
 
 log = logging.getLogger(__name__)
 
-# The PNG shows the thumbnail at most this wide or tall.
-PNG_MAX_PX = 1600
+# The PNG's slide image is at most this wide or tall.
+PNG_MAX_PX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +260,10 @@ def reduce_slide(
         scores, grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64), attrs.grid_shape
     )
     write_array(job.store, "heatmap", heat)
-    thumb = read_all(job.store, "thumbnail").astype(np.uint8, copy=False)
-    step = max(1, int(np.ceil(max(thumb.shape[:2]) / PNG_MAX_PX)))
-    thumb = thumb[::step, ::step]
+    width, height = attrs.slide_dimensions
+    base_mpp = plan.provenance.slide_mpp or 1.0
+    display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
+    thumb = read_thumbnail(READERS.get(Path(job.path)), base_mpp, display_mpp)
     label_index = int(np.argmax(mil.probabilities))
     label = job.class_names[label_index]
     work = job.store.parent

@@ -30,7 +30,7 @@ def tissue_mask(
     mask = saturation > threshold
     # close gaps of up to ~30 µm (between nuclei, faint stroma) and drop specks under ~(60 µm)²
     radius = max(1, round(15.0 / mpp))
-    mask = morphology.binary_closing(mask, morphology.disk(radius))
+    mask = morphology.closing(mask, morphology.disk(radius))
     min_area = max(1, round((60.0 / mpp) ** 2))
     mask = morphology.remove_small_objects(mask, max_size=min_area)
     mask = morphology.remove_small_holes(mask, max_size=min_area)

@@ -1,0 +1,88 @@
+"""Against real `dask scheduler` and `dask worker` processes on loopback: `--scheduler` uses the
+existing cluster, and inference goes only to the workers that declare a GPU resource."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from tests.test_e2e import slidemill
+from workers import manifest_sha256, read_manifest
+
+
+def _dask(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli." + args[0], *args[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("cluster")
+    sched_file = folder / "scheduler.json"
+    procs = [
+        _dask(
+            "dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+            "--scheduler-file", str(sched_file), "--dashboard-address", ":0",
+        )
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            assert time.monotonic() < deadline, "scheduler did not start"
+            assert procs[0].poll() is None, "scheduler exited"
+            time.sleep(0.1)
+        for name, extra in (("gpu-0", ["--resources", "GPU=1"]), ("cpu-0", [])):
+            procs.append(
+                _dask(
+                    "dask_worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
+                    "--name", name, "--no-dashboard", "--host", "127.0.0.1", *extra,
+                )
+            )  # fmt: skip
+        address = json.loads(sched_file.read_text())["address"]
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_existing_scheduler_runs_the_batch_and_inference_stays_on_gpu_workers(
+    external_cluster: str, slides_dir: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    proc = slidemill(
+        "run", slides_dir, "--model", tiny_bundle, "--out", tmp_path,
+        "--scheduler", external_cluster, "--tiles-per-task", "8", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for sid in ("synth-svs", "synth-tiff"):
+        result = json.loads((tmp_path / sid / "result.json").read_text())
+        assert result["status"] == "done" and result["n_tiles"] > 0
+    sha = manifest_sha256(read_manifest(tiny_bundle))
+
+    def has_model() -> bool:
+        from workers._plugin import _CACHE
+
+        return sha in _CACHE
+
+    with Client(external_cluster) as client:
+        loaded = client.run(has_model)
+        names = {w["name"]: addr for addr, w in client.scheduler_info()["workers"].items()}
+    # the model is loaded on the GPU worker only: no encode or MIL task ran on the CPU worker
+    assert loaded[names["gpu-0"]] is True
+    assert loaded[names["cpu-0"]] is False
