@@ -8,10 +8,10 @@ A slide whose task fails ends as a failed result; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from distributed import Client, Future, as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cluster import ClusterSettings, connect, gpu_workers
-from pipeline._discover import SlideEntry, assign_ids, expand
+from pipeline._discover import assign_ids, expand
 from pipeline._store import PARTIAL, fresh_work_dir, publish
 from pipeline._tasks import (
     SlideJob,
@@ -77,9 +77,7 @@ def tiling_for(manifest: ModelManifest, spec: RunSpec) -> TilingSpec:
     )
 
 
-def run_batch(
-    spec: RunSpec, on_dashboard: Callable[[str], None] | None = None
-) -> BatchReport:
+def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) -> BatchReport:
     """Run every slide of `spec` and write `results.csv`; never raises for one slide's error."""
     manifest = read_manifest(spec.model)
     model_sha = manifest_sha256(manifest)
@@ -123,9 +121,7 @@ def _run_on(client: Client, jobs: list[SlideJob], show_progress: bool) -> list[S
     job0 = jobs[0]
     gpus = gpu_workers(client)
     inference_resources = {GPU: 1} if gpus else None
-    client.register_plugin(
-        ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None)
-    )
+    client.register_plugin(ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None))
 
     def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:
         return client.submit(fn, *args, key=f"{key}-{token}", priority=priority, pure=False, **kw)
@@ -175,7 +171,12 @@ def _run_on(client: Client, jobs: list[SlideJob], show_progress: bool) -> list[S
             results.append(result)
             failed += result.status == "failed"
             progress.update(bar, advance=1, failed=failed)
-            log.info("%s: %s%s", job.slide_id, result.status, f" ({result.error})" if result.error else "")
+            log.info(
+                "%s: %s%s",
+                job.slide_id,
+                result.status,
+                f" ({result.error})" if result.error else "",
+            )
     return results
 
 
@@ -192,14 +193,19 @@ def _submit_slide(
     for start, stop in plan.blocks:
         t = submit(tile_block, plan, start, stop, key=f"tile-{sid}-{start}", priority=priority)
         e = submit(
-            encode_block, plan, start, stop, t, key=f"encode-{sid}-{start}", priority=priority, **res
+            encode_block,
+            plan,
+            start,
+            stop,
+            t,
+            key=f"encode-{sid}-{start}",
+            priority=priority,
+            **res,
         )
         tiled.append(t)
         encoded.append(e)
     mil = submit(mil_slide, plan, encoded, key=f"mil-{sid}", priority=priority, **res)
-    reduce = submit(
-        reduce_slide, plan, mil, tiled, encoded, key=f"reduce-{sid}", priority=priority
-    )
+    reduce = submit(reduce_slide, plan, mil, tiled, encoded, key=f"reduce-{sid}", priority=priority)
     return [*tiled, *encoded, mil, reduce]
 
 
@@ -227,10 +233,8 @@ def _record_failure(job: SlideJob, result: SlideResult) -> None:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # absent, or holds another run's work
         folder.rmdir()
-    except OSError:  # absent, or holds another run's work
-        pass
 
 
 def write_results_csv(
@@ -240,7 +244,15 @@ def write_results_csv(
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(
-        ["slide_id", "path", "status", "label", *[f"prob_{c}" for c in class_names], "n_tiles", "error"]
+        [
+            "slide_id",
+            "path",
+            "status",
+            "label",
+            *[f"prob_{c}" for c in class_names],
+            "n_tiles",
+            "error",
+        ]
     )
     for r in results:
         probs = [f"{p:.6f}" for p in r.probabilities] or [""] * len(class_names)
@@ -250,5 +262,5 @@ def write_results_csv(
     path = out / "results.csv"
     tmp = out / ".results.csv.tmp"
     tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    tmp.replace(path)
     return path

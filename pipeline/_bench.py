@@ -22,8 +22,8 @@ from rich.table import Table
 
 from pipeline._readers import open_slide
 from pipeline._store import read_all
-from pipeline._tiling import read_tiles
 from pipeline._tasks import SlideJob, plan_slide, tile_block
+from pipeline._tiling import read_tiles
 from schemas import TilingSpec, TissueMethod
 
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
@@ -75,7 +75,7 @@ def _repeat(budget: float, once: Callable[[], tuple[int, float]]) -> tuple[int, 
 def raw_decode(path: Path, budget: float) -> Rate:
     """Decode the stored level-0 JPEG tiles from bytes in RAM (tifffile + imagecodecs)."""
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
+        page = tif.pages.first
         if not page.is_tiled or page.compression != 7:
             raise ValueError(f"{path}: level 0 is not JPEG-tiled; no decode limit to measure")
         fh = tif.filehandle

@@ -33,7 +33,9 @@ def expand(paths: Iterable[Path]) -> list[Path]:
     for p in paths:
         p = p.expanduser().absolute()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES)
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES
+            )
             seen_dicom: set[Path] = set()
             for f in found:
                 if f.suffix.lower() == ".dcm":

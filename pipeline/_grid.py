@@ -53,7 +53,7 @@ def grid_shape(
         if extent < tile_level0:
             return 0
         # the small epsilon absorbs float error when a tile ends exactly on the edge
-        return int(math.floor((extent - tile_level0) / stride_level0 + 1e-9)) + 1
+        return math.floor((extent - tile_level0) / stride_level0 + 1e-9) + 1
 
     return fit(height), fit(width)
 

@@ -40,7 +40,9 @@ def render_png(
 
     `cell_px` is one grid cell (the tile stride) in thumbnail pixels.
     """
-    shown = list(range(1, len(class_names))) if len(class_names) == 2 else list(range(len(class_names)))
+    shown = (
+        list(range(1, len(class_names))) if len(class_names) == 2 else list(range(len(class_names)))
+    )
     h, w = thumbnail.shape[:2]
     panel_w = 4.0
     panel_h = panel_w * h / w

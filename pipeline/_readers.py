@@ -7,7 +7,6 @@ identifiers, so no reader offers them and nothing downstream can leak them by ac
 from __future__ import annotations
 
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,7 +223,7 @@ class ReaderCache:
 
     def get(self, path: Path) -> SlideReader:
         try:
-            st = os.stat(path)
+            st = path.stat()
         except FileNotFoundError as err:
             raise MissingSlideError(f"{path}: file not found") from err
         key = (str(path), st.st_mtime_ns, st.st_size)

@@ -19,7 +19,6 @@ folder `<out>/<slide_id>/` is always whole.
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -58,8 +57,8 @@ def publish(out: Path, slide_id: str) -> Path:
     old = None
     if dst.exists():
         old = out / PARTIAL / f"{slide_id}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-    os.replace(src, dst)
+        dst.replace(old)
+    src.replace(dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return dst

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -121,7 +122,7 @@ def write_slide(
     with tifffile.TiffWriter(path, bigtiff=big) as tif:
         for i, ds in enumerate(downsamples):
             w, h = math.ceil(slide.width / ds), math.ceil(slide.height / ds)
-            extra: dict[str, object] = {}
+            extra: dict[str, Any] = {}
             if slide.mpp is not None:
                 res = 1e4 / (slide.mpp * ds)  # pixels per centimetre
                 extra = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
@@ -179,3 +180,26 @@ def synthetic_label(seed: int) -> NDArray[np.uint8]:
     img = np.zeros((320, 320, 3), dtype=np.uint8)
     img[check] = LABEL_MARKER_RGB
     return img
+
+
+def write_demo_set(out: Path, n: int, seed: int = 0) -> list[Path]:
+    """`n` generated SVS slides, 4096 × 3072 at 0.5 µm/px, with 1–3 random tissue regions each;
+    the last of three or more is blank glass (it will be skipped: no tissue)."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = 4096, 3072
+        blank = n >= 3 and i == n - 1
+        regions = tuple(
+            Ellipse(
+                cx=float(rng.uniform(0.3, 0.7) * w),
+                cy=float(rng.uniform(0.3, 0.7) * h),
+                rx=float(rng.uniform(0.12, 0.3) * w),
+                ry=float(rng.uniform(0.12, 0.3) * h),
+            )
+            for _ in range(0 if blank else int(rng.integers(1, 4)))
+        )
+        slide = SyntheticSlide(w, h, 0.5, regions, seed=seed * 1000 + i)
+        paths.append(write_slide(out / f"synthetic-{i:03d}.svs", slide, kind="svs"))
+    return paths

@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -105,6 +106,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
     t0 = time.perf_counter()
     path = Path(job.path)
     reader = READERS.get(path)
+    source: Literal["slide", "fallback"]
     if reader.mpp is not None:
         base_mpp, source = reader.mpp, "slide"
     elif job.fallback_mpp is not None:
@@ -257,7 +259,10 @@ def reduce_slide(
     scores = read_all(job.store, "scores").astype(np.float32, copy=False)
     grid_index = read_all(job.store, "grid_index")
     heat = rasterise(
-        scores, grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64), attrs.grid_shape
+        scores,
+        grid_index[:, 0].astype(np.int64),
+        grid_index[:, 1].astype(np.int64),
+        attrs.grid_shape,
     )
     write_array(job.store, "heatmap", heat)
     width, height = attrs.slide_dimensions
@@ -304,4 +309,3 @@ def write_result(folder: Path, result: SlideResult) -> None:
     tmp = folder / "result.json.tmp"
     tmp.write_text(json.dumps(result.model_dump(mode="json"), indent=2) + "\n")
     tmp.replace(folder / "result.json")
-

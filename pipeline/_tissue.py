@@ -13,9 +13,7 @@ from schemas import TissueMethod
 MIN_SATURATION = 0.05
 
 
-def tissue_mask(
-    rgb: NDArray[np.uint8], method: TissueMethod, mpp: float
-) -> NDArray[np.bool_]:
+def tissue_mask(rgb: NDArray[np.uint8], method: TissueMethod, mpp: float) -> NDArray[np.bool_]:
     """Boolean tissue mask, same height and width as `rgb` (H × W × 3, uint8).
 
     `mpp` is the image's resolution; the morphology sizes are physical (µm), so the result does

@@ -88,7 +88,9 @@ def model_init(
     out: Annotated[Path, typer.Option(help="New bundle folder.")],
     encoder: Annotated[str, typer.Option(help="Registered encoder.")] = "resnet18",
     head: Annotated[str, typer.Option(help="Registered MIL head.")] = "abmil_gated",
-    classes: Annotated[str, typer.Option(help="Comma-separated class names.")] = "negative,positive",
+    classes: Annotated[
+        str, typer.Option(help="Comma-separated class names.")
+    ] = "negative,positive",
     mpp: Annotated[float, typer.Option(help="µm/px the model works at.")] = 0.5,
     tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
     seed: Annotated[int, typer.Option()] = 0,
@@ -118,8 +120,23 @@ def schemas(out: Annotated[Path, typer.Option(help="Folder for the JSON Schema f
 
 
 @app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for the generated slides.")],
+    n: Annotated[int, typer.Option(min=1, help="Number of slides.")] = 3,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate pyramidal SVS slides with known tissue, for trying slidemill without data."""
+    from pipeline._synth import write_demo_set
+
+    for path in write_demo_set(out, n, seed):
+        console.print(str(path))
+
+
+@app.command()
 def bench(
-    slide: Annotated[Path | None, typer.Option(help="Slide to measure (default: the sample).")] = None,
+    slide: Annotated[
+        Path | None, typer.Option(help="Slide to measure (default: the sample).")
+    ] = None,
     seconds: Annotated[float, typer.Option(help="Time budget per measurement.")] = 5.0,
 ) -> None:
     """Benchmark tiling against the JPEG decode limit and a naive OpenSlide loop."""

@@ -1,9 +1,11 @@
 """slidemill's contracts: pydantic v2 models shared by the pipeline, the workers and lab systems.
 
-Everything that crosses a boundary (a config file, a model bundle's manifest, a result file, the
-attributes of a Zarr store) is one of these models; `write_json_schemas` exports them as JSON Schema.
+Everything that crosses a boundary (a config file, a model bundle's manifest, a result file,
+the attributes of a Zarr store) is one of these models; `write_json_schemas` exports them as
+JSON Schema.
 """
 
+from schemas._export import write_json_schemas
 from schemas._models import (
     SCHEMA_MODELS,
     ModelManifest,
@@ -18,7 +20,6 @@ from schemas._models import (
     TissueMethod,
     slidemill_version,
 )
-from schemas._export import write_json_schemas
 
 __all__ = [
     "SCHEMA_MODELS",

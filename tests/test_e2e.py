@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline._grid import origin
 from pipeline._readers import open_slide
 from pipeline._synth import LABEL_MARKER_RGB
-from tests.conftest import TISSUE, sample_path, synthetic
+from tests.conftest import sample_path, synthetic
 
 BAD_STATUS = {
     "missing": ("failed", "file not found"),
@@ -65,8 +65,10 @@ def rows(out: Path) -> dict[str, dict[str, str]]:
         return {r["slide_id"]: r for r in csv.DictReader(fh)}
 
 
-def test_exit_status_is_nonzero_when_a_slide_failed(batch: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    out, proc = batch
+def test_exit_status_is_nonzero_when_a_slide_failed(
+    batch: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    _, proc = batch
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "dashboard: http" in proc.stderr
 
@@ -89,7 +91,9 @@ def test_every_bad_input_fails_alone_with_a_line_naming_it(
     assert not (out / ".partial").exists()
 
 
-def test_good_slides_write_every_output(batch: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_good_slides_write_every_output(
+    batch: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     out, _ = batch
     table = rows(out)
     expected = ["synth-svs", "synth-tiff"] + (["CMU-1-Small-Region"] if sample_path() else [])
@@ -167,7 +171,9 @@ def test_kept_tiles_are_those_with_enough_planted_tissue(
     assert len(kept) > 20
 
 
-def test_label_images_never_reach_an_output(batch: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_label_images_never_reach_an_output(
+    batch: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     """The generated SVS carries a label image of pure green squares; no output has them."""
     out, _ = batch
 
@@ -184,7 +190,9 @@ def test_label_images_never_reach_an_output(batch: tuple[Path, subprocess.Comple
 
 
 def test_fallback_mpp_and_rerun_replace_the_failed_result(
-    batch: tuple[Path, subprocess.CompletedProcess[str]], bad_dir: dict[str, Path], tiny_bundle: Path
+    batch: tuple[Path, subprocess.CompletedProcess[str]],
+    bad_dir: dict[str, Path],
+    tiny_bundle: Path,
 ) -> None:
     out, _ = batch
     proc = slidemill(

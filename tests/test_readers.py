@@ -92,7 +92,9 @@ def test_runs_split_rows_and_gaps() -> None:
 
 
 @pytest.mark.parametrize(("target_mpp", "overlap"), [(0.5, 0), (2.0, 0), (1.3, 16)])
-def test_strip_reads_equal_per_tile_reads(slides_dir: Path, target_mpp: float, overlap: int) -> None:
+def test_strip_reads_equal_per_tile_reads(
+    slides_dir: Path, target_mpp: float, overlap: int
+) -> None:
     """Reading a run of tiles as one strip and slicing it gives the tiles a per-tile
     read_region + resize gives (exactly at the native level; within resampling error else)."""
     reader = open_slide(slides_dir / "synth-tiff.tiff")

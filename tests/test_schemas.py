@@ -33,5 +33,7 @@ def test_slide_result_rules() -> None:
         SlideResult(slide_id="a", path="/a", status="failed", provenance=prov)
     with pytest.raises(ValidationError, match="one line"):
         SlideResult(slide_id="a", path="/a", status="failed", error="x\ny", provenance=prov)
-    ok = SlideResult(slide_id="a", path="/a", status="skipped", error="/a: no tissue", provenance=prov)
+    ok = SlideResult(
+        slide_id="a", path="/a", status="skipped", error="/a: no tissue", provenance=prov
+    )
     assert SlideResult.model_validate_json(ok.model_dump_json()) == ok

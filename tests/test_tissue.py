@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pipeline._readers import open_slide, read_thumbnail
 from pipeline._tissue import tissue_mask
@@ -29,7 +28,9 @@ def test_blank_glass_has_no_tissue() -> None:
     rng = np.random.default_rng(0)
     glass = np.clip(rng.normal(242, 2, (200, 300, 3)), 0, 255).astype(np.uint8)
     assert not tissue_mask(glass, TissueMethod.OTSU_SATURATION, 8.0).any()
-    assert not tissue_mask(np.full((50, 50, 3), 255, np.uint8), TissueMethod.OTSU_SATURATION, 8).any()
+    assert not tissue_mask(
+        np.full((50, 50, 3), 255, np.uint8), TissueMethod.OTSU_SATURATION, 8
+    ).any()
 
 
 def test_method_none_keeps_everything() -> None:

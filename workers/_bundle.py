@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,7 +72,7 @@ class LoadedModel:
 def build_modules(manifest: ModelManifest) -> tuple[nn.Module, nn.Module]:
     """Fresh (randomly initialised) encoder and head for a manifest."""
     encoder = ENCODERS.build(manifest.encoder, **manifest.encoder_kwargs)
-    if int(encoder.feature_dim) != manifest.feature_dim:
+    if encoder_width(encoder) != manifest.feature_dim:
         raise ModelBundleError(
             f"encoder {manifest.encoder!r} gives {encoder.feature_dim}-d features, "
             f"manifest says {manifest.feature_dim}"
@@ -85,6 +84,14 @@ def build_modules(manifest: ModelManifest) -> tuple[nn.Module, nn.Module]:
         **manifest.head_kwargs,
     )
     return encoder, head
+
+
+def encoder_width(encoder: nn.Module) -> int:
+    """The `feature_dim` every registered encoder declares."""
+    width = getattr(encoder, "feature_dim", None)
+    if not isinstance(width, int):
+        raise ModelBundleError(f"{type(encoder).__name__} declares no integer feature_dim")
+    return width
 
 
 def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel:
@@ -138,7 +145,7 @@ def save_bundle(
     (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     if out.exists():
         out.rmdir()
-    os.replace(tmp, out)
+    tmp.replace(out)
     return manifest
 
 
@@ -169,7 +176,7 @@ def init_bundle(
         "description": f"random initialisation, seed {seed}: for plumbing checks, not diagnosis",
     }
     enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
-    fields["feature_dim"] = int(enc.feature_dim)
+    fields["feature_dim"] = encoder_width(enc)
     enc_module, head_module = build_modules(ModelManifest.model_validate(fields))
     enc_module.load_state_dict(enc.state_dict())
     return save_bundle(out, enc_module, head_module, fields)
