@@ -25,16 +25,18 @@ from cluster import ClusterSettings, connect, gpu_workers
 from pipeline._discover import assign_ids, expand
 from pipeline._store import PARTIAL, fresh_work_dir, publish
 from pipeline._tasks import (
+    Refusal,
     SlideJob,
     SlidePlan,
     encode_block,
     mil_slide,
-    plan_slide,
+    plan_or_refuse,
     reduce_slide,
+    refusal_for,
     tile_block,
     write_result,
 )
-from pipeline.errors import InvalidInputError, NoTissueError, one_line
+from pipeline.errors import InvalidInputError
 from schemas import (
     ModelManifest,
     Provenance,
@@ -131,7 +133,7 @@ def _run_on(client: Client, jobs: list[SlideJob], show_progress: bool) -> list[S
     results: list[SlideResult] = []
     for i, job in enumerate(jobs):
         # earlier slides first, so results arrive steadily rather than all at the end
-        fut = submit(plan_slide, job, key=f"plan-{job.slide_id}", priority=len(jobs) - i)
+        fut = submit(plan_or_refuse, job, key=f"plan-{job.slide_id}", priority=len(jobs) - i)
         pending[fut] = ("plan", job)
         slide_futures[job.slide_id] = [fut]
     priority_of = {job.slide_id: len(jobs) - i for i, job in enumerate(jobs)}
@@ -152,8 +154,10 @@ def _run_on(client: Client, jobs: list[SlideJob], show_progress: bool) -> list[S
             stage, job = pending.pop(fut)
             try:
                 value = fut.result()
-            except Exception as err:
-                result = _failure(job, err)
+            except Exception as err:  # a task raised: the slide fails, the batch goes on
+                value = refusal_for(err)
+            if isinstance(value, Refusal):
+                result = _failure(job, value)
                 client.cancel(slide_futures.pop(job.slide_id, []))
                 _record_failure(job, result)
             else:
@@ -209,14 +213,15 @@ def _submit_slide(
     return [*tiled, *encoded, mil, reduce]
 
 
-def _failure(job: SlideJob, err: BaseException) -> SlideResult:
-    message = one_line(err)
-    if job.path not in message:  # every line names its file
+def _failure(job: SlideJob, refusal: Refusal) -> SlideResult:
+    """A failed or skipped result whose one-line error names the file."""
+    message = refusal.error
+    if job.path not in message:
         message = f"{job.path}: {message}"
     return SlideResult(
         slide_id=job.slide_id,
         path=job.path,
-        status="skipped" if isinstance(err, NoTissueError) else "failed",
+        status=refusal.status,
         error=message,
         provenance=Provenance(
             slidemill_version=slidemill_version(), model_sha256=job.model_sha256, tiling=job.tiling

@@ -30,7 +30,7 @@ from pipeline._store import (
 )
 from pipeline._tiling import read_tiles
 from pipeline._tissue import tissue_mask
-from pipeline.errors import MissingResolutionError, NoTissueError, SlideError
+from pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
 from schemas import (
     Provenance,
     SlideResult,
@@ -183,6 +183,32 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         file_sha256=sha,
         seconds=time.perf_counter() - t0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A slide the plan task turned down for a known reason (bad file, no tissue, no mpp).
+
+    Returned rather than raised: an expected outcome is not a task failure, so it neither fills
+    worker logs with tracebacks nor spends retries."""
+
+    status: Literal["failed", "skipped"]
+    """`skipped` for no tissue, `failed` otherwise."""
+    error: str
+    """One line naming the file."""
+
+
+def refusal_for(err: BaseException) -> Refusal:
+    """The refusal an exception amounts to: no tissue skips the slide, anything else fails it."""
+    return Refusal("skipped" if isinstance(err, NoTissueError) else "failed", one_line(err))
+
+
+def plan_or_refuse(job: SlideJob) -> SlidePlan | Refusal:
+    """The plan task: `plan_slide`, with a slide's own errors returned as a `Refusal`."""
+    try:
+        return plan_slide(job)
+    except SlideError as err:
+        return refusal_for(err)
 
 
 def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
