@@ -7,6 +7,7 @@ from pipeline._grid import TileGrid, grid_shape, plan_grid, tile_tissue_fraction
 from pipeline._heatmap import rasterise
 from pipeline._levels import LevelChoice, choose_level
 from pipeline._readers import OpenSlideReader, SlideReader, open_slide, register_reader
+from pipeline._tiffdirect import TiffDirectReader  # registers the fast path
 from pipeline._tissue import tissue_mask
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "OpenSlideReader",
     "SlideEntry",
     "SlideReader",
+    "TiffDirectReader",
     "TileGrid",
     "assign_ids",
     "choose_level",

@@ -20,7 +20,7 @@ import tifffile
 from rich.console import Console
 from rich.table import Table
 
-from pipeline._readers import open_slide
+from pipeline._readers import READERS, open_slide
 from pipeline._store import read_all
 from pipeline._tasks import SlideJob, plan_slide, tile_block
 from pipeline._tiling import read_tiles
@@ -144,6 +144,9 @@ def slidemill_tiling(
     grid_index = read_all(job.store, "grid_index").astype(np.int64)
 
     def once() -> tuple[int, float]:
+        # a fresh handle each pass: decoded stored tiles must not be served from the last pass
+        READERS.evict(path)
+        reader = READERS.get(path)
         for start, stop in plan.blocks:
             if write:
                 tile_block(plan, start, stop)

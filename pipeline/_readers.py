@@ -86,8 +86,8 @@ def register_reader(name: str, priority: int, opener: Callable[[Path], SlideRead
     _BACKENDS.sort(key=lambda b: -b.priority)
 
 
-def open_slide(path: Path) -> SlideReader:
-    """Open `path` with the highest-priority backend that handles it.
+def open_slide(path: Path, backend: str | None = None) -> SlideReader:
+    """Open `path` with the highest-priority backend that handles it (or only with `backend`).
 
     Raises MissingSlideError, UnreadableSlideError or UnsupportedSlideError, each naming the file.
     """
@@ -97,8 +97,10 @@ def open_slide(path: Path) -> SlideReader:
         raise UnsupportedSlideError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise UnreadableSlideError(f"{path}: file is empty (0 bytes)")
-    for backend in _BACKENDS:
-        reader = backend.opener(path)
+    for b in _BACKENDS:
+        if backend is not None and b.name != backend:
+            continue
+        reader = b.opener(path)
         if reader is not None:
             return reader
     raise UnsupportedSlideError(

@@ -5,7 +5,7 @@ Layout of `<out>/<slide_id>/slide.zarr` (N tiles, C classes, D feature dims, T t
     coords          (N, 2) int64    level-0 x, y of each tile's top-left corner
     grid_index      (N, 2) int32    tile grid row, column
     tissue_fraction (N,)   float32
-    tiles           (N, T, T, 3) uint8   one tile per chunk, one task's block per shard
+    tiles           (N, T, T, 3) uint8   16 tiles per chunk (lz4), one task's block per shard
     features        (N, D) float32
     attention       (N,)   float32
     scores          (N, C) float32  per-tile class probabilities
@@ -26,11 +26,17 @@ from pathlib import Path
 import numpy as np
 import zarr
 from numpy.typing import NDArray
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle
 
 from schemas import SlideStoreAttrs
 
 STORE_NAME = "slide.zarr"
+# Tiles are a cache of the slide, not an archive: write speed first. Measured on 256-px H&E tiles
+# (2 cores): zstd-1 in 1-tile chunks 1.09 ms/tile (2.77× smaller), zstd-1 in 16-tile chunks
+# 0.82 ms, blosc-lz4 in 16-tile chunks 0.61 ms (2.46× smaller); a 16-tile chunk is still a cheap
+# unit of random access.
+TILES_PER_CHUNK = 16
+TILE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle=BloscShuffle.noshuffle)
 PARTIAL = ".partial"
 _ATTRS_KEY = "slidemill"
 
@@ -79,7 +85,7 @@ def create_store(
     root.attrs[_ATTRS_KEY] = attrs.model_dump(mode="json")
     n = max(n_tiles, 1)
     block = min(tiles_per_shard, n)
-    zstd = ZstdCodec(level=1)  # write speed first: tiles are a cache of the slide, not an archive
+    chunk = min(TILES_PER_CHUNK, block)
     root.create_array("coords", shape=(n_tiles, 2), dtype="int64", chunks=(n, 2))
     root.create_array("grid_index", shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
     root.create_array("tissue_fraction", shape=(n_tiles,), dtype="float32", chunks=(n,))
@@ -87,9 +93,9 @@ def create_store(
         "tiles",
         shape=(n_tiles, tile_px, tile_px, 3),
         dtype="uint8",
-        chunks=(1, tile_px, tile_px, 3),
+        chunks=(chunk, tile_px, tile_px, 3),
         shards=(block, tile_px, tile_px, 3),
-        compressors=zstd,
+        compressors=TILE_CODEC,
     )
     root.create_array(
         "features", shape=(n_tiles, feature_dim), dtype="float32", chunks=(block, feature_dim)

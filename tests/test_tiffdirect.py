@@ -1,0 +1,87 @@
+"""The direct TIFF decoder gives the pixels OpenSlide gives, and hands OpenSlide what it cannot
+decode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline._grid import plan_grid
+from pipeline._levels import choose_level
+from pipeline._readers import OpenSlideReader, SlideReader, open_slide
+from pipeline._tiffdirect import TiffDirectReader
+from pipeline._tiling import read_tiles
+from pipeline.errors import SlideError
+
+# libjpeg-turbo on both sides; a different IDCT or upsampling setting would show as small
+# differences, so allow a little while requiring the same image.
+MAX_MEAN_DIFF = 1.0
+
+
+def _grid_tiles(reader: SlideReader, mpp: float, target: float, tile_px: int) -> np.ndarray:
+    """Every whole tile of the slide at `target` µm/px."""
+    choice = choose_level(mpp, reader.level_downsamples, target, tile_px)
+    w, h = reader.dimensions
+    stride0 = tile_px * target / mpp
+    grid = plan_grid(np.ones((8, 8), bool), 8 / max(w, h), w, h, choice.tile_level0, stride0, 0)
+    return read_tiles(reader, choice, stride0, tile_px, tile_px, grid.rows, grid.cols)
+
+
+@pytest.mark.parametrize("name", ["synth-svs.svs", "synth-tiff.tiff"])
+@pytest.mark.parametrize(("target", "tile_px"), [(0.5, 256), (1.0, 128), (2.0, 64), (1.3, 96)])
+def test_direct_and_openslide_tiles_agree(
+    slides_dir: Path, name: str, target: float, tile_px: int
+) -> None:
+    path = slides_dir / name
+    direct = open_slide(path)
+    assert isinstance(direct, TiffDirectReader)
+    assert direct.direct_levels() == list(range(len(direct.level_downsamples)))
+    reference = open_slide(path, backend="openslide")
+    assert isinstance(reference, OpenSlideReader)
+    a = _grid_tiles(direct, 0.5, target, tile_px)
+    b = _grid_tiles(reference, 0.5, target, tile_px)
+    assert a.shape == b.shape and len(a) > 10
+    assert np.abs(a.astype(int) - b.astype(int)).mean() <= MAX_MEAN_DIFF
+
+
+def test_real_slide_agrees(sample_slide: Path) -> None:
+    direct = open_slide(sample_slide)
+    assert isinstance(direct, TiffDirectReader)
+    reference = open_slide(sample_slide, backend="openslide")
+    a = _grid_tiles(direct, 0.499, 0.499, 256)
+    b = _grid_tiles(reference, 0.499, 0.499, 256)
+    assert len(a) == 88
+    assert np.abs(a.astype(int) - b.astype(int)).mean() <= MAX_MEAN_DIFF
+
+
+def test_regions_off_the_image_are_white(slides_dir: Path) -> None:
+    reader = open_slide(slides_dir / "synth-tiff.tiff")
+    region = reader.read_region((3000, 2000), 0, (200, 100))
+    assert (region[:48, :72] != 255).any()  # the slide's last pixels
+    assert (region[48:, :] == 255).all() and (region[:, 72:] == 255).all()
+
+
+def test_levels_it_cannot_decode_go_to_openslide(slides_dir: Path) -> None:
+    path = slides_dir / "synth-tiff.tiff"
+    full = TiffDirectReader.try_open(path)
+    assert full is not None
+    osr = OpenSlideReader(path)
+    partial = TiffDirectReader(osr, [full._pages[0], None, None])
+    assert partial.direct_levels() == [0]
+    np.testing.assert_array_equal(
+        partial.read_region((512, 256), 1, (64, 64)), osr.read_region((512, 256), 1, (64, 64))
+    )
+
+
+def test_other_formats_stay_with_openslide(bad_dir: dict[str, Path]) -> None:
+    assert TiffDirectReader.try_open(bad_dir["png"]) is None
+
+
+def test_truncated_tile_data_is_an_error_naming_the_file(bad_dir: dict[str, Path]) -> None:
+    path = bad_dir["truncated"]
+    with pytest.raises(SlideError) as info:
+        reader = open_slide(path)
+        reader.read_region((0, 0), 0, reader.dimensions)
+    assert str(path) in str(info.value)
