@@ -84,8 +84,8 @@ def create_store(
     root = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     root.attrs[_ATTRS_KEY] = attrs.model_dump(mode="json")
     n = max(n_tiles, 1)
-    block = min(tiles_per_shard, n)
-    chunk = min(TILES_PER_CHUNK, block)
+    block = tiles_per_shard  # = one task's tiles, so no two tasks ever write the same shard
+    chunk = max(d for d in range(1, TILES_PER_CHUNK + 1) if block % d == 0)
     root.create_array("coords", shape=(n_tiles, 2), dtype="int64", chunks=(n, 2))
     root.create_array("grid_index", shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
     root.create_array("tissue_fraction", shape=(n_tiles,), dtype="float32", chunks=(n,))
