@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from distributed import Client, Future, as_completed
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cluster import ClusterSettings, connect, gpu_workers
+from cluster import connect, gpu_workers, load_cluster_config
 from pipeline._discover import assign_ids, expand
-from pipeline._store import PARTIAL, fresh_work_dir, publish
+from pipeline._resume import Action, ResumeKey, decide
+from pipeline._store import PARTIAL, final_dir, publish
 from pipeline._tasks import (
     Refusal,
     SlideJob,
@@ -61,7 +63,9 @@ class BatchReport:
     results_csv: Path
     """Where the table was written."""
     dashboard: str | None
-    """The Dask dashboard used."""
+    """The Dask dashboard used (None when every slide was already done)."""
+    kept: tuple[str, ...] = ()
+    """Slides whose earlier result was still valid and kept without running."""
 
     @property
     def n_failed(self) -> int:
@@ -102,31 +106,80 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             class_names=manifest.class_names,
             feature_dim=manifest.feature_dim,
             batch_size=spec.batch_size,
+            key=resume_key(e.path, tiling, model_sha, spec.fallback_mpp),
+            force=spec.force,
         )
         for e in entries
     ]
-    settings = ClusterSettings(scheduler=spec.scheduler, n_workers=spec.n_workers)
-    with connect(settings) as client:
-        dashboard = client.dashboard_link
-        if on_dashboard is not None:
-            on_dashboard(dashboard)
-        results = _run_on(client, jobs, spec.show_progress)
+    results: list[SlideResult] = []
+    to_run: list[SlideJob] = []
+    for job in jobs:
+        previous = read_result(out, job.slide_id)
+        if decide(previous, job.key, spec.force) is Action.REUSE and previous is not None:
+            results.append(previous)
+        else:
+            to_run.append(job)
+    kept = tuple(r.slide_id for r in results)
+    dashboard = None
+    if to_run:  # a batch that is all done starts no cluster
+        cluster = spec.cluster or load_cluster_config(
+            scheduler=spec.scheduler, n_workers=spec.n_workers
+        )
+        with connect(cluster) as client:
+            dashboard = client.dashboard_link
+            if on_dashboard is not None:
+                on_dashboard(dashboard)
+            results += _run_on(client, to_run, spec.show_progress, spec.retries, cluster.gpu_pool)
     by_id = {r.slide_id: r for r in results}
     ordered = tuple(by_id[e.slide_id] for e in entries)
     csv_path = write_results_csv(out, ordered, manifest.class_names)
     _remove_if_empty(out / PARTIAL)
-    return BatchReport(ordered, csv_path, dashboard)
+    return BatchReport(ordered, csv_path, dashboard, kept)
 
 
-def _run_on(client: Client, jobs: list[SlideJob], show_progress: bool) -> list[SlideResult]:
+def resume_key(
+    path: Path, tiling: TilingSpec, model_sha: str, fallback_mpp: float | None
+) -> ResumeKey | None:
+    """The slide's resume key, or None when the file cannot be examined (it will fail)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return ResumeKey(
+        path=str(path),
+        file_size=st.st_size,
+        file_mtime_ns=st.st_mtime_ns,
+        tiling=tiling,
+        model_sha256=model_sha,
+        slidemill_version=slidemill_version(),
+        fallback_mpp=fallback_mpp,
+    )
+
+
+def read_result(out: Path, slide_id: str) -> SlideResult | None:
+    """The result of an earlier run, if there is a readable one."""
+    try:
+        return SlideResult.model_validate_json(
+            (final_dir(out, slide_id) / "result.json").read_bytes()
+        )
+    except (OSError, ValidationError):
+        return None
+
+
+def _run_on(
+    client: Client, jobs: list[SlideJob], show_progress: bool, retries: int, gpu_pool: bool
+) -> list[SlideResult]:
     token = uuid.uuid4().hex[:8]
     job0 = jobs[0]
-    gpus = gpu_workers(client)
+    # a batch backend's GPU jobs may still be queued: trust the config, not who has joined yet
+    gpus = gpu_pool or bool(gpu_workers(client))
     inference_resources = {GPU: 1} if gpus else None
     client.register_plugin(ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None))
 
     def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:
-        return client.submit(fn, *args, key=f"{key}-{token}", priority=priority, pure=False, **kw)
+        return client.submit(
+            fn, *args, key=f"{key}-{token}", priority=priority, pure=False, retries=retries, **kw
+        )
 
     pending: dict[Future, tuple[str, SlideJob]] = {}
     slide_futures: dict[str, list[Future]] = {}
@@ -224,17 +277,27 @@ def _failure(job: SlideJob, refusal: Refusal) -> SlideResult:
         status=refusal.status,
         error=message,
         provenance=Provenance(
-            slidemill_version=slidemill_version(), model_sha256=job.model_sha256, tiling=job.tiling
+            slidemill_version=slidemill_version(),
+            model_sha256=job.model_sha256,
+            tiling=job.tiling,
+            fallback_mpp=job.fallback_mpp,
+            file_size=job.key.file_size if job.key else None,
+            file_mtime_ns=job.key.file_mtime_ns if job.key else None,
         ),
     )
 
 
 def _record_failure(job: SlideJob, result: SlideResult) -> None:
-    """Replace the slide's folder by one holding only its failed/skipped result.json."""
+    """Replace the slide's folder by one holding only its failed/skipped result.json.
+
+    Staged in a folder of its own: tasks of the slide that were already running when it failed
+    may still write into its work folder (cancelling does not stop them). What they finish stays
+    there as resumable work for the next run."""
     out = Path(job.out)
-    folder = fresh_work_dir(out, job.slide_id)
-    write_result(folder, result)
-    publish(out, job.slide_id)
+    staging = out / PARTIAL / f"{job.slide_id}.result-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    write_result(staging, result)
+    publish(out, job.slide_id, staging)
 
 
 def _remove_if_empty(folder: Path) -> None:

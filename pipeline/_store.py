@@ -57,9 +57,11 @@ def fresh_work_dir(out: Path, slide_id: str) -> Path:
     return path
 
 
-def publish(out: Path, slide_id: str) -> Path:
-    """Move a finished work folder into place, replacing an earlier result of the same slide."""
-    src, dst = work_dir(out, slide_id), final_dir(out, slide_id)
+def publish(out: Path, slide_id: str, src: Path | None = None) -> Path:
+    """Move a finished folder (by default the slide's work folder) into place, replacing an
+    earlier result of the same slide."""
+    src = src or work_dir(out, slide_id)
+    dst = final_dir(out, slide_id)
     old = None
     if dst.exists():
         old = out / PARTIAL / f"{slide_id}.old-{uuid.uuid4().hex[:8]}"
@@ -68,6 +70,27 @@ def publish(out: Path, slide_id: str) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+PROGRESS = "progress"
+
+
+def mark_done(work: Path, name: str, seconds: float) -> None:
+    """Record that a unit of work (e.g. `tile-256`) finished, after its data is written."""
+    folder = work / PROGRESS
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text(f"{seconds:.6f}\n")
+    tmp.replace(folder / name)
+
+
+def is_done(work: Path, name: str) -> bool:
+    return (work / PROGRESS / name).is_file()
+
+
+def clear_progress(work: Path) -> None:
+    """Remove the resume bookkeeping before a slide is published."""
+    shutil.rmtree(work / PROGRESS, ignore_errors=True)
 
 
 def create_store(

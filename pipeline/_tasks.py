@@ -6,24 +6,30 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from pipeline._grid import blocks, plan_grid
 from pipeline._heatmap import rasterise, render_png
 from pipeline._levels import LevelChoice, choose_level
 from pipeline._readers import READERS, read_thumbnail
+from pipeline._resume import ResumeKey, partial_is_valid
 from pipeline._store import (
     STORE_NAME,
+    clear_progress,
     create_store,
     fresh_work_dir,
+    is_done,
+    mark_done,
     publish,
     read_all,
     read_attrs,
     read_block,
+    work_dir,
     write_array,
     write_attrs,
     write_block,
@@ -73,10 +79,19 @@ class SlideJob:
     """Encoder output width."""
     batch_size: int
     """Tiles per encoder forward pass."""
+    key: ResumeKey | None = None
+    """What the outputs depend on (None when the file could not be examined)."""
+    force: bool = False
+    """Ignore partial work of an interrupted run."""
+
+    @property
+    def work(self) -> Path:
+        """The slide's folder while it is being built."""
+        return work_dir(Path(self.out), self.slide_id)
 
     @property
     def store(self) -> Path:
-        return Path(self.out) / ".partial" / self.slide_id / STORE_NAME
+        return self.work / STORE_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +116,30 @@ class SlidePlan:
     """Time spent planning."""
 
 
+PLAN_FILE = "plan.json"
+_PLAN_JSON: TypeAdapter[SlidePlan] = TypeAdapter(SlidePlan)
+
+
+def _saved_plan(job: SlideJob) -> SlidePlan | None:
+    """The plan of an interrupted run of this slide, if it is still valid for `job`."""
+    try:
+        saved = _PLAN_JSON.validate_json((job.work / PLAN_FILE).read_bytes())
+    except (OSError, ValidationError):
+        return None
+    if saved.job.tiles_per_task != job.tiles_per_task:  # shards would not line up
+        return None
+    return saved if partial_is_valid(saved.job.key, job.key, job.force) else None
+
+
 def plan_slide(job: SlideJob) -> SlidePlan:
-    """Open the slide, find tissue, plan the tile grid and create the slide's Zarr store."""
+    """Open the slide, find tissue, plan the tile grid and create the slide's Zarr store.
+
+    After an interrupted run with the same inputs, returns the saved plan instead, so that the
+    blocks already written are kept."""
+    saved = _saved_plan(job)
+    if saved is not None:
+        log.info("%s: resuming interrupted work", job.slide_id)
+        return replace(saved, job=job, seconds=0.0)
     t0 = time.perf_counter()
     path = Path(job.path)
     reader = READERS.get(path)
@@ -146,7 +183,10 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         tiling=spec,
         slide_mpp=base_mpp,
         mpp_source=source,
+        fallback_mpp=job.fallback_mpp,
         level=choice.level,
+        file_size=job.key.file_size if job.key else None,
+        file_mtime_ns=job.key.file_mtime_ns if job.key else None,
     )
     attrs = SlideStoreAttrs(
         slide_id=job.slide_id,
@@ -173,7 +213,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
     write_array(job.store, "thumbnail", thumb)
     write_array(job.store, "tissue_mask", mask)
     sha = file_sha256(path)
-    return SlidePlan(
+    plan = SlidePlan(
         job=job,
         n_tiles=grid.n_tiles,
         blocks=tuple(blocks(grid.n_tiles, job.tiles_per_task)),
@@ -183,6 +223,11 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         file_sha256=sha,
         seconds=time.perf_counter() - t0,
     )
+    # written last: its presence means the store and arrays above are complete
+    tmp = job.work / f".{PLAN_FILE}.tmp"
+    tmp.write_bytes(_PLAN_JSON.dump_json(plan))
+    tmp.replace(job.work / PLAN_FILE)
+    return plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +258,10 @@ def plan_or_refuse(job: SlideJob) -> SlidePlan | Refusal:
 
 def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
     """Read tiles [start, stop) from the slide and write them to the store; returns seconds."""
-    t0 = time.perf_counter()
     job = plan.job
+    if is_done(job.work, f"tile-{start}"):
+        return 0.0
+    t0 = time.perf_counter()
     spec = job.tiling
     grid_index = read_block(job.store, "grid_index", start, stop)
     path = Path(job.path)
@@ -233,7 +280,9 @@ def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
         READERS.evict(path)
         raise
     write_block(job.store, "tiles", start, tiles)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    mark_done(job.work, f"tile-{start}", seconds)
+    return seconds
 
 
 def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float:
@@ -241,13 +290,17 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float
 
     `_tiled` is the tiling task's result: passing it makes this task wait for that one.
     """
-    t0 = time.perf_counter()
     job = plan.job
+    if is_done(job.work, f"encode-{start}"):
+        return 0.0
+    t0 = time.perf_counter()
     model = get_model(job.model_bundle, job.model_sha256)
     tiles = read_block(job.store, "tiles", start, stop)
     features = encode_tiles(model, tiles.astype(np.uint8, copy=False), job.batch_size)
     write_block(job.store, "features", start, features)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    mark_done(job.work, f"encode-{start}", seconds)
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +350,7 @@ def reduce_slide(
     thumb = read_thumbnail(READERS.get(Path(job.path)), base_mpp, display_mpp)
     label_index = int(np.argmax(mil.probabilities))
     label = job.class_names[label_index]
-    work = job.store.parent
+    work = job.work
     render_png(
         work / "heatmap.png",
         thumb,
@@ -326,6 +379,8 @@ def reduce_slide(
         provenance=plan.provenance,
     )
     write_result(work, result)
+    clear_progress(work)
+    (work / PLAN_FILE).unlink(missing_ok=True)
     publish(Path(job.out), job.slide_id)
     return result
 

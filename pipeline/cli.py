@@ -30,6 +30,14 @@ def run(
     slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
     model: Annotated[Path, typer.Option(help="Model bundle folder.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
+    cluster_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster",
+            help="Cluster config (YAML/TOML): local, existing, slurm, kubernetes or cuda. "
+            "Default: $SLIDEMILL_CLUSTER_FILE, else the embedded LocalCluster.",
+        ),
+    ] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="tcp://HOST:PORT of an existing Dask scheduler.")
     ] = None,
@@ -47,37 +55,51 @@ def run(
     tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
     tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Dask task.")] = 256,
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per encoder batch.")] = 64,
+    retries: Annotated[
+        int, typer.Option(min=0, max=10, help="Extra attempts of a failed task.")
+    ] = 2,
+    force: Annotated[
+        bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
 
     Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count).
     """
+    from cluster import ClusterError, load_cluster_config
     from pipeline._batch import run_batch
 
     try:
+        cluster_config = load_cluster_config(cluster_file, scheduler=scheduler, n_workers=workers)
         spec = RunSpec(
             slides=tuple(slides),
             model=model,
             out=out,
-            scheduler=scheduler,
-            n_workers=workers,
+            cluster=cluster_config,
             fallback_mpp=mpp,
             overlap_px=overlap,
             min_tissue_fraction=min_tissue,
             tissue_method=tissue_method,
             tiles_per_task=tiles_per_task,
             batch_size=batch_size,
+            retries=retries,
+            force=force,
             show_progress=progress,
         )
         report = run_batch(spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"))
-    except (PipelineError, WorkerError, ValueError) as err:
+    except (PipelineError, WorkerError, ClusterError, ValueError) as err:
         _fail(str(err))
         return
     table = Table("slide", "status", "label", "tiles", "error")
     for r in report.results:
         table.add_row(r.slide_id, r.status, r.label or "", str(r.n_tiles), r.error or "")
     console.print(table)
+    if report.kept:
+        console.print(
+            f"kept {len(report.kept)} slide(s) already done with the same inputs "
+            "(--force redoes them)"
+        )
     console.print(f"results: {report.results_csv}")
     if report.n_failed:
         raise typer.Exit(1)
@@ -110,6 +132,87 @@ def model_init(
         _fail(str(err))
         return
     console.print(f"wrote {out} ({manifest.encoder} + {manifest.head}, {manifest.feature_dim}-d)")
+
+
+@model_app.command("import-clam")
+def model_import_clam(
+    checkpoint: Annotated[Path, typer.Argument(help="CLAM state dict saved with torch.save.")],
+    clam_type: Annotated[str, typer.Option("--type", help="clam_sb or clam_mb.")],
+    size: Annotated[str, typer.Option(help="CLAM model size: small or big.")],
+    classes: Annotated[str, typer.Option(help="Comma-separated class names, in CLAM's order.")],
+    out: Annotated[Path, typer.Option(help="New bundle folder.")],
+    encoder: Annotated[
+        str, typer.Option(help="Registered encoder the CLAM features came from.")
+    ] = "resnet50_trunc",
+    encoder_weights: Annotated[
+        Path | None,
+        typer.Option(help="Local state dict for the encoder (else it is randomly initialised)."),
+    ] = None,
+    mpp: Annotated[float, typer.Option(help="µm/px the model works at.")] = 0.5,
+    tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
+) -> None:
+    """Write a bundle from a CLAM (mahmoodlab/CLAM) checkpoint of a gated CLAM-SB or -MB model."""
+    from typing import cast
+
+    from workers._clam import ClamSize, ClamType, import_clam_checkpoint
+
+    try:
+        manifest = import_clam_checkpoint(
+            checkpoint,
+            out,
+            clam_type=cast(ClamType, clam_type),  # the library refuses other values
+            size=cast(ClamSize, size),
+            class_names=tuple(c.strip() for c in classes.split(",") if c.strip()),
+            encoder=encoder,
+            encoder_weights=encoder_weights,
+            input_mpp=mpp,
+            tile_px=tile_px,
+        )
+    except (WorkerError, ValueError) as err:
+        _fail(str(err))
+        return
+    weights = encoder_weights.name if encoder_weights else "random, give --encoder-weights"
+    console.print(
+        f"wrote {out} ({manifest.encoder} + {manifest.head}, {manifest.feature_dim}-d; "
+        f"encoder weights: {weights})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+cluster_app = typer.Typer(no_args_is_help=True, help="Cluster configs.")
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("check")
+def cluster_check(
+    config: Annotated[
+        Path | None, typer.Argument(help="Config file (default: $SLIDEMILL_CLUSTER_FILE).")
+    ] = None,
+) -> None:
+    """Validate a cluster config and print what it would start (SLURM job scripts, Kubernetes
+    resources), starting no worker."""
+    from cluster import ClusterError, load_cluster_config, preview
+
+    try:
+        text = preview(load_cluster_config(config))
+    except (ClusterError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(text)
+
+
+@cluster_app.command("example")
+def cluster_example(
+    name: Annotated[str, typer.Argument(help="local, existing, slurm, kubernetes or cuda.")],
+) -> None:
+    """Print a shipped example config to start from."""
+    from cluster import ClusterError, example_config
+
+    try:
+        typer.echo(example_config(name).read_text(), nl=False)
+    except ClusterError as err:
+        _fail(str(err))
 
 
 @app.command()

@@ -5,6 +5,22 @@ the attributes of a Zarr store) is one of these models; `write_json_schemas` exp
 JSON Schema.
 """
 
+from schemas._cluster import (
+    BACKEND_NAMES,
+    Adapt,
+    AnyClusterConfig,
+    ClusterConfig,
+    CudaClusterConfig,
+    ExistingClusterConfig,
+    KubernetesClusterConfig,
+    KubernetesCpuPool,
+    KubernetesGpuPool,
+    LocalClusterConfig,
+    NannyEnv,
+    SlurmClusterConfig,
+    SlurmCpuPool,
+    SlurmGpuPool,
+)
 from schemas._export import write_json_schemas
 from schemas._models import (
     SCHEMA_MODELS,
@@ -21,15 +37,32 @@ from schemas._models import (
     slidemill_version,
 )
 
+# `write_json_schemas` exports every entry of this dict (the same object `_export` reads).
+SCHEMA_MODELS["cluster_config"] = ClusterConfig
+
 __all__ = [
+    "BACKEND_NAMES",
     "SCHEMA_MODELS",
+    "Adapt",
+    "AnyClusterConfig",
+    "ClusterConfig",
+    "CudaClusterConfig",
+    "ExistingClusterConfig",
+    "KubernetesClusterConfig",
+    "KubernetesCpuPool",
+    "KubernetesGpuPool",
+    "LocalClusterConfig",
     "ModelManifest",
+    "NannyEnv",
     "Normalisation",
     "Provenance",
     "RunSpec",
     "SlideResult",
     "SlideStatus",
     "SlideStoreAttrs",
+    "SlurmClusterConfig",
+    "SlurmCpuPool",
+    "SlurmGpuPool",
     "StageTimings",
     "TilingSpec",
     "TissueMethod",

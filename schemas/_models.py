@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas._cluster import AnyClusterConfig
+
 
 @cache
 def slidemill_version() -> str:
@@ -101,6 +103,11 @@ class RunSpec(_Frozen):
         default=None, description="Address of an existing Dask scheduler; None starts one."
     )
     n_workers: int | None = Field(default=None, ge=1, description="Local workers; None = cores.")
+    cluster: AnyClusterConfig | None = Field(
+        default=None,
+        description="Where to run (a cluster config); None = the scheduler / n_workers "
+        "shortcuts, the SLIDEMILL_ environment, or the embedded LocalCluster.",
+    )
     tiles_per_task: int = Field(
         default=256, ge=1, le=65536, description="Tiles read, written and encoded per Dask task."
     )
@@ -111,6 +118,15 @@ class RunSpec(_Frozen):
     min_tissue_fraction: float = Field(default=0.25, ge=0, le=1)
     tissue_method: TissueMethod = TissueMethod.OTSU_SATURATION
     batch_size: int = Field(default=64, ge=1, description="Tiles per encoder forward pass.")
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Extra attempts of a failed task before its slide fails.",
+    )
+    force: bool = Field(
+        default=False, description="Redo every slide, ignoring earlier results and partial work."
+    )
     show_progress: bool = True
 
 
@@ -135,7 +151,10 @@ class Provenance(_Frozen):
     tiling: TilingSpec | None = None
     slide_mpp: float | None = Field(default=None, description="Level-0 µm/px used for the slide.")
     mpp_source: Literal["slide", "fallback"] | None = None
+    fallback_mpp: float | None = Field(default=None, description="The run's --mpp fallback.")
     level: int | None = Field(default=None, description="Pyramid level tiles were read from.")
+    file_size: int | None = Field(default=None, description="Slide file size in bytes.")
+    file_mtime_ns: int | None = Field(default=None, description="Slide file modification time.")
 
 
 class SlideResult(_Frozen):

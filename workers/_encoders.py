@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
-import torchvision
 from torch import nn
 
 from workers._registry import Registry
@@ -38,6 +37,8 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, arch: str) -> None:
         super().__init__()
+        import torchvision  # here, not at import: it costs ~1.3 s and only ResNets need it
+
         net = getattr(torchvision.models, arch)(weights=None)
         self.feature_dim = int(net.fc.in_features)
         net.fc = nn.Identity()
@@ -87,3 +88,32 @@ class TinyCNN(nn.Module):
 @ENCODERS.register("tiny_cnn")
 def _tiny_cnn(width: int = 32) -> nn.Module:
     return TinyCNN(width)
+
+
+class ResNet50Trunc(nn.Module):
+    """torchvision ResNet-50 cut after layer3 and global-average-pooled: CLAM's `resnet50_trunc`.
+
+    The parameters keep torchvision's names under `net.` (layer4 and fc are gone), so ImageNet
+    weights saved by torchvision load after dropping their `layer4.*` and `fc.*` keys.
+
+    forward: (B, 3, H, W) → (B, 1024).
+    """
+
+    feature_dim = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet50(weights=None)
+        net.layer4 = nn.Identity()  # torchvision's forward then pools layer3's 1024 channels
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.net(x))
+
+
+@ENCODERS.register("resnet50_trunc")
+def _resnet50_trunc() -> nn.Module:
+    return ResNet50Trunc()

@@ -1,0 +1,16 @@
+"""Typed errors of the cluster side. Messages name the config file (when there is one) and the
+fix; the command line prints them as usage errors."""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Base of everything `cluster` raises on purpose."""
+
+
+class ClusterConfigError(ClusterError, ValueError):
+    """A cluster config file or override is missing, unreadable or invalid."""
+
+
+class MissingExtraError(ClusterError, ImportError):
+    """A backend's optional dependency is not installed (e.g. dask-jobqueue for `slurm`)."""

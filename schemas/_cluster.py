@@ -1,0 +1,505 @@
+"""Where a batch runs: the cluster config file, a union of one model per backend on `backend:`.
+
+A file names one backend and its settings; `cluster/` turns it into a running Dask cluster.
+Batch backends (SLURM, Kubernetes) have a CPU worker pool, which reads and tiles and may adapt
+between bounds, and an optional GPU worker pool of fixed size whose workers declare the `GPU`
+resource that inference tasks ask for.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    field_validator,
+    model_validator,
+)
+
+# SLURM walltime: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.
+_WALLTIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")
+# A byte count as dask and dask-jobqueue read it: "64GB", "7.5 GiB", "512M", "1000000".
+_BYTES = re.compile(r"^\d+(\.\d+)?\s*([kKmMgGtTpP]i?[bB]?|[bB])?$")
+# Kubernetes resource quantities.
+_CPU_QUANTITY = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY_QUANTITY = re.compile(r"^\d+(\.\d+)?([KMGTPE]i?|[kmM]|e\d+)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check(pattern: re.Pattern[str], what: str, value: str) -> str:
+    if not pattern.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not {what}")
+    return value.strip()
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NannyEnv(_Config):
+    """The environment each Dask nanny sets before it starts its worker process.
+
+    Written to `distributed.nanny.pre-spawn-environ`: these variables only take effect when set
+    before the worker process starts (glibc reads `MALLOC_TRIM_THRESHOLD_` at start-up, BLAS and
+    OpenMP size their thread pools on import). As distributed does, a variable already exported
+    in the environment that starts the workers takes precedence over these values.
+    """
+
+    malloc_trim_threshold: int = Field(
+        default=65536,
+        ge=0,
+        description="MALLOC_TRIM_THRESHOLD_ in bytes: glibc returns freed memory above this to "
+        "the operating system. 65536 is distributed's own default.",
+    )
+    blas_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="OMP_NUM_THREADS, MKL_NUM_THREADS and OPENBLAS_NUM_THREADS (torch's "
+        "intra-op threads follow OMP_NUM_THREADS); null = the worker's threads.",
+    )
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="More variables to set in every worker process."
+    )
+
+    @field_validator("extra")
+    @classmethod
+    def _names(cls, extra: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in extra if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(map(repr, bad))}")
+        return extra
+
+    def environ(self, threads: int) -> dict[str, str]:
+        """The variables for a worker with `threads` threads."""
+        blas = str(self.blas_threads or threads)
+        return {
+            "MALLOC_TRIM_THRESHOLD_": str(self.malloc_trim_threshold),
+            "OMP_NUM_THREADS": blas,
+            "MKL_NUM_THREADS": blas,
+            "OPENBLAS_NUM_THREADS": blas,
+            **self.extra,
+        }
+
+
+class Adapt(_Config):
+    """Bounds for adaptive scaling, in the batch system's units (SLURM jobs, Kubernetes pods)."""
+
+    minimum: int = Field(default=0, ge=0, description="Fewest jobs/pods kept, even when idle.")
+    maximum: int = Field(ge=1, description="Most jobs/pods asked for at once.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Adapt:
+        if self.minimum > self.maximum:
+            raise ValueError(
+                f"adapt minimum ({self.minimum}) is larger than adapt maximum ({self.maximum})"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# local and existing
+
+
+class LocalClusterConfig(_Config):
+    """An embedded `distributed.LocalCluster` of worker processes on this machine (the default)."""
+
+    backend: Literal["local"] = "local"
+    n_workers: int | None = Field(
+        default=None, ge=1, description="Worker processes; null = one per core."
+    )
+    threads_per_worker: int = Field(default=1, ge=1, description="Threads in each worker.")
+    memory_limit: str | None = Field(
+        default=None,
+        description="Memory limit per worker ('4GiB', 'auto'); null = 90% of RAM / workers.",
+    )
+    dashboard_address: str = Field(
+        default=":0", description="Dashboard bind address; ':0' picks a free port."
+    )
+    nanny_env: NannyEnv = NannyEnv()
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "auto":
+            return value
+        return _check(_BYTES, "a byte size such as '4GiB'", value)
+
+    @property
+    def gpu_pool(self) -> bool:
+        """Whether this config starts workers that declare a `GPU` resource."""
+        return False
+
+
+class ExistingClusterConfig(_Config):
+    """A Dask scheduler that is already running; slidemill starts and stops nothing."""
+
+    backend: Literal["existing"]
+    scheduler: str | None = Field(
+        default=None, description="Scheduler address, e.g. tcp://10.0.0.5:8786."
+    )
+    scheduler_file: Path | None = Field(
+        default=None, description="A scheduler file written by `dask scheduler --scheduler-file`."
+    )
+    timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for the scheduler.")
+
+    @model_validator(mode="after")
+    def _one_address(self) -> ExistingClusterConfig:
+        if (self.scheduler is None) == (self.scheduler_file is None):
+            raise ValueError("give exactly one of scheduler (an address) or scheduler_file")
+        if self.scheduler is not None and "://" not in self.scheduler:
+            raise ValueError(
+                f"scheduler {self.scheduler!r} needs a protocol, e.g. tcp://{self.scheduler}"
+            )
+        return self
+
+    @property
+    def gpu_pool(self) -> bool:
+        """Unknown before connecting: ask the scheduler (`cluster.gpu_workers`)."""
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# SLURM (dask-jobqueue)
+
+
+class _SlurmPool(_Config):
+    partition: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("partition", "queue"),
+        description="SLURM partition (#SBATCH -p; dask-jobqueue's `queue`). Also read as `queue`.",
+    )
+    account: str | None = Field(
+        default=None, description="This pool's account (#SBATCH -A); null = the shared one."
+    )
+    walltime: str = Field(default="01:00:00", description="Job time limit (#SBATCH -t).")
+    cores: int = Field(ge=1, description="CPU cores per job (#SBATCH --cpus-per-task).")
+    memory: str = Field(description="Memory per job, e.g. '64GB' (#SBATCH --mem).")
+    job_extra_directives: list[str] = Field(
+        default_factory=list, description="More #SBATCH options, e.g. '--qos=normal'."
+    )
+    job_script_prologue: list[str] = Field(
+        default_factory=list, description="Shell lines run after the shared prologue."
+    )
+    worker_extra_args: list[str] = Field(
+        default_factory=list,
+        description="More `dask worker` arguments, e.g. ['--lifetime', '55m'].",
+    )
+    scale: int | None = Field(default=None, ge=0, description="A fixed number of jobs.")
+    adapt: Adapt | None = Field(default=None, description="Adaptive bounds, in jobs.")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        return _check(_WALLTIME, "a SLURM time such as '04:00:00' or '1-12:00:00'", value)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        return _check(_BYTES, "a memory size such as '64GB'", value)
+
+
+class SlurmCpuPool(_SlurmPool):
+    """The CPU pool: its `SLURMCluster` runs the scheduler; its workers read and tile."""
+
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes per job; null = cores (single-threaded workers).",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SlurmCpuPool:
+        if self.processes is not None and self.cores % self.processes:
+            raise ValueError(
+                f"cores ({self.cores}) must be a multiple of processes ({self.processes})"
+            )
+        if (self.scale is None) == (self.adapt is None):
+            raise ValueError(
+                "give either scale (a fixed number of jobs) or adapt: {minimum, maximum}"
+            )
+        return self
+
+    @property
+    def n_processes(self) -> int:
+        """Worker processes per job."""
+        return self.processes or self.cores
+
+    @property
+    def threads(self) -> int:
+        """Threads per worker process."""
+        return self.cores // self.n_processes
+
+
+class SlurmGpuPool(_SlurmPool):
+    """The GPU pool: one worker per GPU, each with `--resources GPU=1`; a fixed number of jobs."""
+
+    gpus: int = Field(description="GPUs per job (#SBATCH --gres=gpu:N); one worker per GPU.")
+    gpu_type: str | None = Field(
+        default=None, description="GPU type in the gres, e.g. 'a100' for --gres=gpu:a100:N."
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _some_gpus(cls, gpus: int) -> int:
+        if gpus < 1:
+            raise ValueError(f"a GPU pool needs gpus >= 1 per job (got {gpus})")
+        return gpus
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SlurmGpuPool:
+        if self.cores % self.gpus:
+            raise ValueError(
+                f"cores ({self.cores}) must be a multiple of gpus ({self.gpus}): each GPU's "
+                "worker gets cores / gpus threads"
+            )
+        if self.adapt is not None:
+            raise ValueError(
+                "a GPU pool has a fixed size (scale: N jobs); only the CPU pool adapts, because "
+                "Dask's adaptive target does not look at worker resources"
+            )
+        if self.scale is None:
+            raise ValueError("give the GPU pool's size: scale: N (jobs)")
+        return self
+
+    @property
+    def threads(self) -> int:
+        """Threads per worker process."""
+        return self.cores // self.gpus
+
+
+class SlurmClusterConfig(_Config):
+    """SLURM through dask-jobqueue: a CPU pool and an optional GPU pool, one scheduler."""
+
+    backend: Literal["slurm"]
+    account: str | None = Field(default=None, description="Account for every job (#SBATCH -A).")
+    job_script_prologue: list[str] = Field(
+        default_factory=list,
+        description="Shell lines before the worker starts in every job: module loads, "
+        "activating the environment that has slidemill installed.",
+    )
+    python: str | None = Field(
+        default=None,
+        description="Python on the compute nodes; null = the one running slidemill.",
+    )
+    interface: str | None = Field(
+        default=None, description="Network interface for scheduler and workers, e.g. 'ib0'."
+    )
+    local_directory: str | None = Field(
+        default=None, description="Node-local scratch for workers, e.g. '$TMPDIR'."
+    )
+    log_directory: str | None = Field(default=None, description="Where SLURM writes job logs.")
+    dashboard_address: str = Field(default=":8787", description="Scheduler dashboard address.")
+    nanny_env: NannyEnv = NannyEnv()
+    cpu: SlurmCpuPool
+    gpu: SlurmGpuPool | None = None
+
+    @property
+    def gpu_pool(self) -> bool:
+        """Whether this config starts workers that declare a `GPU` resource."""
+        return self.gpu is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes (dask-kubernetes operator)
+
+
+class _KubernetesPool(_Config):
+    image: str | None = Field(default=None, description="Worker image; null = the cluster's.")
+    threads: int = Field(default=1, ge=1, description="Threads in each worker (one per pod).")
+    cpu: str | None = Field(
+        default=None, description="CPU request and limit per pod ('2', '500m'); null = threads."
+    )
+    memory: str = Field(description="Memory request and limit per pod, e.g. '8Gi'.")
+    env: dict[str, str] = Field(default_factory=dict, description="More pod environment.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[dict[str, str | int]] = Field(
+        default_factory=list, description="Pod tolerations (e.g. for tainted GPU nodes)."
+    )
+    scale: int | None = Field(default=None, ge=0, description="A fixed number of pods.")
+    adapt: Adapt | None = Field(default=None, description="Adaptive bounds, in pods.")
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | None) -> str | None:
+        return None if value is None else _check(_CPU_QUANTITY, "a CPU quantity", value)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        return _check(_MEMORY_QUANTITY, "a Kubernetes memory quantity such as '8Gi'", value)
+
+    @property
+    def cpu_quantity(self) -> str:
+        """CPU request and limit."""
+        return self.cpu or str(self.threads)
+
+
+class KubernetesCpuPool(_KubernetesPool):
+    """The default worker group: reads and tiles; may adapt (the operator's DaskAutoscaler)."""
+
+    @model_validator(mode="after")
+    def _size(self) -> KubernetesCpuPool:
+        if (self.scale is None) == (self.adapt is None):
+            raise ValueError(
+                "give either scale (a fixed number of pods) or adapt: {minimum, maximum}"
+            )
+        return self
+
+
+class KubernetesGpuPool(_KubernetesPool):
+    """An extra worker group whose pods each hold one GPU and run `--resources GPU=1`."""
+
+    gpus: int = Field(description="GPUs per pod (nvidia.com/gpu limit); must be 1.")
+
+    @model_validator(mode="after")
+    def _size(self) -> KubernetesGpuPool:
+        if self.gpus < 1:
+            raise ValueError(f"a GPU pool needs gpus: 1 per pod (got {self.gpus})")
+        if self.gpus > 1:
+            raise ValueError(
+                f"gpus: {self.gpus}: one GPU per worker pod (each worker uses one device and "
+                "the operator scales pods of one worker); ask for more pods with scale"
+            )
+        if self.adapt is not None:
+            raise ValueError(
+                "a GPU worker group has a fixed size (scale: N pods); the operator's autoscaler "
+                "only scales the default (CPU) group"
+            )
+        if self.scale is None:
+            raise ValueError("give the GPU pool's size: scale: N (pods)")
+        return self
+
+
+class KubernetesClusterConfig(_Config):
+    """Kubernetes through the dask-kubernetes operator: a DaskCluster plus a GPU worker group."""
+
+    backend: Literal["kubernetes"]
+    name: str = Field(
+        default="slidemill-{uuid}",
+        description="DaskCluster name; '{user}' and '{uuid}' are filled in.",
+    )
+    namespace: str | None = Field(
+        default=None, description="Namespace; null = the current context's."
+    )
+    image: str = Field(description="Container image with slidemill installed.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment for every pod.")
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod volumes of every worker, e.g. the PVC holding slides and outputs "
+        "(every worker must see the output folder).",
+    )
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Where the worker container mounts `volumes`."
+    )
+    scheduler_cpu: str = Field(default="1", description="Scheduler pod CPU request and limit.")
+    scheduler_memory: str = Field(default="2Gi", description="Scheduler pod memory.")
+    scheduler_service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    idle_timeout: int = Field(
+        default=0, ge=0, description="Seconds idle before the operator deletes it; 0 = never."
+    )
+    nanny_env: NannyEnv = NannyEnv()
+    cpu: KubernetesCpuPool
+    gpu: KubernetesGpuPool | None = None
+
+    @field_validator("scheduler_cpu")
+    @classmethod
+    def _scheduler_cpu(cls, value: str) -> str:
+        return _check(_CPU_QUANTITY, "a CPU quantity", value)
+
+    @field_validator("scheduler_memory")
+    @classmethod
+    def _scheduler_memory(cls, value: str) -> str:
+        return _check(_MEMORY_QUANTITY, "a Kubernetes memory quantity such as '2Gi'", value)
+
+    @model_validator(mode="after")
+    def _mounted_volumes_exist(self) -> KubernetesClusterConfig:
+        names = {v.get("name") for v in self.volumes}
+        missing = [m.get("name") for m in self.volume_mounts if m.get("name") not in names]
+        if missing:
+            raise ValueError(
+                f"volume_mounts name volumes not listed in volumes: {', '.join(map(str, missing))}"
+            )
+        return self
+
+    @property
+    def gpu_pool(self) -> bool:
+        """Whether this config starts workers that declare a `GPU` resource."""
+        return self.gpu is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA node (dask-cuda)
+
+
+class CudaClusterConfig(_Config):
+    """A multi-GPU machine through dask-cuda's `LocalCUDACluster`: one worker per GPU, each with
+    `GPU=1`, plus optional CPU-only workers for reading and tiling."""
+
+    backend: Literal["cuda"]
+    devices: list[int | str] | None = Field(
+        default=None,
+        description="CUDA_VISIBLE_DEVICES to use (indices or UUIDs); null = all visible.",
+    )
+    threads_per_worker: int = Field(default=1, ge=1, description="Threads in each worker.")
+    memory_limit: str | None = Field(
+        default=None, description="Host memory limit per worker; null = dask-cuda's 'auto'."
+    )
+    device_memory_limit: str | float | None = Field(
+        default=None,
+        description="Device memory before spilling to host ('30GB' or a fraction); "
+        "null = dask-cuda's default.",
+    )
+    cpu_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Extra CPU-only workers (no GPU resource, no visible GPU) for reading and "
+        "tiling, beside the GPU workers.",
+    )
+    local_directory: str | None = Field(default=None, description="Scratch for workers.")
+    dashboard_address: str = Field(default=":0", description="Dashboard bind address.")
+    nanny_env: NannyEnv = NannyEnv()
+
+    @field_validator("devices")
+    @classmethod
+    def _some_devices(cls, devices: list[int | str] | None) -> list[int | str] | None:
+        if devices is not None and not devices:
+            raise ValueError("devices is empty; leave it out to use every visible GPU")
+        return devices
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "auto":
+            return value
+        return _check(_BYTES, "a byte size such as '32GiB'", value)
+
+    @property
+    def gpu_pool(self) -> bool:
+        """Whether this config starts workers that declare a `GPU` resource."""
+        return True
+
+
+AnyClusterConfig = Annotated[
+    LocalClusterConfig
+    | ExistingClusterConfig
+    | SlurmClusterConfig
+    | KubernetesClusterConfig
+    | CudaClusterConfig,
+    Field(discriminator="backend"),
+]
+"""One backend's validated config, chosen by its `backend` field."""
+
+BACKEND_NAMES: tuple[str, ...] = ("local", "existing", "slurm", "kubernetes", "cuda")
+"""The values `backend:` may take."""
+
+
+class ClusterConfig(RootModel[AnyClusterConfig]):
+    """A cluster config file: `backend:` names the backend, the other keys are its settings."""
+
+    model_config = ConfigDict(frozen=True)
