@@ -8,7 +8,6 @@ libraries (dask-jobqueue, dask-kubernetes, dask-cuda) only when opened.
 from __future__ import annotations
 
 import importlib
-import json
 import shlex
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -59,7 +58,7 @@ def require_extra(module: str, extra: str) -> ModuleType:
 
 
 @contextmanager
-def nanny_environ(environ: Mapping[str, str]) -> Iterator[None]:
+def nanny_environ(environ: Mapping[str, str | None]) -> Iterator[None]:
     """Nannies created inside this context (in this process) set `environ` in their workers
     before starting them; the rest of `distributed.nanny.pre-spawn-environ` is kept."""
     current = dask.config.get(PRE_SPAWN_ENVIRON, default={}) or {}
@@ -67,6 +66,12 @@ def nanny_environ(environ: Mapping[str, str]) -> Iterator[None]:
         yield
 
 
-def nanny_environ_export(environ: Mapping[str, str]) -> str:
+def nanny_environ_export(environ: Mapping[str, str | None]) -> str:
     """A shell line that hands `environ` to the nannies a job script starts."""
-    return f"export {PRE_SPAWN_ENVIRON_VAR}={shlex.quote(json.dumps(dict(environ)))}"
+    return f"export {PRE_SPAWN_ENVIRON_VAR}={shlex.quote(pre_spawn_literal(environ))}"
+
+
+def pre_spawn_literal(environ: Mapping[str, str | None]) -> str:
+    """`environ` as dask reads a config value from an environment variable: a Python literal
+    (dask parses it with `ast.literal_eval`, so JSON's `null` would stay a string)."""
+    return repr(dict(environ))

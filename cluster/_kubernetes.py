@@ -9,7 +9,6 @@ The resources are built with the operator's own `make_cluster_spec` / `make_work
 from __future__ import annotations
 
 import getpass
-import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from cluster._backend import (
     GPU_RESOURCE,
     PRE_SPAWN_ENVIRON_VAR,
     Backend,
+    pre_spawn_literal,
     require_extra,
 )
 from schemas import KubernetesClusterConfig, KubernetesCpuPool, KubernetesGpuPool
@@ -51,7 +51,7 @@ def _env(
     config: KubernetesClusterConfig, pool: KubernetesCpuPool | KubernetesGpuPool
 ) -> dict[str, str]:
     nanny = config.nanny_env.environ(pool.threads)
-    return {**config.env, **pool.env, PRE_SPAWN_ENVIRON_VAR: json.dumps(nanny)}
+    return {**config.env, **pool.env, PRE_SPAWN_ENVIRON_VAR: pre_spawn_literal(nanny)}
 
 
 def _resources(pool: KubernetesCpuPool | KubernetesGpuPool, gpus: int = 0) -> dict[str, Any]:

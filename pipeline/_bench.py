@@ -22,7 +22,7 @@ from rich.table import Table
 
 from pipeline._readers import READERS, open_slide
 from pipeline._store import read_all
-from pipeline._tasks import SlideJob, plan_slide, tile_block
+from pipeline._tasks import SlideJob, plan_slide, write_tiles
 from pipeline._tiling import read_tiles
 from schemas import TilingSpec, TissueMethod
 
@@ -149,7 +149,7 @@ def slidemill_tiling(
         reader = READERS.get(path)
         for start, stop in plan.blocks:
             if write:
-                tile_block(plan, start, stop)
+                write_tiles(plan, start, stop)
             else:
                 rows, cols = grid_index[start:stop, 0], grid_index[start:stop, 1]
                 read_tiles(reader, plan.choice, plan.stride_level0, tile_px, tile_px, rows, cols)

@@ -257,11 +257,21 @@ def plan_or_refuse(job: SlideJob) -> SlidePlan | Refusal:
 
 
 def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
-    """Read tiles [start, stop) from the slide and write them to the store; returns seconds."""
+    """The tiling task: `write_tiles` unless an interrupted run finished this block already;
+    returns seconds."""
     job = plan.job
     if is_done(job.work, f"tile-{start}"):
         return 0.0
     t0 = time.perf_counter()
+    write_tiles(plan, start, stop)
+    seconds = time.perf_counter() - t0
+    mark_done(job.work, f"tile-{start}", seconds)
+    return seconds
+
+
+def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
+    """Read tiles [start, stop) from the slide and write them to the store."""
+    job = plan.job
     spec = job.tiling
     grid_index = read_block(job.store, "grid_index", start, stop)
     path = Path(job.path)
@@ -280,9 +290,6 @@ def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
         READERS.evict(path)
         raise
     write_block(job.store, "tiles", start, tiles)
-    seconds = time.perf_counter() - t0
-    mark_done(job.work, f"tile-{start}", seconds)
-    return seconds
 
 
 def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float:

@@ -21,6 +21,14 @@ from schemas._cluster import (
     SlurmCpuPool,
     SlurmGpuPool,
 )
+from schemas._evaluation import (
+    ClassificationMetrics,
+    ConfidenceInterval,
+    EvaluationReport,
+    FoldMetrics,
+    LocalisationMetrics,
+    ReliabilityBin,
+)
 from schemas._export import write_json_schemas
 from schemas._models import (
     SCHEMA_MODELS,
@@ -39,23 +47,30 @@ from schemas._models import (
 
 # `write_json_schemas` exports every entry of this dict (the same object `_export` reads).
 SCHEMA_MODELS["cluster_config"] = ClusterConfig
+SCHEMA_MODELS["evaluation_report"] = EvaluationReport
 
 __all__ = [
     "BACKEND_NAMES",
     "SCHEMA_MODELS",
     "Adapt",
     "AnyClusterConfig",
+    "ClassificationMetrics",
     "ClusterConfig",
+    "ConfidenceInterval",
     "CudaClusterConfig",
+    "EvaluationReport",
     "ExistingClusterConfig",
+    "FoldMetrics",
     "KubernetesClusterConfig",
     "KubernetesCpuPool",
     "KubernetesGpuPool",
     "LocalClusterConfig",
+    "LocalisationMetrics",
     "ModelManifest",
     "NannyEnv",
     "Normalisation",
     "Provenance",
+    "ReliabilityBin",
     "RunSpec",
     "SlideResult",
     "SlideStatus",

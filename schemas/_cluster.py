@@ -51,11 +51,13 @@ class NannyEnv(_Config):
     in the environment that starts the workers takes precedence over these values.
     """
 
-    malloc_trim_threshold: int = Field(
-        default=65536,
+    malloc_trim_threshold: int | None = Field(
+        default=None,
         ge=0,
         description="MALLOC_TRIM_THRESHOLD_ in bytes: glibc returns freed memory above this to "
-        "the operating system. 65536 is distributed's own default.",
+        "the operating system. null (slidemill's default) leaves it unset, so glibc keeps its "
+        "dynamic thresholds: distributed's 65536 roughly halved slide-to-Zarr tiling in a "
+        "worker here (24-29 vs 50-54 MP/s), for ~130 MiB less resident memory.",
     )
     blas_threads: int | None = Field(
         default=None,
@@ -75,11 +77,13 @@ class NannyEnv(_Config):
             raise ValueError(f"not environment variable names: {', '.join(map(repr, bad))}")
         return extra
 
-    def environ(self, threads: int) -> dict[str, str]:
-        """The variables for a worker with `threads` threads."""
+    def environ(self, threads: int) -> dict[str, str | None]:
+        """The variables for a worker with `threads` threads (None: leave the variable unset,
+        overriding distributed's own default)."""
         blas = str(self.blas_threads or threads)
+        trim = self.malloc_trim_threshold
         return {
-            "MALLOC_TRIM_THRESHOLD_": str(self.malloc_trim_threshold),
+            "MALLOC_TRIM_THRESHOLD_": None if trim is None else str(trim),
             "OMP_NUM_THREADS": blas,
             "MKL_NUM_THREADS": blas,
             "OPENBLAS_NUM_THREADS": blas,

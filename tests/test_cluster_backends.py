@@ -117,7 +117,7 @@ def test_cluster_config_is_exported_as_json_schema(tmp_path: Path) -> None:
     slurm = schema["$defs"]["SlurmClusterConfig"]
     assert set(slurm["required"]) == {"backend", "cpu"}
     trim = schema["$defs"]["NannyEnv"]["properties"]["malloc_trim_threshold"]
-    assert trim["default"] == 65536
+    assert trim["default"] is None
 
 
 def test_toml_and_yaml_files_give_the_same_config(tmp_path: Path, clean_environ: None) -> None:
@@ -357,7 +357,7 @@ def test_slurm_job_scripts_for_the_cpu_and_gpu_pools(slurm_example: SlurmCluster
     )
     # ... and dask in the job reads it as the nanny's pre-spawn environment
     assert nanny_env(cpu_lines) == {
-        "MALLOC_TRIM_THRESHOLD_": "65536",
+        "MALLOC_TRIM_THRESHOLD_": None,  # unset in the worker: glibc keeps its dynamic thresholds
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
@@ -465,7 +465,7 @@ def test_preview_shows_what_would_be_submitted(slurm_example: SlurmClusterConfig
     assert group["metadata"]["name"] == f"{cluster['metadata']['name']}-gpu"
     assert group["spec"]["cluster"] == cluster["metadata"]["name"]
     local = yaml.safe_load(preview(LocalClusterConfig()))
-    assert local["nanny_env"]["malloc_trim_threshold"] == 65536
+    assert local["nanny_env"]["malloc_trim_threshold"] is None
 
 
 # ---------------------------------------------------------------------------------------------
