@@ -160,18 +160,9 @@ def slidemill_tiling(
     return Rate(name, tiles, mp, secs)
 
 
-def run_bench(path: Path, seconds: float, console: Console) -> list[Rate]:
-    """Measure and print; returns the rates (limit, naive, slidemill)."""
-    tile_px = 256
-    with tempfile.TemporaryDirectory(prefix="slidemill-bench-") as tmp:
-        rates = [
-            raw_decode(path, seconds),
-            naive_openslide(path, tile_px, seconds),
-            slidemill_tiling(path, tile_px, seconds, Path(tmp), write=False),
-            slidemill_tiling(path, tile_px, seconds, Path(tmp)),
-        ]
+def _rates_table(title: str, rates: list[Rate]) -> Table:
     limit, naive = rates[0], rates[1]
-    table = Table(title=f"{path.name}: one process, level-0 megapixels")
+    table = Table(title=title)
     for col in ("measurement", "tiles/s", "MP/s", "× decode limit", "× naive OpenSlide"):
         table.add_column(col, justify="right" if col != "measurement" else "left")
     for r in rates:
@@ -182,5 +173,82 @@ def run_bench(path: Path, seconds: float, console: Console) -> list[Rate]:
             f"{r.mp_per_s / limit.mp_per_s:.2f}",
             f"{r.mp_per_s / naive.mp_per_s:.2f}",
         )
-    Console(width=max(console.width, 110)).print(table)
-    return rates
+    return table
+
+
+def single_process(path: Path, seconds: float, workdir: Path) -> list[Rate]:
+    """Limit, naive loop, slidemill reads, slidemill tiling into Zarr: one process each."""
+    tile_px = 256
+    with tempfile.TemporaryDirectory(prefix="tiling-", dir=workdir) as tmp:
+        return [
+            raw_decode(path, seconds),
+            naive_openslide(path, tile_px, seconds),
+            slidemill_tiling(path, tile_px, seconds, Path(tmp), write=False),
+            slidemill_tiling(path, tile_px, seconds, Path(tmp)),
+        ]
+
+
+def run_bench(
+    path: Path,
+    seconds: float,
+    console: Console,
+    *,
+    workdir: Path,
+    large_size: tuple[int, int] | None = (50_000, 20_000),
+    pipeline: bool = True,
+) -> None:
+    """Measure and print (on `console`) everything `slidemill bench` reports."""
+    from pipeline._benchrun import PipelineRun, pipeline_run
+    from pipeline._benchslide import write_large_slide
+    from workers import init_bundle
+
+    out = console
+    workdir.mkdir(parents=True, exist_ok=True)
+    slides = [path]
+    if large_size is not None:
+        w, h = large_size
+        large = workdir / f"large-{w}x{h}.tiff"
+        if not large.exists():
+            console.print(f"generating {large} ({w * h / 1e9:.2f} gigapixel, once)…")
+        slides.append(write_large_slide(large, w, h))
+    limits: dict[str, Rate] = {}
+    for slide in slides:
+        rates = single_process(slide, seconds, workdir)
+        limits[slide.name] = rates[0]
+        out.print(_rates_table(f"{slide.name}: one process, level-0 megapixels", rates))
+        tiling, naive = rates[3], rates[1]
+        out.print(
+            f"  tiling → Zarr: {tiling.mp_per_s / rates[0].mp_per_s:.2f} × the decode limit "
+            f"(target ≥ 0.5), {tiling.mp_per_s / naive.mp_per_s:.2f} × the naive loop "
+            "(target ≥ 3)"
+        )
+    if not pipeline:
+        return
+    bundle = workdir / "tiny-256"
+    if not bundle.exists():
+        init_bundle(bundle, encoder="tiny_cnn", tile_px=256, mpp=0.5, seed=0)
+    runs: list[PipelineRun] = [
+        pipeline_run(slide, bundle, n, workdir) for slide in slides for n in (1, 2)
+    ]
+    table = Table(title="whole pipeline (tiny encoder, 256 px at 0.5 µm/px), LocalCluster")
+    for col in ("slide", "workers", "tiles", "s", "tiles/s", "× decode limit/core",
+                "peak RSS/worker MiB", "idle RSS MiB"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "slide" else "right")
+    for r in runs:
+        limit = limits[r.slide].mp_per_s * r.workers
+        table.add_row(
+            r.slide, str(r.workers), f"{r.tiles:,}", f"{r.seconds:.1f}",
+            f"{r.tiles / r.seconds:,.0f}", f"{r.megapixels / r.seconds / limit:.2f}",
+            f"{r.peak_rss_mib:,.0f}", f"{r.baseline_rss_mib:,.0f}",
+        )  # fmt: skip
+    out.print(table)
+    by = {(r.slide, r.workers): r for r in runs}
+    for slide in slides:
+        one, two = by[(slide.name, 1)], by[(slide.name, 2)]
+        out.print(
+            f"  {slide.name}: 2 workers = {one.seconds / two.seconds:.2f} × 1 worker (target ≥ 1.7)"
+        )
+    if len(slides) == 2:
+        small = max(by[(slides[0].name, n)].peak_rss_mib for n in (1, 2))
+        big = max(by[(slides[1].name, n)].peak_rss_mib for n in (1, 2))
+        out.print(f"  peak worker memory, large / sample slide: {big / small:.2f} (target ≤ 1.5)")

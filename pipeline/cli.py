@@ -240,16 +240,33 @@ def bench(
     slide: Annotated[
         Path | None, typer.Option(help="Slide to measure (default: the sample).")
     ] = None,
-    seconds: Annotated[float, typer.Option(help="Time budget per measurement.")] = 5.0,
+    seconds: Annotated[float, typer.Option(help="Time budget per single-process figure.")] = 5.0,
+    work: Annotated[
+        Path, typer.Option(help="Folder for the generated large slide (kept) and scratch.")
+    ] = Path(".slidemill-bench"),
+    large: Annotated[
+        str, typer.Option(help="Size WxH of the generated large slide; 'none' to skip it.")
+    ] = "50000x20000",
+    pipeline: Annotated[bool, typer.Option(help="Also time whole runs on 1 and 2 workers.")] = True,
 ) -> None:
-    """Benchmark tiling against the JPEG decode limit and a naive OpenSlide loop."""
+    """Benchmark: tiling against the JPEG decode limit and a naive OpenSlide loop, whole runs on
+    1 and 2 workers, and peak worker memory, on the sample slide and a gigapixel one."""
     from pipeline._bench import default_sample, run_bench
 
     path = slide or default_sample()
     if path is None:
         _fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
         return
-    run_bench(path, seconds, console)
+    size: tuple[int, int] | None = None
+    if large.lower() != "none":
+        try:
+            w, h = (int(v) for v in large.lower().split("x"))
+        except ValueError:
+            _fail(f"--large must be WxH (e.g. 50000x20000) or none, not {large!r}")
+            return
+        size = (w, h)
+    out = Console(width=max(Console().width, 120))
+    run_bench(path, seconds, out, workdir=work, large_size=size, pipeline=pipeline)
 
 
 def main() -> None:
