@@ -31,6 +31,7 @@ from pipeline._tasks import (
     SlideJob,
     SlidePlan,
     encode_block,
+    finish_features,
     mil_slide,
     plan_or_refuse,
     reduce_slide,
@@ -103,11 +104,12 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             tiles_per_task=spec.tiles_per_task,
             model_bundle=str(spec.model.absolute()),
             model_sha256=model_sha,
-            class_names=manifest.class_names,
+            class_names=() if spec.stages == "features" else manifest.class_names,
             feature_dim=manifest.feature_dim,
             batch_size=spec.batch_size,
             key=resume_key(e.path, tiling, model_sha, spec.fallback_mpp),
             force=spec.force,
+            features_only=spec.stages == "features",
         )
         for e in entries
     ]
@@ -132,7 +134,8 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             results += _run_on(client, to_run, spec.show_progress, spec.retries, cluster.gpu_pool)
     by_id = {r.slide_id: r for r in results}
     ordered = tuple(by_id[e.slide_id] for e in entries)
-    csv_path = write_results_csv(out, ordered, manifest.class_names)
+    class_names = () if spec.stages == "features" else manifest.class_names
+    csv_path = write_results_csv(out, ordered, class_names)
     _remove_if_empty(out / PARTIAL)
     return BatchReport(ordered, csv_path, dashboard, kept)
 
@@ -261,6 +264,11 @@ def _submit_slide(
         )
         tiled.append(t)
         encoded.append(e)
+    if plan.job.features_only:
+        last = submit(
+            finish_features, plan, tiled, encoded, key=f"features-{sid}", priority=priority
+        )
+        return [*tiled, *encoded, last]
     mil = submit(mil_slide, plan, encoded, key=f"mil-{sid}", priority=priority, **res)
     reduce = submit(reduce_slide, plan, mil, tiled, encoded, key=f"reduce-{sid}", priority=priority)
     return [*tiled, *encoded, mil, reduce]

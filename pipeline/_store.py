@@ -123,8 +123,11 @@ def create_store(
     root.create_array(
         "features", shape=(n_tiles, feature_dim), dtype="float32", chunks=(block, feature_dim)
     )
-    root.create_array("attention", shape=(n_tiles,), dtype="float32", chunks=(n,))
-    root.create_array("scores", shape=(n_tiles, n_classes), dtype="float32", chunks=(n, n_classes))
+    if n_classes:  # a features-only run has no head outputs
+        root.create_array("attention", shape=(n_tiles,), dtype="float32", chunks=(n,))
+        root.create_array(
+            "scores", shape=(n_tiles, n_classes), dtype="float32", chunks=(n, n_classes)
+        )
     return root
 
 

@@ -83,6 +83,8 @@ class SlideJob:
     """What the outputs depend on (None when the file could not be examined)."""
     force: bool = False
     """Ignore partial work of an interrupted run."""
+    features_only: bool = False
+    """Stop after the encoder: no MIL head, no heatmap, no diagnosis."""
 
     @property
     def work(self) -> Path:
@@ -385,11 +387,31 @@ def reduce_slide(
         ),
         provenance=plan.provenance,
     )
-    write_result(work, result)
-    clear_progress(work)
-    (work / PLAN_FILE).unlink(missing_ok=True)
-    publish(Path(job.out), job.slide_id)
+    _publish(job, result)
     return result
+
+
+def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[float]) -> SlideResult:
+    """The last task of a features-only run: result.json (done, no diagnosis), then publish."""
+    job = plan.job
+    result = SlideResult(
+        slide_id=job.slide_id,
+        path=job.path,
+        file_sha256=plan.file_sha256,
+        status="done",
+        n_tiles=plan.n_tiles,
+        timings=StageTimings(plan=plan.seconds, tile=sum(tiled), encode=sum(encoded)),
+        provenance=plan.provenance,
+    )
+    _publish(job, result)
+    return result
+
+
+def _publish(job: SlideJob, result: SlideResult) -> None:
+    write_result(job.work, result)
+    clear_progress(job.work)
+    (job.work / PLAN_FILE).unlink(missing_ok=True)
+    publish(Path(job.out), job.slide_id)
 
 
 def write_result(folder: Path, result: SlideResult) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,69 +25,49 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
-def run(
-    slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
-    model: Annotated[Path, typer.Option(help="Model bundle folder.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    cluster_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--cluster",
-            help="Cluster config (YAML/TOML): local, existing, slurm, kubernetes or cuda. "
-            "Default: $SLIDEMILL_CLUSTER_FILE, else the embedded LocalCluster.",
-        ),
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="tcp://HOST:PORT of an existing Dask scheduler.")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Embedded cluster: worker processes (default: cores).")
-    ] = None,
-    mpp: Annotated[
-        float | None,
-        typer.Option(help="µm/px to assume for slides that do not record their resolution."),
-    ] = None,
-    overlap: Annotated[int, typer.Option(min=0, help="Tile overlap in pixels.")] = 0,
-    min_tissue: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Minimum tissue fraction of a kept tile.")
-    ] = 0.25,
-    tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
-    tiles_per_task: Annotated[int, typer.Option(min=1, help="Tiles per Dask task.")] = 256,
-    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per encoder batch.")] = 64,
-    retries: Annotated[
-        int, typer.Option(min=0, max=10, help="Extra attempts of a failed task.")
-    ] = 2,
-    force: Annotated[
-        bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
-    """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
+# Options shared by the commands that run the graph (`run`, `features`).
+ClusterFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster",
+        help="Cluster config (YAML/TOML): local, existing, slurm, kubernetes or cuda. "
+        "Default: $SLIDEMILL_CLUSTER_FILE, else the embedded LocalCluster.",
+    ),
+]
+Scheduler = Annotated[
+    str | None, typer.Option(help="tcp://HOST:PORT of an existing Dask scheduler.")
+]
+Workers = Annotated[
+    int | None, typer.Option(min=1, help="Embedded cluster: worker processes (default: cores).")
+]
+FallbackMpp = Annotated[
+    float | None,
+    typer.Option(help="µm/px to assume for slides that do not record their resolution."),
+]
+Overlap = Annotated[int, typer.Option(min=0, help="Tile overlap in pixels.")]
+MinTissue = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Minimum tissue fraction of a kept tile.")
+]
+TilesPerTask = Annotated[int, typer.Option(min=1, help="Tiles per Dask task.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Tiles per encoder batch.")]
+Retries = Annotated[int, typer.Option(min=0, max=10, help="Extra attempts of a failed task.")]
+Force = Annotated[
+    bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
+]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
-    Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count).
-    """
+
+def _run_and_report(
+    cluster_file: Path | None, scheduler: str | None, workers: int | None, **spec: Any
+) -> None:
+    """Build the RunSpec, run the batch, print its table; exit 1 when a slide failed."""
     from cluster import ClusterError, load_cluster_config
     from pipeline._batch import run_batch
 
     try:
         cluster_config = load_cluster_config(cluster_file, scheduler=scheduler, n_workers=workers)
-        spec = RunSpec(
-            slides=tuple(slides),
-            model=model,
-            out=out,
-            cluster=cluster_config,
-            fallback_mpp=mpp,
-            overlap_px=overlap,
-            min_tissue_fraction=min_tissue,
-            tissue_method=tissue_method,
-            tiles_per_task=tiles_per_task,
-            batch_size=batch_size,
-            retries=retries,
-            force=force,
-            show_progress=progress,
-        )
-        report = run_batch(spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"))
+        run_spec = RunSpec(cluster=cluster_config, **spec)
+        report = run_batch(run_spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"))
     except (PipelineError, WorkerError, ClusterError, ValueError) as err:
         _fail(str(err))
         return
@@ -103,6 +83,104 @@ def run(
     console.print(f"results: {report.results_csv}")
     if report.n_failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
+    model: Annotated[Path, typer.Option(help="Model bundle, or a `slidemill train` folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    cluster_file: ClusterFile = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    mpp: FallbackMpp = None,
+    overlap: Overlap = 0,
+    min_tissue: MinTissue = 0.25,
+    tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
+    tiles_per_task: TilesPerTask = 256,
+    batch_size: BatchSize = 64,
+    retries: Retries = 2,
+    force: Force = False,
+    progress: Progress = True,
+) -> None:
+    """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
+
+    Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count).
+    """
+    _run_and_report(
+        cluster_file,
+        scheduler,
+        workers,
+        slides=tuple(slides),
+        model=model,
+        out=out,
+        fallback_mpp=mpp,
+        overlap_px=overlap,
+        min_tissue_fraction=min_tissue,
+        tissue_method=tissue_method,
+        tiles_per_task=tiles_per_task,
+        batch_size=batch_size,
+        retries=retries,
+        force=force,
+        show_progress=progress,
+    )
+
+
+@app.command()
+def features(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
+    out: Annotated[Path, typer.Option(help="Features folder (one encoder and tiling each).")],
+    encoder: Annotated[str, typer.Option(help="Registered encoder.")] = "resnet18",
+    encoder_weights: Annotated[
+        Path | None, typer.Option(help="Local weights file for the encoder (default: random).")
+    ] = None,
+    tile_mpp: Annotated[float, typer.Option(help="µm/px of the tiles.")] = 0.5,
+    tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(help="Seed of a random encoder.")] = 0,
+    cluster_file: ClusterFile = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    mpp: FallbackMpp = None,
+    overlap: Overlap = 0,
+    min_tissue: MinTissue = 0.25,
+    tiles_per_task: TilesPerTask = 256,
+    batch_size: BatchSize = 64,
+    retries: Retries = 2,
+    force: Force = False,
+    progress: Progress = True,
+) -> None:
+    """Tile slides and run the encoder only, keeping features for `slidemill train`."""
+    from pipeline._features import encoder_bundle
+
+    try:
+        bundle = encoder_bundle(
+            out,
+            encoder=encoder,
+            encoder_weights=encoder_weights,
+            tile_mpp=tile_mpp,
+            tile_px=tile_px,
+            seed=seed,
+        )
+    except (PipelineError, WorkerError, ValueError) as err:
+        _fail(str(err))
+        return
+    _run_and_report(
+        cluster_file,
+        scheduler,
+        workers,
+        slides=tuple(slides),
+        model=bundle,
+        out=out,
+        stages="features",
+        fallback_mpp=mpp,
+        overlap_px=overlap,
+        min_tissue_fraction=min_tissue,
+        tiles_per_task=tiles_per_task,
+        batch_size=batch_size,
+        retries=retries,
+        force=force,
+        show_progress=progress,
+    )
 
 
 @model_app.command("init")

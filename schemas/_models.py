@@ -128,6 +128,9 @@ class RunSpec(_Frozen):
         default=False, description="Redo every slide, ignoring earlier results and partial work."
     )
     show_progress: bool = True
+    stages: Literal["all", "features"] = Field(
+        default="all", description="'features' stops after the encoder (no MIL, no heatmap)."
+    )
 
 
 SlideStatus = Literal["done", "failed", "skipped"]
@@ -174,8 +177,13 @@ class SlideResult(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> SlideResult:
-        if self.status == "done" and (self.label is None or not self.probabilities):
-            raise ValueError("a done slide needs a label and probabilities")
+        # a features-only run has no classes: done without a diagnosis
+        if (
+            self.status == "done"
+            and self.class_names
+            and (self.label is None or not self.probabilities)
+        ):
+            raise ValueError("a done slide with classes needs a label and probabilities")
         if self.status != "done" and not self.error:
             raise ValueError(f"a {self.status} slide needs an error line")
         if self.error is not None and "\n" in self.error:

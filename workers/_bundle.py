@@ -160,8 +160,11 @@ def init_bundle(
     mpp: float = 0.5,
     tile_px: int = 224,
     seed: int = 0,
+    encoder_weights: Path | None = None,
+    description: str | None = None,
 ) -> ModelManifest:
-    """A bundle with seeded random weights, for trying the plumbing end to end."""
+    """A bundle with seeded random weights, for trying the plumbing end to end; with
+    `encoder_weights` (a local state dict file) the encoder's weights come from that file."""
     torch.manual_seed(seed)
     fields: dict[str, object] = {
         "encoder": encoder,
@@ -175,8 +178,18 @@ def init_bundle(
         "weights_sha256": "0" * 64,
         "description": f"random initialisation, seed {seed}: for plumbing checks, not diagnosis",
     }
+    if encoder_weights is not None:
+        fields["description"] = (
+            f"encoder weights from {encoder_weights.name}; head randomly initialised (seed {seed})"
+        )
+    if description is not None:
+        fields["description"] = description
     enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
     fields["feature_dim"] = encoder_width(enc)
     enc_module, head_module = build_modules(ModelManifest.model_validate(fields))
+    if encoder_weights is not None:
+        from workers._clam import load_encoder_weights  # it imports this module
+
+        load_encoder_weights(enc, encoder_weights)
     enc_module.load_state_dict(enc.state_dict())
     return save_bundle(out, enc_module, head_module, fields)
