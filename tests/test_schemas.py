@@ -28,7 +28,9 @@ def test_tiling_overlap_must_be_smaller_than_the_tile() -> None:
 def test_slide_result_rules() -> None:
     prov = Provenance(slidemill_version="0")
     with pytest.raises(ValidationError, match="label"):
-        SlideResult(slide_id="a", path="/a", status="done", provenance=prov)
+        SlideResult(slide_id="a", path="/a", status="done", class_names=("x", "y"), provenance=prov)
+    # features-only: done, no classes, no diagnosis
+    assert SlideResult(slide_id="a", path="/a", status="done", provenance=prov).label is None
     with pytest.raises(ValidationError, match="error line"):
         SlideResult(slide_id="a", path="/a", status="failed", provenance=prov)
     with pytest.raises(ValidationError, match="one line"):
