@@ -58,11 +58,50 @@ def check_bag(features: torch.Tensor, in_dim: int) -> None:
 HEADS: Registry[nn.Module] = Registry("MIL head")
 
 
-class GatedABMIL(nn.Module):
-    """Gated attention MIL (Ilse, Tomczak & Welling, ICML 2018, eq. 9).
+class ABMIL(nn.Module):
+    """Attention MIL (Ilse, Tomczak & Welling, ICML 2018), eq. 8, or eq. 9 when `gated`.
 
-    h_i = ReLU(W_1 x_i);  a_i ∝ exp(wᵀ (tanh(V h_i) ⊙ sigm(U h_i)));  z = Σ a_i h_i;
-    logits = W_c z. The same classifier applied to each h_i gives per-tile class scores.
+    h_i = ReLU(W_1 x_i);  a_i ∝ exp(wᵀ tanh(V h_i)), gated: exp(wᵀ (tanh(V h_i) ⊙ sigm(U h_i)));
+    z = Σ a_i h_i;  logits = W_c z. The same classifier applied to each h_i gives per-tile class
+    scores.
+
+    forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        hidden_dim: int = 256,
+        attention_dim: int = 128,
+        dropout: float = 0.25,
+        gated: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.embed = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.attention_v = nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Tanh())
+        self.attention_u = (
+            nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Sigmoid()) if gated else None
+        )
+        self.attention_w = nn.Linear(attention_dim, 1)
+        self.classifier = nn.Linear(hidden_dim, n_classes)
+
+    def forward(self, features: torch.Tensor) -> MILOutput:
+        check_bag(features, self.in_dim)
+        h = self.embed(features)  # (N, hidden)
+        a = self.attention_v(h)  # (N, attention)
+        if self.attention_u is not None:
+            a = a * self.attention_u(h)
+        attention = torch.softmax(self.attention_w(a).squeeze(-1), dim=0)  # (N,)
+        z = attention @ h  # (hidden,)
+        return MILOutput(
+            logits=self.classifier(z), attention=attention, tile_logits=self.classifier(h)
+        )
+
+
+class GatedABMIL(ABMIL):
+    """Gated attention MIL (eq. 9): `ABMIL` with the sigmoid gate; slidemill's default head.
 
     forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
     """
@@ -75,23 +114,7 @@ class GatedABMIL(nn.Module):
         attention_dim: int = 128,
         dropout: float = 0.25,
     ) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
-        self.attention_v = nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Tanh())
-        self.attention_u = nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Sigmoid())
-        self.attention_w = nn.Linear(attention_dim, 1)
-        self.classifier = nn.Linear(hidden_dim, n_classes)
-
-    def forward(self, features: torch.Tensor) -> MILOutput:
-        if features.ndim != 2 or features.shape[0] == 0:
-            raise ValueError(f"expected (N>0, D) features, got {tuple(features.shape)}")
-        h = self.embed(features)  # (N, hidden)
-        scores = self.attention_w(self.attention_v(h) * self.attention_u(h)).squeeze(-1)  # (N,)
-        attention = torch.softmax(scores, dim=0)
-        z = attention @ h  # (hidden,)
-        return MILOutput(
-            logits=self.classifier(z), attention=attention, tile_logits=self.classifier(h)
-        )
+        super().__init__(in_dim, n_classes, hidden_dim, attention_dim, dropout, gated=True)
 
 
 @HEADS.register("abmil_gated")
@@ -103,40 +126,6 @@ def _abmil_gated(
     dropout: float = 0.25,
 ) -> nn.Module:
     return GatedABMIL(in_dim, n_classes, hidden_dim, attention_dim, dropout)
-
-
-class ABMIL(nn.Module):
-    """Attention MIL without gating (Ilse, Tomczak & Welling, ICML 2018, eq. 8).
-
-    h_i = ReLU(W_1 x_i);  a_i ∝ exp(wᵀ tanh(V h_i));  z = Σ a_i h_i;  logits = W_c z. The same
-    classifier applied to each h_i gives per-tile class scores.
-
-    forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        n_classes: int,
-        hidden_dim: int = 256,
-        attention_dim: int = 128,
-        dropout: float = 0.25,
-    ) -> None:
-        super().__init__()
-        self.in_dim = in_dim
-        self.embed = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
-        self.attention_v = nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Tanh())
-        self.attention_w = nn.Linear(attention_dim, 1)
-        self.classifier = nn.Linear(hidden_dim, n_classes)
-
-    def forward(self, features: torch.Tensor) -> MILOutput:
-        check_bag(features, self.in_dim)
-        h = self.embed(features)  # (N, hidden)
-        attention = torch.softmax(self.attention_w(self.attention_v(h)).squeeze(-1), dim=0)
-        z = attention @ h  # (hidden,)
-        return MILOutput(
-            logits=self.classifier(z), attention=attention, tile_logits=self.classifier(h)
-        )
 
 
 @HEADS.register("abmil")
