@@ -48,7 +48,7 @@ from schemas import (
     TilingSpec,
     slidemill_version,
 )
-from workers import ModelPlugin, manifest_sha256, read_manifest
+from workers import ModelPlugin, manifest_sha256, read_manifest, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def tiling_for(manifest: ModelManifest, spec: RunSpec) -> TilingSpec:
 
 def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) -> BatchReport:
     """Run every slide of `spec` and write `results.csv`; never raises for one slide's error."""
-    manifest = read_manifest(spec.model)
+    model = resolve_model_dir(spec.model)  # a `slidemill train` folder means its ensemble
+    manifest = read_manifest(model)
     model_sha = manifest_sha256(manifest)
     tiling = tiling_for(manifest, spec)
     entries = assign_ids(expand(spec.slides))
@@ -102,7 +103,7 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             tiling=tiling,
             fallback_mpp=spec.fallback_mpp,
             tiles_per_task=spec.tiles_per_task,
-            model_bundle=str(spec.model.absolute()),
+            model_bundle=str(model.absolute()),
             model_sha256=model_sha,
             class_names=() if spec.stages == "features" else manifest.class_names,
             feature_dim=manifest.feature_dim,
@@ -110,6 +111,7 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             key=resume_key(e.path, tiling, model_sha, spec.fallback_mpp),
             force=spec.force,
             features_only=spec.stages == "features",
+            threshold=manifest.threshold,
         )
         for e in entries
     ]

@@ -85,6 +85,8 @@ class SlideJob:
     """Ignore partial work of an interrupted run."""
     features_only: bool = False
     """Stop after the encoder: no MIL head, no heatmap, no diagnosis."""
+    threshold: float | None = None
+    """Decision threshold on P(second class) for two classes (from training); None = argmax."""
 
     @property
     def work(self) -> Path:
@@ -357,7 +359,7 @@ def reduce_slide(
     base_mpp = plan.provenance.slide_mpp or 1.0
     display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
     thumb = read_thumbnail(READERS.get(Path(job.path)), base_mpp, display_mpp)
-    label_index = int(np.argmax(mil.probabilities))
+    label_index = decide_label(mil.probabilities, job.threshold)
     label = job.class_names[label_index]
     work = job.work
     render_png(
@@ -412,6 +414,14 @@ def _publish(job: SlideJob, result: SlideResult) -> None:
     clear_progress(job.work)
     (job.work / PLAN_FILE).unlink(missing_ok=True)
     publish(Path(job.out), job.slide_id)
+
+
+def decide_label(probabilities: tuple[float, ...], threshold: float | None) -> int:
+    """Class index of the diagnosis: the trained threshold on P(second class) for two classes,
+    else the most probable class."""
+    if threshold is not None and len(probabilities) == 2:
+        return int(probabilities[1] >= threshold)
+    return int(np.argmax(probabilities))
 
 
 def write_result(folder: Path, result: SlideResult) -> None:

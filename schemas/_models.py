@@ -91,6 +91,11 @@ class ModelManifest(_Frozen):
     normalisation: Normalisation = Normalisation()
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the weights.")
     description: str = ""
+    threshold: float | None = Field(
+        default=None,
+        description="decision threshold on P(positive class), chosen on validation data; "
+        "None = argmax",
+    )
 
 
 class RunSpec(_Frozen):

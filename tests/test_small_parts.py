@@ -46,3 +46,12 @@ def test_publish_replaces_an_earlier_result_whole(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["new.txt"]
     assert not work_dir(tmp_path, "s1").exists()
     assert list((tmp_path / ".partial").iterdir()) == []
+
+
+def test_diagnosis_uses_the_trained_threshold_for_two_classes() -> None:
+    from pipeline._tasks import decide_label
+
+    assert decide_label((0.7, 0.3), None) == 0
+    assert decide_label((0.7, 0.3), 0.25) == 1  # a low threshold favours the second class
+    assert decide_label((0.2, 0.8), 0.9) == 0
+    assert decide_label((0.2, 0.3, 0.5), 0.1) == 2  # more than two classes: argmax

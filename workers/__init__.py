@@ -19,6 +19,7 @@ from workers._clam import (
     smooth_top1_svm_loss,
 )
 from workers._encoders import ENCODERS, Encoder, ResNet50Trunc, ResNetTrunk, TinyCNN
+from workers._ensemble import EnsembleMIL, ensemble_of
 from workers._heads import (
     ABMIL,
     HEADS,
@@ -30,8 +31,38 @@ from workers._heads import (
 )
 from workers._inference import SlidePrediction, encode_tiles, predict_slide
 from workers._plugin import ModelPlugin, get_model
+from workers._train import (
+    CrossValidation,
+    EpochReport,
+    FeatureBags,
+    FeatureFolder,
+    FeatureSlide,
+    FoldResult,
+    LabelMatch,
+    LabelRow,
+    TrainConfig,
+    TrainedHead,
+    TrainingReport,
+    Unmatched,
+    class_weights,
+    cross_validate,
+    match_labels,
+    read_label_csv,
+    resolve_model_dir,
+    scan_features,
+    stratified_folds,
+    stratified_split,
+    train_fold,
+    train_from_features,
+)
 from workers._transmil import NystromAttention, TransMIL, nystrom_attention
-from workers.errors import ModelBundleError, UnknownComponentError, WorkerError
+from workers.errors import (
+    LabelError,
+    ModelBundleError,
+    TrainingError,
+    UnknownComponentError,
+    WorkerError,
+)
 
 __all__ = [
     "ABMIL",
@@ -40,9 +71,19 @@ __all__ = [
     "HEADS",
     "CLAMMultiBranch",
     "CLAMSingleBranch",
+    "CrossValidation",
     "Encoder",
+    "EnsembleMIL",
+    "EpochReport",
+    "FeatureBags",
+    "FeatureFolder",
+    "FeatureSlide",
+    "FoldResult",
     "GatedABMIL",
     "InstanceLossHead",
+    "LabelError",
+    "LabelMatch",
+    "LabelRow",
     "LoadedModel",
     "MILHead",
     "MILOutput",
@@ -54,10 +95,18 @@ __all__ = [
     "ResNetTrunk",
     "SlidePrediction",
     "TinyCNN",
+    "TrainConfig",
+    "TrainedHead",
+    "TrainingError",
+    "TrainingReport",
     "TransMIL",
     "UnknownComponentError",
+    "Unmatched",
     "WorkerError",
+    "class_weights",
+    "cross_validate",
     "encode_tiles",
+    "ensemble_of",
     "file_sha256",
     "get_model",
     "import_clam_checkpoint",
@@ -65,9 +114,17 @@ __all__ = [
     "load_bundle",
     "load_encoder_weights",
     "manifest_sha256",
+    "match_labels",
     "nystrom_attention",
     "predict_slide",
+    "read_label_csv",
     "read_manifest",
+    "resolve_model_dir",
     "save_bundle",
+    "scan_features",
     "smooth_top1_svm_loss",
+    "stratified_folds",
+    "stratified_split",
+    "train_fold",
+    "train_from_features",
 ]

@@ -13,3 +13,11 @@ class ModelBundleError(WorkerError):
 
 class UnknownComponentError(WorkerError):
     """An encoder or MIL head name that is not registered."""
+
+
+class TrainingError(WorkerError):
+    """Training cannot start or go on: bad features folder, too few slides, a diverging loss."""
+
+
+class LabelError(TrainingError):
+    """A labels CSV that cannot be used: missing columns, an unknown label, fewer than 2 classes."""
