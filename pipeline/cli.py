@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -402,6 +403,54 @@ def train(
     )
 
 
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="A `slidemill train` folder, or a model bundle.")],
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.json, PNGs, report.html.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="Labels CSV (slide_id and/or path, label).")
+    ] = None,
+    results: Annotated[
+        list[Path] | None,
+        typer.Option(help="`slidemill run` output folder(s) of held-out slides (repeatable)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap resamples for AUROC CIs.")
+    ] = 1000,
+) -> None:
+    """Score a model: a training folder's out-of-fold predictions, or held-out run outputs
+    against labels (and, where `slidemill synth` ground truth lies beside the slides, the
+    heatmaps against the lesion masks). Writes JSON, ROC and calibration plots, and a page."""
+    from pipeline._evalrun import run_evaluation
+    from pipeline._evaluate import EvaluationError
+    from pipeline._synth import truth_beside
+
+    def truth(path: str) -> Callable[[float, float, float, float], float] | None:
+        slide = truth_beside(Path(path))
+        return slide.lesion_fraction if slide is not None else None
+
+    try:
+        run = run_evaluation(
+            out, model=model, labels=labels, results=results or (), truth=truth,
+            bootstrap=bootstrap,
+        )  # fmt: skip
+    except (EvaluationError, PipelineError, WorkerError, OSError, KeyError) as err:
+        _fail(str(err))
+        return
+    report = run.evaluation.report
+    table = Table("fold", "slides", "AUROC", "balanced acc.", "macro F1")
+    rows = [(f.fold, f) for f in report.folds] + [("pooled", report.pooled)]
+    for name, m in rows:
+        table.add_row(
+            name, str(m.n_slides), f"{m.auroc:.3f}", f"{m.balanced_accuracy:.3f}",
+            f"{m.macro_f1:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    if report.localisation is not None:
+        console.print(f"lesion localisation AUROC (tiles): {report.localisation.pooled_auroc:.3f}")
+    console.print(f"report: {run.files['report.html']}")
+
+
 cluster_app = typer.Typer(no_args_is_help=True, help="Cluster configs.")
 app.add_typer(cluster_app, name="cluster")
 
@@ -446,15 +495,39 @@ def schemas(out: Annotated[Path, typer.Option(help="Folder for the JSON Schema f
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder for the generated slides.")],
-    n: Annotated[int, typer.Option(min=1, help="Number of slides.")] = 3,
-    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for the generated set.")],
+    n: Annotated[int, typer.Option(min=1, help="Number of slides.")] = 20,
+    positive_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of the slides that have lesions.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the whole set.")] = 0,
+    size: Annotated[
+        str, typer.Option(help="Level-0 size WIDTHxHEIGHT in pixels, at 0.5 µm/px.")
+    ] = "6000x4000",
 ) -> None:
-    """Generate pyramidal SVS slides with known tissue, for trying slidemill without data."""
-    from pipeline._synth import write_demo_set
+    """Generate a labelled benchmark with ground truth: pyramidal SVS slides (JPEG tiles,
+    0.5/2/8 µm/px) with planted lesions and look-alikes, `<stem>.mask.png` (lesions at 8 µm/px)
+    and `<stem>.truth.json` beside each, and `labels.csv`."""
+    import time
 
-    for path in write_demo_set(out, n, seed):
-        console.print(str(path))
+    from pipeline._synth import parse_size, write_benchmark_set
+
+    start = time.perf_counter()
+    try:
+        slides = write_benchmark_set(
+            out, n=n, positive_fraction=positive_fraction, seed=seed, size=parse_size(size)
+        )
+    except ValueError as err:
+        _fail(str(err))
+        return
+    for s in slides:
+        console.print(f"{s.path}  {s.label}", highlight=False)
+    positives = sum(s.label == "positive" for s in slides)
+    console.print(
+        f"{len(slides)} slides ({positives} positive), labels in {out / 'labels.csv'}, "
+        f"{time.perf_counter() - start:.1f} s",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -46,7 +46,12 @@ def test_run_without_a_bundle_is_a_usage_error(tmp_path: Path) -> None:
     assert "not a model bundle" in res.output
 
 
-def test_synth_writes_slides(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["synth", "--out", str(tmp_path), "--n", "1"])
+def test_synth_writes_slides_with_ground_truth(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path), "--n", "1", "--size", "1024x1024"])
     assert res.exit_code == 0, res.output
-    assert [p.name for p in tmp_path.iterdir()] == ["synthetic-000.svs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "labels.csv",
+        "synthetic-000.mask.png",
+        "synthetic-000.svs",
+        "synthetic-000.truth.json",
+    ]
