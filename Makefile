@@ -15,12 +15,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The main job on the embedded default (a LocalCluster sized to this machine): the real sample
-# slide and a few generated ones, through a seeded random model.
+# The main job on the embedded default (a LocalCluster sized to this machine): synth → features
+# → train → run on held-out slides and the real sample slide → evaluate.
 demo: install
-	test -d $(DEMO)/model || $(BIN)/slidemill model init --out $(DEMO)/model
-	test -d $(DEMO)/synth || $(BIN)/slidemill synth --out $(DEMO)/synth --n 3
-	$(BIN)/slidemill run $(SAMPLE) $(DEMO)/synth --model $(DEMO)/model --out $(DEMO)/run
+	$(BIN)/slidemill demo --out $(DEMO) --sample $(SAMPLE)
 
 test: install
 	$(BIN)/python -m pytest

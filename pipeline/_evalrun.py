@@ -127,6 +127,15 @@ def _label(labels: dict[str, str], r: SlideResult) -> str:
     return labels.get(r.slide_id) or labels.get(r.path) or labels[Path(r.path).stem]
 
 
+def synth_truth(path: str) -> LesionFraction | None:
+    """The lesion-fraction function of a slide made by `slidemill synth` (from the
+    `<stem>.truth.json` beside it), or None for any other slide."""
+    from pipeline._synth import truth_beside
+
+    slide = truth_beside(Path(path))
+    return slide.lesion_fraction if slide is not None else None
+
+
 def tile_lesion_fractions(folder: Path, fraction: LesionFraction) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile scores of the last class and per-tile lesion fractions of one slide's outputs."""
     store = folder / "slide.zarr"

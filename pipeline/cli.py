@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -421,17 +420,12 @@ def evaluate(
     """Score a model: a training folder's out-of-fold predictions, or held-out run outputs
     against labels (and, where `slidemill synth` ground truth lies beside the slides, the
     heatmaps against the lesion masks). Writes JSON, ROC and calibration plots, and a page."""
-    from pipeline._evalrun import run_evaluation
+    from pipeline._evalrun import run_evaluation, synth_truth
     from pipeline._evaluate import EvaluationError
-    from pipeline._synth import truth_beside
-
-    def truth(path: str) -> Callable[[float, float, float, float], float] | None:
-        slide = truth_beside(Path(path))
-        return slide.lesion_fraction if slide is not None else None
 
     try:
         run = run_evaluation(
-            out, model=model, labels=labels, results=results or (), truth=truth,
+            out, model=model, labels=labels, results=results or (), truth=synth_truth,
             bootstrap=bootstrap,
         )  # fmt: skip
     except (EvaluationError, PipelineError, WorkerError, OSError, KeyError) as err:
@@ -449,6 +443,39 @@ def evaluate(
     if report.localisation is not None:
         console.print(f"lesion localisation AUROC (tiles): {report.localisation.pooled_auroc:.3f}")
     console.print(f"report: {run.files['report.html']}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path(
+        "demo-out"
+    ),
+    sample: Annotated[
+        Path | None, typer.Option(help="A real slide to run too (default: the sample slide).")
+    ] = None,
+    n_train: Annotated[int, typer.Option(min=8, help="Generated training slides.")] = 24,
+    n_test: Annotated[int, typer.Option(min=2, help="Generated held-out slides.")] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The whole workflow on the embedded default: synth → features → train → run on held-out
+    slides and the sample slide → evaluate. Steps already done are kept."""
+    from pipeline._bench import default_sample
+    from pipeline._demo import DemoSettings, run_demo
+    from pipeline._evaluate import EvaluationError
+
+    settings = DemoSettings(n_train=n_train, n_test=n_test, seed=seed)
+    try:
+        oof, held = run_demo(out, sample or default_sample(), settings, console)
+    except (EvaluationError, PipelineError, WorkerError, ValueError) as err:
+        _fail(str(err))
+        return
+    for name, run in (("out-of-fold (training set)", oof), ("held-out set", held)):
+        r = run.evaluation.report
+        line = f"{name}: slide AUROC {r.pooled.auroc:.3f}, balanced accuracy "
+        line += f"{r.pooled.balanced_accuracy:.3f}"
+        if r.localisation is not None:
+            line += f", lesion localisation AUROC {r.localisation.pooled_auroc:.3f}"
+        console.print(line + f"  ({run.files['report.html']})")
 
 
 cluster_app = typer.Typer(no_args_is_help=True, help="Cluster configs.")
