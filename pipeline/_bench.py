@@ -20,7 +20,7 @@ import tifffile
 from rich.console import Console
 from rich.table import Table
 
-from pipeline._readers import READERS, open_slide
+from pipeline._readers import READERS
 from pipeline._store import read_all
 from pipeline._tasks import SlideJob, plan_slide, write_tiles
 from pipeline._tiling import read_tiles
@@ -121,8 +121,7 @@ def slidemill_tiling(
 ) -> Rate:
     """slidemill's tiling stage (strip reads, slicing, and with `write` the Zarr write) at the
     slide's own resolution over every tile, tissue or not, in one process."""
-    reader = open_slide(path)
-    mpp = reader.mpp or 0.5
+    mpp = READERS.get(path).mpp or 0.5
     job = SlideJob(
         slide_id="bench",
         path=str(path),

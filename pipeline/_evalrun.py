@@ -42,6 +42,8 @@ class EvaluationRun:
     """The report and curves."""
     files: dict[str, Path]
     """Name → path of each file written."""
+    left_out: tuple[str, ...] = ()
+    """A line per held-out result not scored (no label, or not done)."""
 
 
 def training_folds(model_dir: Path) -> tuple[list[FoldPredictions], tuple[str, ...], str]:
@@ -89,17 +91,21 @@ def read_labels(path: Path) -> dict[str, str]:
 
 def held_out_fold(
     run_dirs: Sequence[Path], labels: dict[str, str], class_names: tuple[str, ...]
-) -> tuple[FoldPredictions, list[tuple[Path, SlideResult]], list[str]]:
+) -> tuple[FoldPredictions, list[tuple[Path, SlideResult, str]], list[str]]:
     """Done results of `slidemill run` folders that have a label, as one fold; also returns the
-    (folder, result) pairs used and a line per slide left out (no label, or not done)."""
+    (folder, result, label) of each slide used and a line per slide left out (no label, or not
+    done)."""
     index = {c: i for i, c in enumerate(class_names)}
-    used: list[tuple[Path, SlideResult]] = []
+    used: list[tuple[Path, SlideResult, str]] = []
     left_out: list[str] = []
     for run_dir in run_dirs:
         for result_file in sorted(run_dir.glob("*/result.json")):
             result = SlideResult.model_validate_json(result_file.read_bytes())
-            label = labels.get(result.slide_id) or labels.get(result.path)
-            label = label or labels.get(Path(result.path).stem)
+            label = (
+                labels.get(result.slide_id)
+                or labels.get(result.path)
+                or labels.get(Path(result.path).stem)
+            )
             if result.status != "done":
                 left_out.append(f"{result.slide_id}: {result.status} ({result.error})")
             elif label is None:
@@ -111,20 +117,16 @@ def held_out_fold(
                     f"{result_file}: classes {result.class_names} are not the model's {class_names}"
                 )
             else:
-                used.append((result_file.parent, result))
+                used.append((result_file.parent, result, label))
     if not used:
         raise EvaluationError("no done, labelled slides in " + ", ".join(map(str, run_dirs)))
     fold = FoldPredictions(
         name="held-out",
-        slide_ids=tuple(r.slide_id for _, r in used),
-        y_true=np.array([index[_label(labels, r)] for _, r in used]),
-        probabilities=np.array([r.probabilities for _, r in used]),
+        slide_ids=tuple(r.slide_id for _, r, _ in used),
+        y_true=np.array([index[label] for _, _, label in used]),
+        probabilities=np.array([r.probabilities for _, r, _ in used]),
     )
     return fold, used, left_out
-
-
-def _label(labels: dict[str, str], r: SlideResult) -> str:
-    return labels.get(r.slide_id) or labels.get(r.path) or labels[Path(r.path).stem]
 
 
 def synth_truth(path: str) -> LesionFraction | None:
@@ -162,18 +164,18 @@ def run_evaluation(
     truth; positive held-out slides with it are scored for lesion localisation."""
     model_dir = resolve_model_dir(model)
     localisation: LocalisationResult | None = None
+    left_out: list[str] = []
     if results:
         if labels is None:
             raise EvaluationError("held-out results need --labels")
         manifest = read_manifest(model_dir)
-        label_of = read_labels(labels)
-        fold, used, _ = held_out_fold(results, label_of, manifest.class_names)
+        fold, used, left_out = held_out_fold(results, read_labels(labels), manifest.class_names)
         folds, class_names, model_sha = [fold], manifest.class_names, manifest_sha256(manifest)
         positive = class_names[-1]
         tiles = {}
-        for folder, r in used:
+        for folder, r, label in used:
             fraction = truth(r.path) if truth is not None else None
-            if fraction is not None and _label(label_of, r) == positive:
+            if fraction is not None and label == positive:
                 tiles[r.slide_id] = tile_lesion_fractions(folder, fraction)
         if tiles:
             localisation = localisation_auroc(tiles)
@@ -188,4 +190,4 @@ def run_evaluation(
     )
     out.mkdir(parents=True, exist_ok=True)
     files = render_report(evaluation.report, evaluation.roc_curves, evaluation.calibration, out)
-    return EvaluationRun(evaluation, files)
+    return EvaluationRun(evaluation, files, tuple(left_out))

@@ -1056,29 +1056,6 @@ def synthetic_label(seed: int) -> NDArray[np.uint8]:
     return img
 
 
-def write_demo_set(out: Path, n: int, seed: int = 0) -> list[Path]:
-    """`n` generated SVS slides, 4096 × 3072 at 0.5 µm/px, with 1–3 random tissue regions each;
-    the last of three or more is blank glass (it will be skipped: no tissue)."""
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        w, h = 4096, 3072
-        blank = n >= 3 and i == n - 1
-        regions = tuple(
-            Ellipse(
-                cx=float(rng.uniform(0.3, 0.7) * w),
-                cy=float(rng.uniform(0.3, 0.7) * h),
-                rx=float(rng.uniform(0.12, 0.3) * w),
-                ry=float(rng.uniform(0.12, 0.3) * h),
-            )
-            for _ in range(0 if blank else int(rng.integers(1, 4)))
-        )
-        slide = SyntheticSlide(w, h, 0.5, regions, seed=seed * 1000 + i)
-        paths.append(write_slide(out / f"synthetic-{i:03d}.svs", slide, kind="svs"))
-    return paths
-
-
 # ---------------------------------------------------------------------------------------------
 # A labelled benchmark set with ground truth.
 

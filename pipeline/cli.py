@@ -20,6 +20,11 @@ app.add_typer(model_app, name="model")
 console = Console(stderr=True)
 
 
+def _class_list(classes: str) -> tuple[str, ...]:
+    """`--classes a,b,c` → ("a", "b", "c")."""
+    return tuple(c.strip() for c in classes.split(",") if c.strip())
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -201,7 +206,7 @@ def model_init(
             out,
             encoder=encoder,
             head=head,
-            class_names=tuple(c.strip() for c in classes.split(",") if c.strip()),
+            class_names=_class_list(classes),
             mpp=mpp,
             tile_px=tile_px,
             seed=seed,
@@ -240,7 +245,7 @@ def model_import_clam(
             out,
             clam_type=cast(ClamType, clam_type),  # the library refuses other values
             size=cast(ClamSize, size),
-            class_names=tuple(c.strip() for c in classes.split(",") if c.strip()),
+            class_names=_class_list(classes),
             encoder=encoder,
             encoder_weights=encoder_weights,
             input_mpp=mpp,
@@ -307,7 +312,7 @@ def train(
         kwargs = parsed
     class_names = None
     if classes is not None:
-        class_names = tuple(c.strip() for c in classes.split(",") if c.strip())
+        class_names = _class_list(classes)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
     )
@@ -431,6 +436,8 @@ def evaluate(
     except (EvaluationError, PipelineError, WorkerError, OSError, KeyError) as err:
         _fail(str(err))
         return
+    for line in run.left_out:
+        console.print(f"not scored: {line}", highlight=False)
     report = run.evaluation.report
     table = Table("fold", "slides", "AUROC", "balanced acc.", "macro F1")
     rows = [(f.fold, f) for f in report.folds] + [("pooled", report.pooled)]

@@ -4,7 +4,6 @@ slide (checked by sha256), and tiny model bundles."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from pipeline._bench import default_sample
 from pipeline._synth import Ellipse, SyntheticSlide, write_slide
 from workers import init_bundle
 
@@ -23,13 +23,8 @@ TISSUE = (Ellipse(900, 1000, 600, 550), Ellipse(2250, 900, 520, 640))
 
 
 def sample_path() -> Path | None:
-    env = os.environ.get("SLIDEMILL_SAMPLE_SLIDE")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "data" / "CMU-1-Small-Region.svs")
-    for path in candidates:
-        if path.is_file():
-            return path
-    return None
+    """$SLIDEMILL_SAMPLE_SLIDE, else ../shared/data: the same lookup as `slidemill bench`."""
+    return default_sample()
 
 
 @pytest.fixture(scope="session")

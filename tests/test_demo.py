@@ -20,6 +20,7 @@ def test_demo_writes_every_step_and_resumes(tmp_path: Path, sample_slide: Path) 
     oof, held = run_demo(out, sample_slide, settings, Console(quiet=True))
     assert oof.evaluation.report.pooled.n_slides == 8
     assert held.evaluation.report.pooled.n_slides == 2  # the sample slide has no label
+    assert held.left_out == ("CMU-1-Small-Region: no label",)  # reported, not dropped
     sample_result = json.loads((out / "run" / "CMU-1-Small-Region" / "result.json").read_text())
     assert sample_result["status"] == "done"
     for report in ("report-out-of-fold", "report-held-out"):
