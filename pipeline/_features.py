@@ -27,15 +27,23 @@ def encoder_bundle(
     tile_mpp: float,
     tile_px: int,
     seed: int,
+    encoder_file: Path | None = None,
 ) -> Path:
     """The features folder's encoder bundle: made on first use, checked against the request
-    after that (features of another encoder or resolution belong in another folder)."""
+    after that (features of another encoder or resolution belong in another folder).
+
+    `encoder_file` is the TorchScript file of `encoder="torchscript"`."""
     bundle = out / ENCODER_BUNDLE
-    weights_note = (
-        f"encoder weights sha256 {file_sha256(encoder_weights)}"
-        if encoder_weights is not None
-        else f"random encoder, seed {seed}"
-    )
+    notes: list[str] = []
+    if encoder_file is not None:
+        if not encoder_file.is_file():
+            raise InvalidInputError(f"{encoder_file}: no such TorchScript file")
+        notes.append(f"TorchScript file sha256 {file_sha256(encoder_file)}")
+    if encoder_weights is not None:
+        notes.append(f"encoder weights sha256 {file_sha256(encoder_weights)}")
+    elif encoder_file is None:
+        notes.append(f"random encoder, seed {seed}")
+    weights_note = "; ".join(notes)
     if (bundle / "manifest.json").is_file():
         m = read_manifest(bundle)
         wanted = (encoder, tile_mpp, tile_px)
@@ -55,6 +63,7 @@ def encoder_bundle(
         tile_px=tile_px,
         seed=seed,
         encoder_weights=encoder_weights,
+        encoder_file=encoder_file,
         description=f"feature encoder for slidemill features ({weights_note}); "
         "the head is a placeholder",
     )

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline._grid import blocks, plan_grid
+from pipeline._grid import TileGrid, blocks, plan_grid
 from pipeline._heatmap import rasterise, render_png
 from pipeline._levels import LevelChoice, choose_level
-from pipeline._readers import READERS, read_thumbnail
+from pipeline._readers import READERS, ReaderCache, read_thumbnail
 from pipeline._resume import ResumeKey, partial_is_valid
 from pipeline._store import (
     STORE_NAME,
@@ -135,33 +136,47 @@ def _saved_plan(job: SlideJob) -> SlidePlan | None:
     return saved if partial_is_valid(saved.job.key, job.key, job.force) else None
 
 
-def plan_slide(job: SlideJob) -> SlidePlan:
-    """Open the slide, find tissue, plan the tile grid and create the slide's Zarr store.
+@dataclass(frozen=True, slots=True)
+class TileLayout:
+    """Where a slide's tiles lie: its resolution, tissue mask and tile grid."""
 
-    After an interrupted run with the same inputs, returns the saved plan instead, so that the
-    blocks already written are kept."""
-    saved = _saved_plan(job)
-    if saved is not None:
-        log.info("%s: resuming interrupted work", job.slide_id)
-        return replace(saved, job=job, seconds=0.0)
-    t0 = time.perf_counter()
-    path = Path(job.path)
-    reader = READERS.get(path)
+    dimensions: tuple[int, int]
+    """Level-0 width and height."""
+    base_mpp: float
+    """Level-0 µm/px (the slide's own, or the fallback)."""
+    mpp_source: Literal["slide", "fallback"]
+    """Where `base_mpp` came from."""
+    thumb: NDArray[np.uint8]
+    """Thumbnail at the tissue resolution."""
+    mask: NDArray[np.bool_]
+    """Tissue mask over `thumb`."""
+    choice: LevelChoice
+    """Pyramid level tiles are read from."""
+    stride_level0: float
+    """Tile stride in level-0 pixels."""
+    grid: TileGrid
+    """Tiles kept (≥ the spec's tissue fraction)."""
+
+
+def plan_layout(
+    readers: ReaderCache, path: Path, spec: TilingSpec, fallback_mpp: float | None
+) -> TileLayout:
+    """Open the slide, find tissue and lay out the tile grid (no outputs written)."""
+    reader = readers.get(path)
     source: Literal["slide", "fallback"]
     if reader.mpp is not None:
         base_mpp, source = reader.mpp, "slide"
-    elif job.fallback_mpp is not None:
-        base_mpp, source = job.fallback_mpp, "fallback"
+    elif fallback_mpp is not None:
+        base_mpp, source = fallback_mpp, "fallback"
     else:
         raise MissingResolutionError(
             f"{path}: the slide records no resolution (µm/px); give it with --mpp"
         )
-    spec = job.tiling
     width, height = reader.dimensions
     try:
         thumb = read_thumbnail(reader, base_mpp, spec.tissue_mpp)
     except SlideError:
-        READERS.evict(path)
+        readers.evict(path)
         raise
     thumb_mpp = base_mpp * width / thumb.shape[1]
     mask = tissue_mask(thumb, spec.tissue_method, thumb_mpp)
@@ -181,6 +196,25 @@ def plan_slide(job: SlideJob) -> SlidePlan:
             f"{path}: no tissue found (no {spec.tile_px}px tile at {spec.mpp} µm/px has "
             f"≥{spec.min_tissue_fraction:.0%} tissue)"
         )
+    return TileLayout((width, height), base_mpp, source, thumb, mask, choice, stride_level0, grid)
+
+
+def plan_slide(job: SlideJob) -> SlidePlan:
+    """Open the slide, find tissue, plan the tile grid and create the slide's Zarr store.
+
+    After an interrupted run with the same inputs, returns the saved plan instead, so that the
+    blocks already written are kept."""
+    saved = _saved_plan(job)
+    if saved is not None:
+        log.info("%s: resuming interrupted work", job.slide_id)
+        return replace(saved, job=job, seconds=0.0)
+    t0 = time.perf_counter()
+    path = Path(job.path)
+    layout = plan_layout(READERS, path, job.tiling, job.fallback_mpp)
+    spec, grid, choice = job.tiling, layout.grid, layout.choice
+    base_mpp, source, thumb, mask = layout.base_mpp, layout.mpp_source, layout.thumb, layout.mask
+    width, height = layout.dimensions
+    stride_level0 = layout.stride_level0
     provenance = Provenance(
         slidemill_version=slidemill_version(),
         model_sha256=job.model_sha256,

@@ -135,9 +135,19 @@ def run(
 def features(
     slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
     out: Annotated[Path, typer.Option(help="Features folder (one encoder and tiling each).")],
-    encoder: Annotated[str, typer.Option(help="Registered encoder.")] = "resnet18",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="Registered encoder (resnet18, resnet50_trunc, …), timm:<name> for any timm "
+            "model, or torchscript with --encoder-file."
+        ),
+    ] = "resnet18",
     encoder_weights: Annotated[
         Path | None, typer.Option(help="Local weights file for the encoder (default: random).")
+    ] = None,
+    encoder_file: Annotated[
+        Path | None,
+        typer.Option(help="TorchScript file (torch.jit.save) for --encoder torchscript."),
     ] = None,
     tile_mpp: Annotated[float, typer.Option(help="µm/px of the tiles.")] = 0.5,
     tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
@@ -165,6 +175,7 @@ def features(
             tile_mpp=tile_mpp,
             tile_px=tile_px,
             seed=seed,
+            encoder_file=encoder_file,
         )
     except (PipelineError, WorkerError, ValueError) as err:
         _fail(str(err))
@@ -191,7 +202,17 @@ def features(
 @model_app.command("init")
 def model_init(
     out: Annotated[Path, typer.Option(help="New bundle folder.")],
-    encoder: Annotated[str, typer.Option(help="Registered encoder.")] = "resnet18",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="Registered encoder (resnet18, resnet50_trunc, …), timm:<name> for any timm "
+            "model, or torchscript with --encoder-file."
+        ),
+    ] = "resnet18",
+    encoder_file: Annotated[
+        Path | None,
+        typer.Option(help="TorchScript file (torch.jit.save) for --encoder torchscript."),
+    ] = None,
     head: Annotated[str, typer.Option(help="Registered MIL head.")] = "abmil_gated",
     classes: Annotated[
         str, typer.Option(help="Comma-separated class names.")
@@ -210,6 +231,7 @@ def model_init(
             mpp=mpp,
             tile_px=tile_px,
             seed=seed,
+            encoder_file=encoder_file,
         )
     except (WorkerError, ValueError) as err:
         _fail(str(err))
@@ -258,6 +280,53 @@ def model_import_clam(
     console.print(
         f"wrote {out} ({manifest.encoder} + {manifest.head}, {manifest.feature_dim}-d; "
         f"encoder weights: {weights})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@model_app.command("pretrain")
+def model_pretrain(
+    slides: Annotated[
+        list[Path], typer.Argument(help="Slide files or folders (no labels needed).")
+    ],
+    out: Annotated[Path, typer.Option(help="New folder for the encoder weights and report.")],
+    encoder: Annotated[str, typer.Option(help="Registered encoder to train from scratch.")] = (
+        "histo_cnn"
+    ),
+    tile_mpp: Annotated[
+        float, typer.Option(help="µm/px of the tiles (give features the same).")
+    ] = 1.0,
+    tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 112,
+    tiles_per_slide: Annotated[int, typer.Option(min=1, help="Tiles sampled per slide.")] = 256,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 150,
+    batch_size: Annotated[int, typer.Option(min=2, help="Tiles per step (two views each).")] = 128,
+    mpp: FallbackMpp = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train an encoder self-supervised (SimCLR with stain jitter) on tiles of your own slides,
+    for `slidemill features --encoder-weights OUT/encoder.safetensors`."""
+    from pipeline._pretrain import WEIGHTS_FILE, pretrain, progress_bar
+    from workers import PretrainConfig
+
+    try:
+        config = PretrainConfig(steps=steps, batch_size=batch_size, seed=seed)
+        with progress_bar(console, steps) as progress:
+            sample, report = pretrain(
+                slides, out, encoder=encoder, tile_mpp=tile_mpp, tile_px=tile_px,
+                tiles_per_slide=tiles_per_slide, config=config, fallback_mpp=mpp,
+                progress=progress,
+            )  # fmt: skip
+    except (PipelineError, WorkerError, ValueError) as err:
+        _fail(str(err))
+        return
+    for _, reason in sample.left_out:
+        console.print(f"[yellow]left out[/yellow] {reason}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {out}: {encoder} on {report.n_tiles} tiles of {len(sample.used)} slide(s), "
+        f"loss {report.losses[0]:.3f} → {report.losses[-1]:.3f} in {report.seconds:.0f} s on "
+        f"{report.device}\nnext: slidemill features SLIDES --out FEATURES --encoder {encoder} "
+        f"--encoder-weights {out / WEIGHTS_FILE} --tile-mpp {tile_mpp} --tile-px {tile_px}",
         highlight=False,
         soft_wrap=True,
     )
@@ -460,29 +529,45 @@ def demo(
     sample: Annotated[
         Path | None, typer.Option(help="A real slide to run too (default: the sample slide).")
     ] = None,
-    n_train: Annotated[int, typer.Option(min=8, help="Generated training slides.")] = 24,
-    n_test: Annotated[int, typer.Option(min=2, help="Generated held-out slides.")] = 8,
+    n_train: Annotated[int, typer.Option(min=8, help="Generated training slides.")] = 32,
+    n_test: Annotated[int, typer.Option(min=2, help="Generated held-out slides.")] = 16,
+    pretrain_steps: Annotated[
+        int, typer.Option(min=1, help="Self-supervised steps for the encoder.")
+    ] = 120,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """The whole workflow on the embedded default: synth → features → train → run on held-out
-    slides and the sample slide → evaluate. Steps already done are kept."""
+    """The whole workflow on the embedded default: synth → pretrain the encoder → features →
+    train ABMIL and the mean-pooling baseline → run on held-out slides and the sample slide →
+    evaluate. Steps already done are kept."""
     from pipeline._bench import default_sample
     from pipeline._demo import DemoSettings, run_demo
     from pipeline._evaluate import EvaluationError
 
-    settings = DemoSettings(n_train=n_train, n_test=n_test, seed=seed)
+    settings = DemoSettings(
+        n_train=n_train, n_test=n_test, pretrain_steps=pretrain_steps, seed=seed
+    )
     try:
-        oof, held = run_demo(out, sample or default_sample(), settings, console)
+        result = run_demo(out, sample or default_sample(), settings, console)
     except (EvaluationError, PipelineError, WorkerError, ValueError) as err:
         _fail(str(err))
         return
-    for name, run in (("out-of-fold (training set)", oof), ("held-out set", held)):
-        r = run.evaluation.report
-        line = f"{name}: slide AUROC {r.pooled.auroc:.3f}, balanced accuracy "
-        line += f"{r.pooled.balanced_accuracy:.3f}"
-        if r.localisation is not None:
-            line += f", lesion localisation AUROC {r.localisation.pooled_auroc:.3f}"
-        console.print(line + f"  ({run.files['report.html']})")
+    table = Table(title="slidemill demo: figures on generated slides with ground truth")
+    for column in ("head", "out-of-fold AUROC", "held-out AUROC", "held-out balanced acc.",
+                   "lesion localisation AUROC"):  # fmt: skip
+        table.add_column(column)
+    for head, held in result.held_out.items():
+        r, oof = held.evaluation.report, result.out_of_fold[head].evaluation.report
+        loc = f"{r.localisation.pooled_auroc:.3f}" if r.localisation is not None else "—"
+        table.add_row(
+            head,
+            f"{oof.pooled.auroc:.3f}",
+            f"{r.pooled.auroc:.3f}",
+            f"{r.pooled.balanced_accuracy:.3f}",
+            loc,
+        )
+    console.print(table)
+    for head, held in result.held_out.items():
+        console.print(f"{head}: {held.files['report.html']}", soft_wrap=True)
 
 
 cluster_app = typer.Typer(no_args_is_help=True, help="Cluster configs.")

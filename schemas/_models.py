@@ -80,8 +80,14 @@ class ModelManifest(_Frozen):
     """The JSON half of a model bundle; the other half is `weights.safetensors`."""
 
     format_version: Literal[1] = 1
-    encoder: str = Field(description="Registered encoder name, e.g. 'resnet18'.")
-    encoder_kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    encoder: str = Field(
+        description="Registered encoder name, e.g. 'resnet18', 'histo_cnn', 'timm:<name>' or "
+        "'torchscript' (the file in the bundle as encoder.torchscript.pt)."
+    )
+    encoder_kwargs: dict[str, int | float | str | bool] = Field(
+        default_factory=dict,
+        description="Encoder arguments; for 'torchscript', the file's sha256 (file_sha256).",
+    )
     feature_dim: int = Field(gt=0, description="Length of one tile's feature vector.")
     head: str = Field(description="Registered MIL head name, e.g. 'abmil_gated'.")
     head_kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)

@@ -18,7 +18,15 @@ from workers._clam import (
     load_encoder_weights,
     smooth_top1_svm_loss,
 )
-from workers._encoders import ENCODERS, Encoder, ResNet50Trunc, ResNetTrunk, TinyCNN
+from workers._encoders import (
+    ENCODERS,
+    Encoder,
+    ResNet50Trunc,
+    ResNetTrunk,
+    TimmEncoder,
+    TinyCNN,
+    TorchScriptEncoder,
+)
 from workers._ensemble import EnsembleMIL, ensemble_of
 from workers._heads import (
     ABMIL,
@@ -29,8 +37,16 @@ from workers._heads import (
     MILOutput,
     PoolingMIL,
 )
-from workers._inference import SlidePrediction, encode_tiles, predict_slide
+from workers._histocnn import HistoCNN
+from workers._inference import (
+    InferenceSettings,
+    SlidePrediction,
+    encode_tiles,
+    inference_settings,
+    predict_slide,
+)
 from workers._plugin import ModelPlugin, get_model
+from workers._pretrain import PretrainConfig, PretrainReport, augment, nt_xent, pretrain_encoder
 from workers._train import (
     CrossValidation,
     EpochReport,
@@ -80,6 +96,8 @@ __all__ = [
     "FeatureSlide",
     "FoldResult",
     "GatedABMIL",
+    "HistoCNN",
+    "InferenceSettings",
     "InstanceLossHead",
     "LabelError",
     "LabelMatch",
@@ -91,10 +109,14 @@ __all__ = [
     "ModelPlugin",
     "NystromAttention",
     "PoolingMIL",
+    "PretrainConfig",
+    "PretrainReport",
     "ResNet50Trunc",
     "ResNetTrunk",
     "SlidePrediction",
+    "TimmEncoder",
     "TinyCNN",
+    "TorchScriptEncoder",
     "TrainConfig",
     "TrainedHead",
     "TrainingError",
@@ -103,6 +125,7 @@ __all__ = [
     "UnknownComponentError",
     "Unmatched",
     "WorkerError",
+    "augment",
     "class_weights",
     "cross_validate",
     "encode_tiles",
@@ -110,13 +133,16 @@ __all__ = [
     "file_sha256",
     "get_model",
     "import_clam_checkpoint",
+    "inference_settings",
     "init_bundle",
     "load_bundle",
     "load_encoder_weights",
     "manifest_sha256",
     "match_labels",
+    "nt_xent",
     "nystrom_attention",
     "predict_slide",
+    "pretrain_encoder",
     "read_label_csv",
     "read_manifest",
     "resolve_model_dir",

@@ -1,13 +1,15 @@
 """Model bundles: `manifest.json` (a `ModelManifest`) + `weights.safetensors`.
 
 A bundle is identified by the sha256 of its canonical manifest, which itself records the sha256
-of the weights, so the id changes when either changes.
+of the weights, so the id changes when either changes. A `torchscript` encoder's file travels in
+the bundle as `encoder.torchscript.pt`, its sha256 in the manifest's `encoder_kwargs`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,12 +21,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from schemas import ModelManifest
-from workers._encoders import ENCODERS
+from workers._encoders import ENCODERS, TorchScriptEncoder
 from workers._heads import HEADS
+from workers._inference import inference_settings
 from workers.errors import ModelBundleError
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+ENCODER_FILE = "encoder.torchscript.pt"
+TORCHSCRIPT = "torchscript"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -69,21 +74,64 @@ class LoadedModel:
     """Where the modules live."""
 
 
-def build_modules(manifest: ModelManifest) -> tuple[nn.Module, nn.Module]:
-    """Fresh (randomly initialised) encoder and head for a manifest."""
-    encoder = ENCODERS.build(manifest.encoder, **manifest.encoder_kwargs)
+def build_modules(
+    manifest: ModelManifest, bundle: Path | None = None
+) -> tuple[nn.Module, nn.Module]:
+    """Fresh (randomly initialised) encoder and head for a manifest; a `torchscript` encoder is
+    built from the file in `bundle`, which is then required."""
+    return build_encoder(manifest, bundle), build_head(manifest)
+
+
+def build_encoder(manifest: ModelManifest, bundle: Path | None = None) -> nn.Module:
+    """The manifest's encoder, checked to give `feature_dim`-wide features."""
+    if manifest.encoder == TORCHSCRIPT:
+        kwargs = _torchscript_kwargs(manifest, bundle)
+    else:
+        kwargs = dict(manifest.encoder_kwargs)
+    encoder = ENCODERS.build(manifest.encoder, **kwargs)
     if encoder_width(encoder) != manifest.feature_dim:
         raise ModelBundleError(
             f"encoder {manifest.encoder!r} gives {encoder.feature_dim}-d features, "
             f"manifest says {manifest.feature_dim}"
         )
-    head = HEADS.build(
+    return encoder
+
+
+def _torchscript_kwargs(manifest: ModelManifest, bundle: Path | None) -> dict[str, object]:
+    """The bundle's TorchScript file, checked against the manifest's sha256, as factory kwargs.
+
+    The width comes from the manifest rather than a probe tile: the checked file is the one
+    whose width `init_bundle` measured.
+    """
+    if bundle is None:
+        raise ModelBundleError("a torchscript encoder is built from its bundle folder; none given")
+    path = bundle / ENCODER_FILE
+    kwargs = dict(manifest.encoder_kwargs)
+    expected = kwargs.pop("file_sha256", None)
+    if kwargs or not isinstance(expected, str):
+        raise ModelBundleError(
+            f"{bundle / MANIFEST}: a torchscript encoder's encoder_kwargs hold file_sha256 only; "
+            f"found {', '.join(sorted(manifest.encoder_kwargs)) or 'none'}"
+        )
+    if not path.is_file():
+        raise ModelBundleError(f"{bundle}: no {ENCODER_FILE} (the torchscript encoder's file)")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelBundleError(
+            f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… "
+            "(corrupt or replaced encoder file)"
+        )
+    return {"file": str(path), "feature_dim": manifest.feature_dim}
+
+
+def build_head(manifest: ModelManifest) -> nn.Module:
+    """The manifest's MIL head, sized by its feature_dim and classes."""
+    return HEADS.build(
         manifest.head,
         in_dim=manifest.feature_dim,
         n_classes=len(manifest.class_names),
         **manifest.head_kwargs,
     )
-    return encoder, head
 
 
 def encoder_width(encoder: nn.Module) -> int:
@@ -95,7 +143,8 @@ def encoder_width(encoder: nn.Module) -> int:
 
 
 def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel:
-    """Load a bundle, checking the weights against the manifest's sha256."""
+    """Load a bundle, checking the weights (and a torchscript encoder's file) against the
+    manifest's sha256; on CUDA the encoder is put in channels_last for `encode_tiles`."""
     manifest = read_manifest(bundle)
     weights = bundle / WEIGHTS
     if not weights.is_file():
@@ -106,7 +155,7 @@ def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel
             f"{weights}: sha256 {actual[:12]}… does not match the manifest's "
             f"{manifest.weights_sha256[:12]}… (corrupt or replaced weights)"
         )
-    encoder, head = build_modules(manifest)
+    encoder, head = build_modules(manifest, bundle)
     state = load_file(str(weights))
     for prefix, module in (("encoder.", encoder), ("head.", head)):
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -116,6 +165,8 @@ def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel
             raise ModelBundleError(f"{weights}: weights do not fit {prefix[:-1]}: {err}") from err
     device = device or default_device()
     encoder.to(device).eval()
+    if inference_settings(device).channels_last:  # once here; encode_tiles sends NHWC inputs
+        encoder.to(memory_format=torch.channels_last)
     head.to(device).eval()
     return LoadedModel(manifest, manifest_sha256(manifest), encoder, head, device)
 
@@ -130,23 +181,57 @@ def save_bundle(
     head: nn.Module,
     manifest_fields: Mapping[str, object],
 ) -> ModelManifest:
-    """Write a bundle atomically (a temporary folder renamed into place)."""
+    """Write a bundle atomically (a temporary folder renamed into place).
+
+    A `TorchScriptEncoder`'s file is copied in as `encoder.torchscript.pt` and its sha256 put
+    in the manifest's encoder_kwargs (where one is already recorded, the file must still match).
+    """
     out = out.resolve()
     if out.exists() and any(out.iterdir()):
         raise ModelBundleError(f"{out}: exists and is not empty; choose a new folder")
+    scripted = isinstance(encoder, TorchScriptEncoder)
+    if scripted != (manifest_fields.get("encoder") == TORCHSCRIPT):
+        raise ModelBundleError(
+            f"{out}: encoder {type(encoder).__name__} saved under the name "
+            f"{manifest_fields.get('encoder')!r}; a TorchScriptEncoder is {TORCHSCRIPT!r}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
-    state |= {f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS))
-    manifest = ModelManifest.model_validate(
-        {**manifest_fields, "weights_sha256": file_sha256(tmp / WEIGHTS)}
-    )
-    (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    try:
+        fields = dict(manifest_fields)
+        if isinstance(encoder, TorchScriptEncoder):
+            fields["encoder_kwargs"] = _copy_encoder_file(encoder, tmp, fields)
+        state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
+        state |= {f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        manifest = ModelManifest.model_validate(
+            {**fields, "weights_sha256": file_sha256(tmp / WEIGHTS)}
+        )
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         out.rmdir()
     tmp.replace(out)
     return manifest
+
+
+def _copy_encoder_file(
+    encoder: TorchScriptEncoder, tmp: Path, fields: Mapping[str, object]
+) -> dict[str, object]:
+    """Copy the encoder's TorchScript file into a bundle being written; its encoder_kwargs."""
+    shutil.copyfile(encoder.source, tmp / ENCODER_FILE)
+    actual = file_sha256(tmp / ENCODER_FILE)
+    given = fields.get("encoder_kwargs") or {}
+    kwargs = dict(given) if isinstance(given, Mapping) else {}
+    recorded = kwargs.get("file_sha256")
+    if recorded is not None and recorded != actual:
+        raise ModelBundleError(
+            f"{encoder.source}: sha256 {actual[:12]}… is not the {str(recorded)[:12]}… "
+            "recorded for this encoder (the file changed since it was loaded)"
+        )
+    return {**kwargs, "file_sha256": actual}
 
 
 def init_bundle(
@@ -161,10 +246,26 @@ def init_bundle(
     tile_px: int = 224,
     seed: int = 0,
     encoder_weights: Path | None = None,
+    encoder_file: Path | None = None,
     description: str | None = None,
 ) -> ModelManifest:
     """A bundle with seeded random weights, for trying the plumbing end to end; with
-    `encoder_weights` (a local state dict file) the encoder's weights come from that file."""
+    `encoder_weights` (a local state dict file) the encoder's weights come from that file.
+
+    `encoder="torchscript"` takes the user's TorchScript file `encoder_file` (architecture and
+    weights); its width is measured on one `tile_px` tile.
+    """
+    if encoder == TORCHSCRIPT and encoder_file is None:
+        raise ModelBundleError(
+            f"encoder {TORCHSCRIPT!r} needs its TorchScript file (encoder_file, --encoder-file)"
+        )
+    if encoder != TORCHSCRIPT and encoder_file is not None:
+        raise ModelBundleError(
+            f"encoder {encoder!r}: a TorchScript file (--encoder-file) is for encoder "
+            f"{TORCHSCRIPT!r} only"
+        )
+    if encoder_file is not None and encoder_kwargs:
+        raise ModelBundleError(f"encoder {TORCHSCRIPT!r} takes no encoder_kwargs")
     torch.manual_seed(seed)
     fields: dict[str, object] = {
         "encoder": encoder,
@@ -182,14 +283,27 @@ def init_bundle(
         fields["description"] = (
             f"encoder weights from {encoder_weights.name}; head randomly initialised (seed {seed})"
         )
+    elif encoder_file is not None:
+        fields["description"] = (
+            f"TorchScript encoder {encoder_file.name}; head randomly initialised (seed {seed}): "
+            "for plumbing checks, not diagnosis"
+        )
     if description is not None:
         fields["description"] = description
-    enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
+    if encoder_file is not None:
+        enc = ENCODERS.build(TORCHSCRIPT, file=str(encoder_file), probe_px=tile_px)
+        fields["encoder_kwargs"] = {"file_sha256": file_sha256(encoder_file)}
+    else:
+        enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
     fields["feature_dim"] = encoder_width(enc)
-    enc_module, head_module = build_modules(ModelManifest.model_validate(fields))
+    manifest = ModelManifest.model_validate(fields)
+    if encoder_file is not None:
+        head_module = build_head(manifest)
+    else:
+        # a second encoder, unused, so the head draws the same random numbers as it always has
+        _, head_module = build_modules(manifest)
     if encoder_weights is not None:
         from workers._clam import load_encoder_weights  # it imports this module
 
         load_encoder_weights(enc, encoder_weights)
-    enc_module.load_state_dict(enc.state_dict())
-    return save_bundle(out, enc_module, head_module, fields)
+    return save_bundle(out, enc, head_module, fields)

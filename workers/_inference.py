@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from workers._bundle import LoadedModel
-from workers._heads import MILOutput
+if TYPE_CHECKING:  # _bundle imports this module for inference_settings
+    from workers._bundle import LoadedModel
+    from workers._heads import MILOutput
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceSettings:
+    """How tiles go through the encoder on one kind of device."""
+
+    pin_memory: bool
+    """Stage each uint8 batch in page-locked host memory, so the copy to the device is async."""
+    channels_last: bool
+    """Feed (and keep the encoder in) NHWC memory format, which tensor cores prefer."""
+    autocast_dtype: torch.dtype | None
+    """Mixed precision for the encoder's forward; None = plain float32."""
+
+
+def inference_settings(device: torch.device, *, bf16_supported: bool = False) -> InferenceSettings:
+    """The encoder settings for `device`: on CUDA pinned memory, channels_last and autocast
+    (bf16 where the GPU has it, which cannot overflow; else fp16); elsewhere float32 as is, so
+    CPU features stay bit-for-bit what they were."""
+    if device.type != "cuda":
+        return InferenceSettings(pin_memory=False, channels_last=False, autocast_dtype=None)
+    dtype = torch.bfloat16 if bf16_supported else torch.float16
+    return InferenceSettings(pin_memory=True, channels_last=True, autocast_dtype=dtype)
 
 
 def encode_tiles(
@@ -18,15 +43,34 @@ def encode_tiles(
     """Encode tiles (N, H, W, 3) uint8 RGB into features (N, feature_dim) float32."""
     norm = model.manifest.normalisation
     device = model.device
+    cuda = device.type == "cuda"
+    settings = inference_settings(device, bf16_supported=cuda and torch.cuda.is_bf16_supported())
     mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
     out = np.empty((tiles.shape[0], model.manifest.feature_dim), dtype=np.float32)
+    staging: torch.Tensor | None = None
+    if settings.pin_memory and tiles.shape[0]:
+        # one page-locked buffer per call: reusing it is safe because each batch's features
+        # come back to the host (a sync) before the next batch is staged
+        n = min(batch_size, tiles.shape[0])
+        staging = torch.empty((n, *tiles.shape[1:]), dtype=torch.uint8).pin_memory()
+    autocast = (
+        torch.autocast(device.type, dtype=settings.autocast_dtype)
+        if settings.autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     with torch.inference_mode():
         for start in range(0, tiles.shape[0], batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
+            if staging is not None:
+                batch = staging[: batch.shape[0]].copy_(batch)
             x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
             x = (x - mean) / std
-            out[start : start + batch.shape[0]] = model.encoder(x).float().cpu().numpy()
+            if settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                features = model.encoder(x)
+            out[start : start + batch.shape[0]] = features.float().cpu().numpy()
     return out
 
 
