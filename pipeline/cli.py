@@ -60,6 +60,18 @@ Force = Annotated[
     bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
 ]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+# Options of the commands that build an encoder (`features`, `model init`).
+EncoderName = Annotated[
+    str,
+    typer.Option(
+        help="Registered encoder (resnet18, resnet50_trunc, histo_cnn, …), timm:<name> for any "
+        "timm model, or torchscript with --encoder-file."
+    ),
+]
+EncoderFile = Annotated[
+    Path | None,
+    typer.Option(help="TorchScript file (torch.jit.save) for --encoder torchscript."),
+]
 
 
 def _run_and_report(
@@ -135,20 +147,11 @@ def run(
 def features(
     slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
     out: Annotated[Path, typer.Option(help="Features folder (one encoder and tiling each).")],
-    encoder: Annotated[
-        str,
-        typer.Option(
-            help="Registered encoder (resnet18, resnet50_trunc, …), timm:<name> for any timm "
-            "model, or torchscript with --encoder-file."
-        ),
-    ] = "resnet18",
+    encoder: EncoderName = "resnet18",
     encoder_weights: Annotated[
         Path | None, typer.Option(help="Local weights file for the encoder (default: random).")
     ] = None,
-    encoder_file: Annotated[
-        Path | None,
-        typer.Option(help="TorchScript file (torch.jit.save) for --encoder torchscript."),
-    ] = None,
+    encoder_file: EncoderFile = None,
     tile_mpp: Annotated[float, typer.Option(help="µm/px of the tiles.")] = 0.5,
     tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
     seed: Annotated[int, typer.Option(help="Seed of a random encoder.")] = 0,
@@ -202,17 +205,8 @@ def features(
 @model_app.command("init")
 def model_init(
     out: Annotated[Path, typer.Option(help="New bundle folder.")],
-    encoder: Annotated[
-        str,
-        typer.Option(
-            help="Registered encoder (resnet18, resnet50_trunc, …), timm:<name> for any timm "
-            "model, or torchscript with --encoder-file."
-        ),
-    ] = "resnet18",
-    encoder_file: Annotated[
-        Path | None,
-        typer.Option(help="TorchScript file (torch.jit.save) for --encoder torchscript."),
-    ] = None,
+    encoder: EncoderName = "resnet18",
+    encoder_file: EncoderFile = None,
     head: Annotated[str, typer.Option(help="Registered MIL head.")] = "abmil_gated",
     classes: Annotated[
         str, typer.Option(help="Comma-separated class names.")
