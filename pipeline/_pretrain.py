@@ -52,19 +52,27 @@ class TileSample:
     """(slide path, one-line reason) per slide that gave none."""
 
 
+MAX_TILES = 50_000
+"""Default cap on tiles held in memory for pretraining (1.9 GB at 112 px, 7.5 GB at 224 px)."""
+
+
 def sample_tiles(
     slides: Sequence[Path],
     spec: TilingSpec,
     tiles_per_slide: int,
     seed: int = 0,
     fallback_mpp: float | None = None,
+    max_tiles: int = MAX_TILES,
 ) -> TileSample:
     """At most `tiles_per_slide` tissue tiles of each slide (files or folders), chosen uniformly
-    at random (seeded per slide position) from the run's tile grid."""
+    at random (seeded per slide position) from the run's tile grid; fewer per slide when the
+    batch would exceed `max_tiles` in all (the tiles are held in memory)."""
     chunks: list[NDArray[np.uint8]] = []
     used: list[tuple[str, int]] = []
     left_out: list[tuple[str, str]] = []
-    for i, path in enumerate(expand(slides)):
+    paths = expand(slides)
+    tiles_per_slide = max(1, min(tiles_per_slide, max_tiles // max(1, len(paths))))
+    for i, path in enumerate(paths):
         try:
             layout = plan_layout(READERS, path, spec, fallback_mpp)
             grid = layout.grid
@@ -102,6 +110,7 @@ def pretrain(
     tile_mpp: float = 1.0,
     tile_px: int = 112,
     tiles_per_slide: int = 256,
+    max_tiles: int = MAX_TILES,
     config: PretrainConfig | None = None,
     fallback_mpp: float | None = None,
     progress: Callable[[int, float], None] | None = None,
@@ -112,7 +121,7 @@ def pretrain(
     if out.exists():
         raise InvalidInputError(f"{out}: exists; choose a new folder for the pretrained encoder")
     spec = TilingSpec(mpp=tile_mpp, tile_px=tile_px)
-    sample = sample_tiles(slides, spec, tiles_per_slide, config.seed, fallback_mpp)
+    sample = sample_tiles(slides, spec, tiles_per_slide, config.seed, fallback_mpp, max_tiles)
     torch.manual_seed(config.seed)
     module = ENCODERS.build(encoder)
     norm = Normalisation()

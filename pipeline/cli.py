@@ -293,6 +293,9 @@ def model_pretrain(
     ] = 1.0,
     tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 112,
     tiles_per_slide: Annotated[int, typer.Option(min=1, help="Tiles sampled per slide.")] = 256,
+    max_tiles: Annotated[
+        int, typer.Option(min=2, help="Cap on all tiles (held in memory); fewer per slide beyond.")
+    ] = 50_000,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 150,
     batch_size: Annotated[int, typer.Option(min=2, help="Tiles per step (two views each).")] = 128,
     mpp: FallbackMpp = None,
@@ -308,7 +311,8 @@ def model_pretrain(
         with progress_bar(console, steps) as progress:
             sample, report = pretrain(
                 slides, out, encoder=encoder, tile_mpp=tile_mpp, tile_px=tile_px,
-                tiles_per_slide=tiles_per_slide, config=config, fallback_mpp=mpp,
+                tiles_per_slide=tiles_per_slide, max_tiles=max_tiles, config=config,
+                fallback_mpp=mpp,
                 progress=progress,
             )  # fmt: skip
     except (PipelineError, WorkerError, ValueError) as err:

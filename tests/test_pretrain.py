@@ -144,6 +144,8 @@ def test_pretrain_is_reproducible_and_refuses_nothing_to_train_on(
     with pytest.raises(InvalidInputError, match=r"empty\.svs"):
         pretrain([bad_dir["empty"]], tmp_path / "c", config=config)
     assert not (tmp_path / "c").exists()
+    capped = sample_tiles([unlabelled], TilingSpec(mpp=4.0, tile_px=32), 50, max_tiles=30)
+    assert [n for _, n in capped.used] == [15, 15]  # the cap is shared between the slides
     with pytest.raises(TrainingError, match="steps"):
         PretrainConfig(steps=0)
 
