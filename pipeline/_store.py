@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.core.array_spec import ArrayConfigParams
 
 from schemas import SlideStoreAttrs
 
@@ -144,9 +145,15 @@ def write_array(path: Path, name: str, data: NDArray[np.generic]) -> None:
     arr[...] = data
 
 
+# zarr's default (write_empty_chunks False) compares every chunk and every shard with the fill
+# value before encoding it: two full passes over the block, 30-40% of the time a 256-tile shard
+# takes to write. Every block is written whole, so "empty" chunks are simply data.
+_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
+
+
 def write_block(path: Path, name: str, start: int, data: NDArray[np.generic]) -> None:
     """Write rows [start, start + len(data)) of a per-tile array."""
-    arr = zarr.open_array(store=str(path / name), mode="r+")
+    arr = zarr.open_array(store=str(path / name), mode="r+").with_config(_WRITE_CONFIG)
     arr[start : start + data.shape[0]] = data
 
 

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
@@ -119,6 +120,54 @@ class TiffDirectReader:
                     sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
                 ]
         return out
+
+    def aligned_tile_px(self, level: int) -> int | None:
+        """Side of `level`'s stored tiles when they are square RGB JPEG decoded here, else None.
+        Tiles of exactly that size on the stored grid can go to `decode_tile_into`."""
+        page = self._pages[level]
+        if (
+            page is None
+            or page.compression != 7
+            or page.tilewidth != page.tilelength
+            or page.samplesperpixel != 3
+            or page.extrasamples
+            or page.photometric not in (2, 6)
+        ):
+            return None
+        return int(page.tilewidth)
+
+    def decode_tile_into(self, level: int, col: int, row: int, out: NDArray[np.uint8]) -> None:
+        """Decode stored tile (`row`, `col`) of `level` straight into `out` (side, side, 3): no
+        intermediate array, no copy and no cache (each aligned tile is read once)."""
+        page = self._pages[level]
+        if page is None:
+            raise ValueError(f"level {level} is not decoded directly")
+        index = row * -(-page.imagewidth // page.tilewidth) + col
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if count == 0:  # never written by the scanner: glass
+            out[...] = 255
+            return
+        data = os.pread(self._fd, count, offset)
+        if len(data) < count:
+            raise UnreadableSlideError(
+                f"{self.path}: stored tile {index} of level {level} is cut short (truncated?)"
+            )
+        # as tifffile decodes such pages: YCbCr converts to RGB; Aperio's RGB JPEG without a
+        # JFIF marker must be told it is RGB already, or libjpeg would convert it as YCbCr
+        rgb_as_is = page.photometric == 2 and not page.is_jfif
+        try:
+            imagecodecs.jpeg_decode(
+                data,
+                tables=page.jpegtables,
+                colorspace=2 if rgb_as_is else None,
+                outcolorspace=2,
+                shape=(page.tilelength, page.tilewidth),
+                out=out,
+            )
+        except Exception as err:  # corrupt tile data, whatever exception the codec raises
+            raise UnreadableSlideError(
+                f"{self.path}: cannot decode stored tile {index} of level {level}: {err}"
+            ) from err
 
     def _tile(self, level: int, page: tifffile.TiffPage, index: int) -> NDArray[np.uint8]:
         key = (level, index)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from pipeline._grid import plan_grid
 from pipeline._levels import choose_level
@@ -85,3 +86,42 @@ def test_truncated_tile_data_is_an_error_naming_the_file(bad_dir: dict[str, Path
         reader = open_slide(path)
         reader.read_region((0, 0), 0, reader.dimensions)
     assert str(path) in str(info.value)
+
+
+def test_aligned_grid_decodes_stored_tiles_in_place(
+    slides_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the grid is the stored tile grid, each tile is decoded straight into the output,
+    with the very pixels the strip path gives."""
+    direct = open_slide(slides_dir / "synth-svs.svs")
+    assert isinstance(direct, TiffDirectReader)
+    side = direct.aligned_tile_px(0)
+    assert side is not None
+    calls: list[tuple[int, int, int]] = []
+    decode = TiffDirectReader.decode_tile_into
+
+    def spy(self: TiffDirectReader, level: int, col: int, row: int, out: np.ndarray) -> None:
+        calls.append((level, col, row))
+        decode(self, level, col, row, out)
+
+    monkeypatch.setattr(TiffDirectReader, "decode_tile_into", spy)
+    a = _grid_tiles(direct, 0.5, 0.5, side)
+    assert len(calls) == len(a) > 10
+    assert _grid_tiles(direct, 0.5, 0.5, side - 16) is not None and len(calls) == len(a)
+    monkeypatch.setattr(TiffDirectReader, "aligned_tile_px", lambda self, level: None)
+    assert np.array_equal(a, _grid_tiles(direct, 0.5, 0.5, side))
+
+
+def test_aligned_decode_of_a_corrupt_tile_names_the_file(slides_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.svs"
+    data = bytearray((slides_dir / "synth-svs.svs").read_bytes())
+    with tifffile.TiffFile(slides_dir / "synth-svs.svs") as tif:
+        offset = tif.pages.first.dataoffsets[5]
+    data[offset : offset + 4] = b"\0\0\0\0"  # no JPEG start-of-image marker
+    path.write_bytes(bytes(data))
+    reader = open_slide(path)
+    assert isinstance(reader, TiffDirectReader)
+    side = reader.aligned_tile_px(0)
+    assert side is not None
+    with pytest.raises(SlideError, match=r"corrupt\.svs: cannot decode stored tile 5 of level 0"):
+        _grid_tiles(reader, 0.5, 0.5, side)
