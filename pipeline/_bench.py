@@ -143,9 +143,15 @@ def slidemill_tiling(
     grid_index = read_all(job.store, "grid_index").astype(np.int64)
 
     def once() -> tuple[int, float]:
-        # a fresh handle each pass: decoded stored tiles must not be served from the last pass
-        READERS.evict(path)
+        # decoded stored tiles must not be served from the last pass; the handle stays open, as
+        # it does on a worker between blocks
         reader = READERS.get(path)
+        drop = getattr(reader, "drop_cache", None)
+        if drop is not None:
+            drop()
+        else:
+            READERS.evict(path)
+            reader = READERS.get(path)
         for start, stop in plan.blocks:
             if write:
                 write_tiles(plan, start, stop)

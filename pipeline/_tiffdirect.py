@@ -96,20 +96,39 @@ class TiffDirectReader:
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> NDArray[np.uint8]:
-        page = self._pages[level]
-        if page is None:
+        if self._pages[level] is None:
             return self._osr.read_region(location, level, size)
+        out = np.empty((size[1], size[0], 3), dtype=np.uint8)
+        self.read_region_into(location, level, out)
+        return out
+
+    def read_region_into(
+        self, location: tuple[int, int], level: int, out: NDArray[np.uint8]
+    ) -> None:
+        """`read_region` written into `out` (height, width, 3), so a caller's block is filled
+        without an intermediate array. A region that is exactly one stored JPEG tile is decoded
+        straight into `out`."""
+        page = self._pages[level]
+        h, w = out.shape[:2]
+        if page is None:
+            out[...] = self._osr.read_region(location, level, (w, h))
+            return
         ds = self.level_downsamples[level]
         x0, y0 = round(location[0] / ds), round(location[1] / ds)
-        w, h = size
-        out = np.full((h, w, 3), 255, dtype=np.uint8)  # outside the image is white, as OpenSlide
         lw, lh = self.level_dimensions[level]
         tw, th = page.tilewidth, page.tilelength
         across = -(-page.imagewidth // tw)
+        one_tile = (w, h) == (tw, th) and x0 % tw == 0 and y0 % th == 0
+        inside = min(x0, y0) >= 0 and x0 + w <= lw and y0 + h <= lh
+        if one_tile and inside and self._in_place(page):
+            self._decode_into(level, page, (y0 // th) * across + x0 // tw, out)
+            return
         xa, xb = max(x0, 0), min(x0 + w, lw)
         ya, yb = max(y0, 0), min(y0 + h, lh)
+        if (xa, ya, xb, yb) != (x0, y0, x0 + w, y0 + h):
+            out[...] = 255  # outside the image is white, as OpenSlide
         if xa >= xb or ya >= yb:
-            return out
+            return
         for ty in range(ya // th, (yb - 1) // th + 1):
             for tx in range(xa // tw, (xb - 1) // tw + 1):
                 tile = self._tile(level, page, ty * across + tx)
@@ -119,30 +138,23 @@ class TiffDirectReader:
                 out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = tile[
                     sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
                 ]
-        return out
 
-    def aligned_tile_px(self, level: int) -> int | None:
-        """Side of `level`'s stored tiles when they are square RGB JPEG decoded here, else None.
-        Tiles of exactly that size on the stored grid can go to `decode_tile_into`."""
-        page = self._pages[level]
-        if (
-            page is None
-            or page.compression != 7
-            or page.tilewidth != page.tilelength
-            or page.samplesperpixel != 3
-            or page.extrasamples
-            or page.photometric not in (2, 6)
-        ):
-            return None
-        return int(page.tilewidth)
+    @staticmethod
+    def _in_place(page: tifffile.TiffPage) -> bool:
+        """Whether stored tiles of `page` can be decoded straight into an RGB array: JPEG, 3
+        samples, RGB or YCbCr, no extra samples."""
+        return (
+            page.compression == 7
+            and page.samplesperpixel == 3
+            and not page.extrasamples
+            and page.photometric in (2, 6)
+        )
 
-    def decode_tile_into(self, level: int, col: int, row: int, out: NDArray[np.uint8]) -> None:
-        """Decode stored tile (`row`, `col`) of `level` straight into `out` (side, side, 3): no
-        intermediate array, no copy and no cache (each aligned tile is read once)."""
-        page = self._pages[level]
-        if page is None:
-            raise ValueError(f"level {level} is not decoded directly")
-        index = row * -(-page.imagewidth // page.tilewidth) + col
+    def _decode_into(
+        self, level: int, page: tifffile.TiffPage, index: int, out: NDArray[np.uint8]
+    ) -> None:
+        """Decode stored JPEG tile `index` straight into `out`: no intermediate array, no copy
+        and no cache (a tile that is a whole region is not shared with a neighbour)."""
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         if count == 0:  # never written by the scanner: glass
             out[...] = 255
@@ -201,6 +213,12 @@ class TiffDirectReader:
                 _, old = self._cache.popitem(last=False)
                 self._cache_bytes -= old.nbytes
         return tile
+
+    def drop_cache(self) -> None:
+        """Forget decoded stored tiles (a benchmark's next pass must decode them again)."""
+        with self._lock:
+            self._cache.clear()
+            self._cache_bytes = 0
 
     def close(self) -> None:
         if self._tif is not None:

@@ -1,7 +1,9 @@
 """Read a block of planned tiles from a slide at the target resolution.
 
 OpenSlide's cost is per call (~2 ms), not per pixel, so a block is read as a few wide strips, one
-per run of neighbouring tiles in a grid row, each resized once and then sliced into tiles.
+per run of neighbouring tiles in a grid row, each resized once and then sliced into tiles. A
+reader with no per-call cost (`read_region_into`) fills each tile of the block in place when no
+resizing is needed.
 """
 
 from __future__ import annotations
@@ -53,27 +55,12 @@ def runs(rows: NDArray[np.int64], cols: NDArray[np.int64], max_run: int = MAX_RU
     return out
 
 
-class _DirectDecode(Protocol):
-    """Readers that decode a stored tile into a caller's array (`TiffDirectReader`)."""
+class _RegionInto(Protocol):
+    """Readers that write a region into a caller's array (`TiffDirectReader`)."""
 
-    def aligned_tile_px(self, level: int) -> int | None: ...
-
-    def decode_tile_into(self, level: int, col: int, row: int, out: NDArray[np.uint8]) -> None: ...
-
-
-def _aligned(
-    reader: SlideReader, choice: LevelChoice, stride_level0: float, tile_px: int, stride_px: int
-) -> bool:
-    """Whether grid tile (row, col) is exactly stored tile (row, col) of the chosen level: the
-    reader decodes stored tiles itself, they are `tile_px` square, the level needs no resizing
-    and tiles do not overlap (grid origins are multiples of the stride from (0, 0))."""
-    side = getattr(reader, "aligned_tile_px", None)
-    if side is None or stride_px != tile_px or side(choice.level) != tile_px:
-        return False
-    ds = choice.level_downsample
-    return (
-        abs(choice.tile_level0 / ds - tile_px) < 1e-6 and abs(stride_level0 / ds - tile_px) < 1e-6
-    )
+    def read_region_into(
+        self, location: tuple[int, int], level: int, out: NDArray[np.uint8]
+    ) -> None: ...
 
 
 def read_tiles(
@@ -88,11 +75,14 @@ def read_tiles(
     """Tiles at (rows, cols) of the grid, as (n, tile_px, tile_px, 3) uint8 RGB."""
     out = np.empty((len(rows), tile_px, tile_px, 3), dtype=np.uint8)
     ds = choice.level_downsample
-    if _aligned(reader, choice, stride_level0, tile_px, stride_px):
-        # the grid is the stored tile grid: each tile is one stored tile, decoded in place
-        direct = cast(_DirectDecode, reader)
-        for k, (row, col) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
-            direct.decode_tile_into(choice.level, col, row, out[k])
+    into = getattr(reader, "read_region_into", None)
+    if into is not None and abs(choice.tile_level0 / ds - tile_px) < 1e-6:
+        # no resizing and no per-call cost to amortise: each tile goes straight into the block
+        direct = cast(_RegionInto, reader)
+        xs = origin(cols, stride_level0).tolist()
+        ys = origin(rows, stride_level0).tolist()
+        for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            direct.read_region_into((x, y), choice.level, out[k])
         return out
     for run in runs(rows, cols):
         x0 = int(origin(np.array([run.col]), stride_level0)[0])

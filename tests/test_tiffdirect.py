@@ -4,6 +4,7 @@ decode."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,27 +89,33 @@ def test_truncated_tile_data_is_an_error_naming_the_file(bad_dir: dict[str, Path
     assert str(path) in str(info.value)
 
 
+def _stored_side(reader: TiffDirectReader) -> int:
+    page = reader._pages[0]
+    assert page is not None and page.tilewidth == page.tilelength
+    return int(page.tilewidth)
+
+
 def test_aligned_grid_decodes_stored_tiles_in_place(
     slides_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the grid is the stored tile grid, each tile is decoded straight into the output,
-    with the very pixels the strip path gives."""
+    """Where the grid is the stored tile grid, each tile is decoded straight into the block,
+    with the very pixels that copying from decoded stored tiles gives."""
     direct = open_slide(slides_dir / "synth-svs.svs")
     assert isinstance(direct, TiffDirectReader)
-    side = direct.aligned_tile_px(0)
-    assert side is not None
-    calls: list[tuple[int, int, int]] = []
-    decode = TiffDirectReader.decode_tile_into
+    side = _stored_side(direct)
+    calls: list[int] = []
+    decode = TiffDirectReader._decode_into
 
-    def spy(self: TiffDirectReader, level: int, col: int, row: int, out: np.ndarray) -> None:
-        calls.append((level, col, row))
-        decode(self, level, col, row, out)
+    def spy(self: TiffDirectReader, level: int, page: Any, index: int, out: np.ndarray) -> None:
+        calls.append(index)
+        decode(self, level, page, index, out)
 
-    monkeypatch.setattr(TiffDirectReader, "decode_tile_into", spy)
+    monkeypatch.setattr(TiffDirectReader, "_decode_into", spy)
     a = _grid_tiles(direct, 0.5, 0.5, side)
     assert len(calls) == len(a) > 10
-    assert _grid_tiles(direct, 0.5, 0.5, side - 16) is not None and len(calls) == len(a)
-    monkeypatch.setattr(TiffDirectReader, "aligned_tile_px", lambda self, level: None)
+    # tiles that straddle stored tiles are copied from them instead
+    assert len(_grid_tiles(direct, 0.5, 0.5, side - 16)) > 10 and len(calls) == len(a)
+    monkeypatch.setattr(TiffDirectReader, "_in_place", staticmethod(lambda page: False))
     assert np.array_equal(a, _grid_tiles(direct, 0.5, 0.5, side))
 
 
@@ -121,7 +128,5 @@ def test_aligned_decode_of_a_corrupt_tile_names_the_file(slides_dir: Path, tmp_p
     path.write_bytes(bytes(data))
     reader = open_slide(path)
     assert isinstance(reader, TiffDirectReader)
-    side = reader.aligned_tile_px(0)
-    assert side is not None
     with pytest.raises(SlideError, match=r"corrupt\.svs: cannot decode stored tile 5 of level 0"):
-        _grid_tiles(reader, 0.5, 0.5, side)
+        _grid_tiles(reader, 0.5, 0.5, _stored_side(reader))
