@@ -58,6 +58,8 @@ def runs(rows: NDArray[np.int64], cols: NDArray[np.int64], max_run: int = MAX_RU
 class _RegionInto(Protocol):
     """Readers that write a region into a caller's array (`TiffDirectReader`)."""
 
+    def direct_levels(self) -> list[int]: ...
+
     def read_region_into(
         self, location: tuple[int, int], level: int, out: NDArray[np.uint8]
     ) -> None: ...
@@ -75,10 +77,13 @@ def read_tiles(
     """Tiles at (rows, cols) of the grid, as (n, tile_px, tile_px, 3) uint8 RGB."""
     out = np.empty((len(rows), tile_px, tile_px, 3), dtype=np.uint8)
     ds = choice.level_downsample
-    into = getattr(reader, "read_region_into", None)
-    if into is not None and abs(choice.tile_level0 / ds - tile_px) < 1e-6:
+    direct = cast(_RegionInto, reader) if hasattr(reader, "read_region_into") else None
+    if (
+        direct is not None
+        and choice.level in direct.direct_levels()  # OpenSlide's levels keep the strips
+        and abs(choice.tile_level0 / ds - tile_px) < 1e-6
+    ):
         # no resizing and no per-call cost to amortise: each tile goes straight into the block
-        direct = cast(_RegionInto, reader)
         xs = origin(cols, stride_level0).tolist()
         ys = origin(rows, stride_level0).tolist()
         for k, (x, y) in enumerate(zip(xs, ys, strict=True)):

@@ -75,6 +75,17 @@ def test_levels_it_cannot_decode_go_to_openslide(slides_dir: Path) -> None:
     np.testing.assert_array_equal(
         partial.read_region((512, 256), 1, (64, 64)), osr.read_region((512, 256), 1, (64, 64))
     )
+    # a block at OpenSlide's level is read as strips (a call per run), not a call per tile
+    calls: list[tuple[int, int]] = []
+    read = osr.read_region
+
+    def counted(location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        calls.append(size)
+        return read(location, level, size)
+
+    osr.read_region = counted  # type: ignore[method-assign]
+    tiles = _grid_tiles(partial, 0.5, 1.0, 64)  # level 1 is 2× downsampled: no resize
+    assert len(tiles) > 2 * len(calls) > 0
 
 
 def test_other_formats_stay_with_openslide(bad_dir: dict[str, Path]) -> None:
