@@ -9,6 +9,7 @@ is delegated to OpenSlide.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -77,11 +78,12 @@ class TiffDirectReader:
     def dimensions(self) -> tuple[int, int]:
         return self._osr.dimensions
 
-    @property
+    @functools.cached_property
     def level_downsamples(self) -> tuple[float, ...]:
+        # cached: each OpenSlide property is several ctypes calls, and reads ask per tile
         return self._osr.level_downsamples
 
-    @property
+    @functools.cached_property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         return self._osr.level_dimensions
 
