@@ -20,6 +20,7 @@ from pipeline.errors import InvalidInputError
 from schemas import Normalisation, TilingSpec
 from workers import ENCODERS, PretrainConfig, augment, file_sha256, load_encoder_weights, nt_xent
 from workers import pretrain_encoder as train_encoder
+from workers._pretrain import normalise
 from workers.errors import TrainingError
 
 
@@ -69,13 +70,12 @@ def _restained(tiles: np.ndarray, gains: tuple[float, float, float]) -> np.ndarr
 
 def _retrieval(encoder: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> float:
     """Share of tiles in `a` whose nearest neighbour (cosine) among `b` is the same tile."""
-    norm = Normalisation()
-    mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std).view(1, 3, 1, 1)
     encoder.eval()
     with torch.inference_mode():
         fa, fb = (
-            encoder((torch.from_numpy(t).permute(0, 3, 1, 2).float() / 255 - mean) / std)
+            encoder(
+                normalise(torch.from_numpy(t).permute(0, 3, 1, 2).float() / 255, Normalisation())
+            )
             for t in (a, b)
         )
     fa = torch.nn.functional.normalize(fa, dim=1)

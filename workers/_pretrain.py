@@ -110,6 +110,11 @@ def augment(
     grey = (torch.rand(b, generator=generator) < config.grey_probability).to(x.device)
     x = torch.where(grey.view(b, 1, 1, 1), x.mean(1, keepdim=True).expand_as(x), x)
     x = x + 0.02 * torch.randn(x.shape, generator=generator).to(x.device)
+    return normalise(x, norm)
+
+
+def normalise(x: torch.Tensor, norm: Normalisation) -> torch.Tensor:
+    """RGB in [0, 1], (B, 3, H, W) → the encoder's input, as `encode_tiles` feeds it."""
     mean = torch.tensor(norm.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -190,16 +195,11 @@ def pretrain_encoder(
     standardise = getattr(encoder, "set_standardisation", None)
     if callable(standardise):
         sample = pool[torch.randperm(len(pool), generator=generator)[:4096]]
-        mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
         with torch.inference_mode():
             feats = torch.cat(
                 [
-                    trunk(
-                        (sample[i : i + 256].to(device).permute(0, 3, 1, 2).float() / 255 - mean)
-                        / std
-                    )
-                    for i in range(0, len(sample), 256)
+                    trunk(normalise(batch.to(device).permute(0, 3, 1, 2).float() / 255, norm))
+                    for batch in sample.split(256)
                 ]
             )
         standardise(feats.mean(0), feats.std(0))
