@@ -112,6 +112,7 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             force=spec.force,
             features_only=spec.stages == "features",
             threshold=manifest.threshold,
+            keep_jpeg=spec.keep_jpeg,
         )
         for e in entries
     ]

@@ -6,6 +6,10 @@ Layout of `<out>/<slide_id>/slide.zarr` (N tiles, C classes, D feature dims, T t
     grid_index      (N, 2) int32    tile grid row, column
     tissue_fraction (N,)   float32
     tiles           (N, T, T, 3) uint8   16 tiles per chunk (lz4), one task's block per shard
+  or, when the grid lines up with the slide's stored JPEG tiles (`pipeline._jpegtiles`):
+    tile_jpeg       (N, S) uint8    each tile's stored JPEG stream, zero-padded to S bytes;
+                                    decode parameters in its attributes; one block per chunk
+    tile_jpeg_nbytes (N,) int32     length of each stream (0 = glass, white)
     features        (N, D) float32
     attention       (N,)   float32
     scores          (N, C) float32  per-tile class probabilities
@@ -29,6 +33,8 @@ from numpy.typing import NDArray
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.array_spec import ArrayConfigParams
 
+from pipeline._jpegtiles import JpegTiles
+from pipeline._jpegtiles import decode as decode_jpeg_tiles
 from schemas import SlideStoreAttrs
 
 STORE_NAME = "slide.zarr"
@@ -104,8 +110,10 @@ def create_store(
     tiles_per_shard: int,
     feature_dim: int,
     n_classes: int,
+    jpeg: JpegTiles | None = None,
 ) -> zarr.Group:
-    """Create the group and every per-tile array, empty, with its final shape and chunking."""
+    """Create the group and every per-tile array, empty, with its final shape and chunking.
+    With `jpeg`, tiles are kept as the slide's stored JPEG streams instead of RGB."""
     root = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     root.attrs[_ATTRS_KEY] = attrs.model_dump(mode="json")
     n = max(n_tiles, 1)
@@ -114,14 +122,26 @@ def create_store(
     root.create_array("coords", shape=(n_tiles, 2), dtype="int64", chunks=(n, 2))
     root.create_array("grid_index", shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
     root.create_array("tissue_fraction", shape=(n_tiles,), dtype="float32", chunks=(n,))
-    root.create_array(
-        "tiles",
-        shape=(n_tiles, tile_px, tile_px, 3),
-        dtype="uint8",
-        chunks=(chunk, tile_px, tile_px, 3),
-        shards=(block, tile_px, tile_px, 3),
-        compressors=TILE_CODEC,
-    )
+    if jpeg is not None:
+        # JPEG data does not compress; lz4 removes the zero padding at almost no cost
+        stored = root.create_array(
+            "tile_jpeg",
+            shape=(n_tiles, jpeg.slot_bytes),
+            dtype="uint8",
+            chunks=(block, jpeg.slot_bytes),
+            compressors=TILE_CODEC,
+        )
+        stored.attrs.update(jpeg.attrs())
+        root.create_array("tile_jpeg_nbytes", shape=(n_tiles,), dtype="int32", chunks=(block,))
+    else:
+        root.create_array(
+            "tiles",
+            shape=(n_tiles, tile_px, tile_px, 3),
+            dtype="uint8",
+            chunks=(chunk, tile_px, tile_px, 3),
+            shards=(block, tile_px, tile_px, 3),
+            compressors=TILE_CODEC,
+        )
     root.create_array(
         "features", shape=(n_tiles, feature_dim), dtype="float32", chunks=(block, feature_dim)
     )
@@ -161,6 +181,17 @@ def write_block(path: Path, name: str, start: int, data: NDArray[np.generic]) ->
 def read_block(path: Path, name: str, start: int, stop: int) -> NDArray[np.generic]:
     arr = zarr.open_array(store=str(path / name), mode="r")
     return np.asarray(arr[start:stop])
+
+
+def read_tile_pixels(path: Path, start: int, stop: int, source: str) -> NDArray[np.uint8]:
+    """Tiles [start, stop) as (n, T, T, 3) RGB, whichever way the store keeps them; `source`
+    names the slide in errors."""
+    if (path / "tile_jpeg" / "zarr.json").is_file():
+        arr = zarr.open_array(store=str(path / "tile_jpeg"), mode="r")
+        spec = JpegTiles.from_attrs(dict(arr.attrs))
+        nbytes = np.asarray(read_block(path, "tile_jpeg_nbytes", start, stop), dtype=np.int32)
+        return decode_jpeg_tiles(spec, np.asarray(arr[start:stop]), nbytes, source)
+    return np.asarray(read_block(path, "tiles", start, stop), dtype=np.uint8)
 
 
 def read_all(path: Path, name: str) -> NDArray[np.generic]:

@@ -16,6 +16,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline._grid import TileGrid, blocks, plan_grid
 from pipeline._heatmap import rasterise, render_png
+from pipeline._jpegtiles import JpegTiles
+from pipeline._jpegtiles import pack as pack_jpeg
 from pipeline._levels import LevelChoice, choose_level
 from pipeline._readers import READERS, ReaderCache, read_thumbnail
 from pipeline._resume import ResumeKey, partial_is_valid
@@ -30,12 +32,13 @@ from pipeline._store import (
     read_all,
     read_attrs,
     read_block,
+    read_tile_pixels,
     work_dir,
     write_array,
     write_attrs,
     write_block,
 )
-from pipeline._tiling import read_tiles
+from pipeline._tiling import keepable_jpeg, read_stored_jpeg, read_tiles
 from pipeline._tissue import tissue_mask
 from pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
 from schemas import (
@@ -88,6 +91,8 @@ class SlideJob:
     """Stop after the encoder: no MIL head, no heatmap, no diagnosis."""
     threshold: float | None = None
     """Decision threshold on P(second class) for two classes (from training); None = argmax."""
+    keep_jpeg: bool = True
+    """Keep the slide's own JPEG tiles, undecoded, when the tile grid lines up with them."""
 
     @property
     def work(self) -> Path:
@@ -119,6 +124,8 @@ class SlidePlan:
     """sha256 of the slide file."""
     seconds: float
     """Time spent planning."""
+    jpeg: JpegTiles | None = None
+    """Set when tiles are kept as the slide's stored JPEG streams (`pipeline._jpegtiles`)."""
 
 
 PLAN_FILE = "plan.json"
@@ -235,6 +242,17 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         class_names=job.class_names,
         provenance=provenance,
     )
+    jpeg = None
+    if job.keep_jpeg:
+        jpeg = keepable_jpeg(
+            READERS.get(path),
+            choice,
+            stride_level0,
+            spec.tile_px,
+            spec.stride_px,
+            grid.rows.astype(np.int64),
+            grid.cols.astype(np.int64),
+        )
     fresh_work_dir(Path(job.out), job.slide_id)
     create_store(
         job.store,
@@ -244,6 +262,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         tiles_per_shard=job.tiles_per_task,
         feature_dim=job.feature_dim,
         n_classes=len(job.class_names),
+        jpeg=jpeg,
     )
     write_block(job.store, "coords", 0, grid.coords())
     write_block(job.store, "grid_index", 0, np.stack([grid.rows, grid.cols], 1).astype(np.int32))
@@ -260,6 +279,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         provenance=provenance,
         file_sha256=sha,
         seconds=time.perf_counter() - t0,
+        jpeg=jpeg,
     )
     # written last: its presence means the store and arrays above are complete
     tmp = job.work / f".{PLAN_FILE}.tmp"
@@ -314,20 +334,23 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
     grid_index = read_block(job.store, "grid_index", start, stop)
     path = Path(job.path)
     reader = READERS.get(path)
+    rows, cols = grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64)
     try:
-        tiles = read_tiles(
-            reader,
-            plan.choice,
-            plan.stride_level0,
-            spec.tile_px,
-            spec.stride_px,
-            grid_index[:, 0].astype(np.int64),
-            grid_index[:, 1].astype(np.int64),
-        )
+        if plan.jpeg is not None:  # no decoding here: the encoder side decodes
+            blobs = read_stored_jpeg(reader, plan.jpeg, plan.stride_level0, rows, cols)
+        else:
+            tiles = read_tiles(
+                reader, plan.choice, plan.stride_level0, spec.tile_px, spec.stride_px, rows, cols
+            )
     except SlideError:
         READERS.evict(path)
         raise
-    write_block(job.store, "tiles", start, tiles)
+    if plan.jpeg is not None:
+        data, nbytes = pack_jpeg(blobs, plan.jpeg.slot_bytes)
+        write_block(job.store, "tile_jpeg", start, data)
+        write_block(job.store, "tile_jpeg_nbytes", start, nbytes)
+    else:
+        write_block(job.store, "tiles", start, tiles)
 
 
 def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float:
@@ -340,8 +363,8 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float
         return 0.0
     t0 = time.perf_counter()
     model = get_model(job.model_bundle, job.model_sha256)
-    tiles = read_block(job.store, "tiles", start, stop)
-    features = encode_tiles(model, tiles.astype(np.uint8, copy=False), job.batch_size)
+    tiles = read_tile_pixels(job.store, start, stop, job.path)
+    features = encode_tiles(model, tiles, job.batch_size)
     write_block(job.store, "features", start, features)
     seconds = time.perf_counter() - t0
     mark_done(job.work, f"encode-{start}", seconds)

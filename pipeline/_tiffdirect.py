@@ -9,6 +9,7 @@ is delegated to OpenSlide.
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import threading
@@ -20,6 +21,7 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
+from pipeline._jpegtiles import JpegTiles
 from pipeline._readers import OpenSlideReader, register_reader
 from pipeline.errors import UnreadableSlideError
 
@@ -115,16 +117,15 @@ class TiffDirectReader:
         if page is None:
             out[...] = self._osr.read_region(location, level, (w, h))
             return
+        index = self.stored_tile_index(location, level, (w, h))
+        if index is not None:
+            self._decode_into(level, page, index, out)
+            return
         ds = self.level_downsamples[level]
         x0, y0 = round(location[0] / ds), round(location[1] / ds)
         lw, lh = self.level_dimensions[level]
         tw, th = page.tilewidth, page.tilelength
         across = -(-page.imagewidth // tw)
-        one_tile = (w, h) == (tw, th) and x0 % tw == 0 and y0 % th == 0
-        inside = min(x0, y0) >= 0 and x0 + w <= lw and y0 + h <= lh
-        if one_tile and inside and self._in_place(page):
-            self._decode_into(level, page, (y0 // th) * across + x0 // tw, out)
-            return
         xa, xb = max(x0, 0), min(x0 + w, lw)
         ya, yb = max(y0, 0), min(y0 + h, lh)
         if (xa, ya, xb, yb) != (x0, y0, x0 + w, y0 + h):
@@ -140,6 +141,54 @@ class TiffDirectReader:
                 out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = tile[
                     sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
                 ]
+
+    def stored_tile_index(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> int | None:
+        """The stored JPEG tile that is exactly the region (same origin and size, inside the
+        level), or None. Such a region is decoded in place, or kept as its JPEG bytes."""
+        page = self._pages[level]
+        if page is None or not self._in_place(page):
+            return None
+        ds = self.level_downsamples[level]
+        x0, y0 = round(location[0] / ds), round(location[1] / ds)
+        lw, lh = self.level_dimensions[level]
+        tw, th = page.tilewidth, page.tilelength
+        one_tile = size == (tw, th) and x0 % tw == 0 and y0 % th == 0
+        inside = min(x0, y0) >= 0 and x0 + tw <= lw and y0 + th <= lh
+        if not (one_tile and inside):
+            return None
+        return (y0 // th) * -(-page.imagewidth // tw) + x0 // tw
+
+    def jpeg_tiles(self, level: int) -> JpegTiles | None:
+        """How `level`'s stored tiles would be kept as JPEG (None: not square JPEG tiles)."""
+        page = self._pages[level]
+        if page is None or not self._in_place(page) or page.tilewidth != page.tilelength:
+            return None
+        tables = page.jpegtables or b""
+        return JpegTiles(
+            level=level,
+            tile_px=page.tilewidth,
+            slot_bytes=max(1, max(page.databytecounts)),
+            tables=base64.b64encode(tables).decode("ascii"),
+            rgb_as_is=_rgb_as_is(page),
+        )
+
+    def stored_bytes(self, level: int, index: int) -> bytes:
+        """Stored tile `index` of `level` as written in the file (b'' for a tile never
+        written: glass)."""
+        page = self._pages[level]
+        if page is None:
+            raise ValueError(f"{self.path}: level {level} is not read directly")
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if count == 0:
+            return b""
+        data = os.pread(self._fd, count, offset)
+        if len(data) < count:
+            raise UnreadableSlideError(
+                f"{self.path}: stored tile {index} of level {level} is cut short (truncated?)"
+            )
+        return data
 
     @staticmethod
     def _in_place(page: tifffile.TiffPage) -> bool:
@@ -157,23 +206,15 @@ class TiffDirectReader:
     ) -> None:
         """Decode stored JPEG tile `index` straight into `out`: no intermediate array, no copy
         and no cache (a tile that is a whole region is not shared with a neighbour)."""
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        if count == 0:  # never written by the scanner: glass
+        data = self.stored_bytes(level, index)
+        if not data:  # never written by the scanner: glass
             out[...] = 255
             return
-        data = os.pread(self._fd, count, offset)
-        if len(data) < count:
-            raise UnreadableSlideError(
-                f"{self.path}: stored tile {index} of level {level} is cut short (truncated?)"
-            )
-        # as tifffile decodes such pages: YCbCr converts to RGB; Aperio's RGB JPEG without a
-        # JFIF marker must be told it is RGB already, or libjpeg would convert it as YCbCr
-        rgb_as_is = page.photometric == 2 and not page.is_jfif
         try:
             imagecodecs.jpeg_decode(
                 data,
                 tables=page.jpegtables,
-                colorspace=2 if rgb_as_is else None,
+                colorspace=2 if _rgb_as_is(page) else None,
                 outcolorspace=2,
                 shape=(page.tilelength, page.tilewidth),
                 out=out,
@@ -227,6 +268,12 @@ class TiffDirectReader:
             self._tif.close()
         os.close(self._fd)
         self._osr.close()
+
+
+def _rgb_as_is(page: tifffile.TiffPage) -> bool:
+    """As tifffile decodes such pages: YCbCr converts to RGB; Aperio's RGB JPEG without a JFIF
+    marker must be told it is RGB already, or libjpeg would convert it as YCbCr."""
+    return bool(page.photometric == 2 and not page.is_jfif)
 
 
 def _decodable(page: tifffile.TiffPage) -> bool:

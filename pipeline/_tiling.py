@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline._grid import origin
+from pipeline._jpegtiles import JpegTiles
 from pipeline._levels import LevelChoice
 from pipeline._readers import SlideReader
 
@@ -63,6 +64,76 @@ class _RegionInto(Protocol):
     def read_region_into(
         self, location: tuple[int, int], level: int, out: NDArray[np.uint8]
     ) -> None: ...
+
+
+class _StoredJpeg(Protocol):
+    """Readers that hand out a level's stored JPEG tiles as bytes (`TiffDirectReader`)."""
+
+    def direct_levels(self) -> list[int]: ...
+
+    def jpeg_tiles(self, level: int) -> JpegTiles | None: ...
+
+    def stored_tile_index(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> int | None: ...
+
+    def stored_bytes(self, level: int, index: int) -> bytes: ...
+
+
+def _stored_indices(
+    reader: _StoredJpeg,
+    level: int,
+    tile_px: int,
+    stride_level0: float,
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+) -> list[int | None]:
+    xs = origin(cols, stride_level0).tolist()
+    ys = origin(rows, stride_level0).tolist()
+    size = (tile_px, tile_px)
+    return [reader.stored_tile_index((x, y), level, size) for x, y in zip(xs, ys, strict=True)]
+
+
+def keepable_jpeg(
+    reader: SlideReader,
+    choice: LevelChoice,
+    stride_level0: float,
+    tile_px: int,
+    stride_px: int,
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+) -> JpegTiles | None:
+    """How to keep the tiles as the slide's stored JPEG streams, when every planned tile is
+    exactly one stored tile of the level read (no resizing, no overlap, aligned); else None."""
+    if not hasattr(reader, "jpeg_tiles") or stride_px != tile_px:
+        return None
+    stored = cast(_StoredJpeg, reader)
+    if choice.level not in stored.direct_levels():
+        return None
+    if abs(choice.tile_level0 / choice.level_downsample - tile_px) > 1e-6:
+        return None
+    spec = stored.jpeg_tiles(choice.level)
+    if spec is None or spec.tile_px != tile_px:
+        return None
+    indices = _stored_indices(stored, choice.level, tile_px, stride_level0, rows, cols)
+    return spec if all(i is not None for i in indices) else None
+
+
+def read_stored_jpeg(
+    reader: SlideReader,
+    spec: JpegTiles,
+    stride_level0: float,
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+) -> list[bytes]:
+    """The stored JPEG streams of tiles at (rows, cols), for a grid `keepable_jpeg` accepted."""
+    stored = cast(_StoredJpeg, reader)
+    out = []
+    for index in _stored_indices(stored, spec.level, spec.tile_px, stride_level0, rows, cols):
+        if index is None:  # the plan said every tile lines up; the file says otherwise
+            raise ValueError("tile grid no longer lines up with the stored JPEG tiles")
+        out.append(stored.stored_bytes(spec.level, index))
+    return out
 
 
 def read_tiles(

@@ -60,6 +60,14 @@ Force = Annotated[
     bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
 ]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+KeepJpeg = Annotated[
+    bool,
+    typer.Option(
+        "--keep-jpeg/--decode-tiles",
+        help="Where the tile grid lines up with the slide's stored JPEG tiles, keep them "
+        "undecoded in the store (decoded by the encoder); --decode-tiles stores RGB.",
+    ),
+]
 # Options of the commands that build an encoder (`features`, `model init`).
 EncoderName = Annotated[
     str,
@@ -118,6 +126,7 @@ def run(
     batch_size: BatchSize = 64,
     retries: Retries = 2,
     force: Force = False,
+    keep_jpeg: KeepJpeg = True,
     progress: Progress = True,
 ) -> None:
     """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
@@ -139,6 +148,7 @@ def run(
         batch_size=batch_size,
         retries=retries,
         force=force,
+        keep_jpeg=keep_jpeg,
         show_progress=progress,
     )
 
@@ -165,6 +175,7 @@ def features(
     batch_size: BatchSize = 64,
     retries: Retries = 2,
     force: Force = False,
+    keep_jpeg: KeepJpeg = True,
     progress: Progress = True,
 ) -> None:
     """Tile slides and run the encoder only, keeping features for `slidemill train`."""
@@ -198,6 +209,7 @@ def features(
         batch_size=batch_size,
         retries=retries,
         force=force,
+        keep_jpeg=keep_jpeg,
         show_progress=progress,
     )
 

@@ -138,6 +138,11 @@ class RunSpec(_Frozen):
     force: bool = Field(
         default=False, description="Redo every slide, ignoring earlier results and partial work."
     )
+    keep_jpeg: bool = Field(
+        default=True,
+        description="Keep the slide's stored JPEG tiles undecoded in the store where the tile "
+        "grid lines up with them (the encoder decodes them); False stores RGB.",
+    )
     show_progress: bool = True
     stages: Literal["all", "features"] = Field(
         default="all", description="'features' stops after the encoder (no MIL, no heatmap)."
