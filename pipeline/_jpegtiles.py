@@ -94,7 +94,7 @@ def decode_into(
         try:
             # the direct reader's call, argument for argument: the pixels are the same
             imagecodecs.jpeg_decode(
-                data[k, :n].tobytes(),
+                data[k, :n],  # type: ignore[arg-type]  # any contiguous buffer: no copy
                 tables=tables,
                 colorspace=2 if spec.rgb_as_is else None,
                 outcolorspace=2,

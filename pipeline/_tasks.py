@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -72,7 +73,7 @@ class SlideJob:
     fallback_mpp: float | None
     """µm/px to assume when the slide records none."""
     tiles_per_task: int
-    """Tiles per tiling/encoding task, and per Zarr shard."""
+    """Tiles per tiling/encoding task, and per Zarr chunk."""
     model_bundle: str
     """Path of the model bundle."""
     model_sha256: str
@@ -138,7 +139,7 @@ def _saved_plan(job: SlideJob) -> SlidePlan | None:
         saved = _PLAN_JSON.validate_json((job.work / PLAN_FILE).read_bytes())
     except (OSError, ValidationError):
         return None
-    if saved.job.tiles_per_task != job.tiles_per_task:  # shards would not line up
+    if saved.job.tiles_per_task != job.tiles_per_task:  # chunks would not line up
         return None
     return saved if partial_is_valid(saved.job.key, job.key, job.force) else None
 
@@ -259,7 +260,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         attrs,
         n_tiles=grid.n_tiles,
         tile_px=spec.tile_px,
-        tiles_per_shard=job.tiles_per_task,
+        tiles_per_block=job.tiles_per_task,
         feature_dim=job.feature_dim,
         n_classes=len(job.class_names),
         jpeg=jpeg,
@@ -353,6 +354,10 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
         write_block(job.store, "tiles", start, tiles)
 
 
+# Per worker thread: the last block of kept JPEG tiles decoded, whose memory the next reuses.
+_decoded = threading.local()
+
+
 def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float:
     """Encode tiles [start, stop) from the store into features; returns seconds.
 
@@ -363,7 +368,8 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float
         return 0.0
     t0 = time.perf_counter()
     model = get_model(job.model_bundle, job.model_sha256)
-    tiles = read_tile_pixels(job.store, start, stop, job.path)
+    tiles = read_tile_pixels(job.store, start, stop, job.path, getattr(_decoded, "tiles", None))
+    _decoded.tiles = tiles  # this thread's next block decodes into the same memory
     features = encode_tiles(model, tiles, job.batch_size)
     write_block(job.store, "features", start, features)
     seconds = time.perf_counter() - t0

@@ -32,6 +32,10 @@ DIRECT_VENDORS = frozenset({"aperio", "generic-tiff"})
 DIRECT_COMPRESSIONS = frozenset({7, 1, 5, 8, 32946, 50000, 50001})
 # Decoded stored tiles kept per slide: neighbouring strips share stored tiles at their edges.
 CACHE_BYTES = 64 << 20
+# Evicted tile arrays kept for the next decodes to write into. A fresh array per decode costs a
+# page fault per 4 KiB on first write: measured 0.29-0.34 against 0.22-0.28 ms per decoded
+# 240-px tile of the sample slide.
+SPARE_BYTES = 32 << 20
 
 
 class TiffDirectReader:
@@ -45,6 +49,7 @@ class TiffDirectReader:
         self._fd = os.open(osr.path, os.O_RDONLY)
         self._cache: OrderedDict[tuple[int, int], NDArray[np.uint8]] = OrderedDict()
         self._cache_bytes = 0
+        self._spare: list[NDArray[np.uint8]] = []
         self._lock = threading.Lock()
 
     @classmethod
@@ -134,13 +139,16 @@ class TiffDirectReader:
             return
         for ty in range(ya // th, (yb - 1) // th + 1):
             for tx in range(xa // tw, (xb - 1) // tw + 1):
-                tile = self._tile(level, page, ty * across + tx)
                 # overlap of this stored tile with the region, in level coordinates
                 sx0, sy0 = max(tx * tw, xa), max(ty * th, ya)
                 sx1, sy1 = min((tx + 1) * tw, xb), min((ty + 1) * th, yb)
-                out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = tile[
-                    sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
-                ]
+                self._copy_tile(
+                    level,
+                    page,
+                    ty * across + tx,
+                    out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0],
+                    (slice(sy0 - ty * th, sy1 - ty * th), slice(sx0 - tx * tw, sx1 - tx * tw)),
+                )
 
     def stored_tile_index(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -224,43 +232,72 @@ class TiffDirectReader:
                 f"{self.path}: cannot decode stored tile {index} of level {level}: {err}"
             ) from err
 
-    def _tile(self, level: int, page: tifffile.TiffPage, index: int) -> NDArray[np.uint8]:
+    def _copy_tile(
+        self,
+        level: int,
+        page: tifffile.TiffPage,
+        index: int,
+        dst: NDArray[np.uint8],
+        src: tuple[slice, slice],
+    ) -> None:
+        """Copy part `src` of stored tile `index` into `dst`, decoding it unless cached.
+
+        Cached arrays are only read under the lock, so an array evicted from the cache is no
+        longer read by any thread and can take the next decode (see SPARE_BYTES)."""
         key = (level, index)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        if count == 0:  # a tile the scanner never wrote: glass
-            tile = np.full((page.tilelength, page.tilewidth, 3), 255, np.uint8)
+                dst[...] = hit[src]
+                return
+        shape = (page.tilelength, page.tilewidth, 3)
+        if page.databytecounts[index] == 0:  # a tile the scanner never wrote: glass
+            tile = np.full(shape, 255, np.uint8)
+        elif self._in_place(page):
+            with self._lock:
+                spare = next((i for i, a in enumerate(self._spare) if a.shape == shape), None)
+                tile = self._spare.pop(spare) if spare is not None else np.empty(shape, np.uint8)
+            self._decode_into(level, page, index, tile)  # no lock: decoding runs in parallel
         else:
-            data = os.pread(self._fd, count, offset)  # no shared file position: thread-safe
-            if len(data) < count:
-                raise UnreadableSlideError(
-                    f"{self.path}: stored tile {index} of level {level} is cut short (truncated?)"
-                )
-            try:
-                decoded = page.decode(data, index, jpegtables=page.jpegtables)[0]
-            except Exception as err:  # corrupt tile data, whatever exception the codec raises
-                raise UnreadableSlideError(
-                    f"{self.path}: cannot decode stored tile {index} of level {level}: {err}"
-                ) from err
-            if decoded is None:
-                raise UnreadableSlideError(f"{self.path}: stored tile {index} decodes to nothing")
-            tile = np.asarray(decoded).reshape(page.tilelength, page.tilewidth, -1)[..., :3]
+            tile = self._decode_other(level, page, index)
         with self._lock:
+            dst[...] = tile[src]
+            if key in self._cache:  # another thread decoded it meanwhile
+                self._keep_spare(tile)
+                return
             self._cache[key] = tile
             self._cache_bytes += tile.nbytes
             while self._cache_bytes > CACHE_BYTES and self._cache:
-                _, old = self._cache.popitem(last=False)
+                old = self._cache.popitem(last=False)[1]
                 self._cache_bytes -= old.nbytes
-        return tile
+                self._keep_spare(old)
+
+    def _keep_spare(self, tile: NDArray[np.uint8]) -> None:
+        """Keep an array no longer cached for the next decode to write into (under the lock).
+        Views (a 4-sample tile's RGB) cannot be decoded into and are let go."""
+        fits = (len(self._spare) + 1) * tile.nbytes <= SPARE_BYTES
+        if fits and tile.flags.c_contiguous and tile.flags.owndata:
+            self._spare.append(tile)
+
+    def _decode_other(self, level: int, page: tifffile.TiffPage, index: int) -> NDArray[np.uint8]:
+        """A stored tile in any other codec tifffile decodes, as (h, w, 3)."""
+        data = self.stored_bytes(level, index)
+        try:
+            decoded = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        except Exception as err:  # corrupt tile data, whatever exception the codec raises
+            raise UnreadableSlideError(
+                f"{self.path}: cannot decode stored tile {index} of level {level}: {err}"
+            ) from err
+        if decoded is None:
+            raise UnreadableSlideError(f"{self.path}: stored tile {index} decodes to nothing")
+        return np.asarray(decoded).reshape(page.tilelength, page.tilewidth, -1)[..., :3]
 
     def drop_cache(self) -> None:
         """Forget decoded stored tiles (a benchmark's next pass must decode them again)."""
         with self._lock:
-            self._cache.clear()
+            while self._cache:
+                self._keep_spare(self._cache.popitem()[1])
             self._cache_bytes = 0
 
     def close(self) -> None:

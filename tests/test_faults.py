@@ -95,21 +95,21 @@ def test_interrupted_run_resumes_only_unfinished_chunks(
         proc.wait()
     done_before = markers(out)
     assert not (out / "one").exists() or not (out / "two").exists(), "finished before the kill"
-    shard_times = {}
+    chunk_times = {}
     for marker in done_before:
         start = int(marker.name.split("-")[1])
-        shard = (
+        chunk = (
             marker.parents[1] / "slide.zarr" / "tiles" / "c" / str(start // 32) / "0" / "0" / "0"
         )
-        shard_times[shard] = shard.stat().st_mtime_ns
+        chunk_times[chunk] = chunk.stat().st_mtime_ns
     resumed = subprocess.run(
         cli(*args, "--workers", "2"), capture_output=True, text=True, check=False
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # blocks finished before the kill were not rewritten; the rest were
-    for shard, mtime in shard_times.items():
-        sid = shard.parents[6].name
-        moved = out / sid / shard.relative_to(shard.parents[6])
+    for chunk, mtime in chunk_times.items():
+        sid = chunk.parents[6].name
+        moved = out / sid / chunk.relative_to(chunk.parents[6])
         assert moved.stat().st_mtime_ns == mtime
     for sid in ("one", "two"):
         np.testing.assert_array_equal(scores(out, sid), scores(clean_run, sid))

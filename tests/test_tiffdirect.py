@@ -114,18 +114,26 @@ def test_aligned_grid_decodes_stored_tiles_in_place(
     direct = open_slide(slides_dir / "synth-svs.svs")
     assert isinstance(direct, TiffDirectReader)
     side = _stored_side(direct)
-    calls: list[int] = []
-    decode = TiffDirectReader._decode_into
+    decodes: list[int] = []
+    copies: list[int] = []
+    decode, copy = TiffDirectReader._decode_into, TiffDirectReader._copy_tile
 
-    def spy(self: TiffDirectReader, level: int, page: Any, index: int, out: np.ndarray) -> None:
-        calls.append(index)
+    def spy_decode(self: TiffDirectReader, level: int, page: Any, index: int, out: Any) -> None:
+        decodes.append(index)
         decode(self, level, page, index, out)
 
-    monkeypatch.setattr(TiffDirectReader, "_decode_into", spy)
+    def spy_copy(self: TiffDirectReader, level: int, page: Any, index: int, *a: Any) -> None:
+        copies.append(index)
+        copy(self, level, page, index, *a)
+
+    monkeypatch.setattr(TiffDirectReader, "_decode_into", spy_decode)
+    monkeypatch.setattr(TiffDirectReader, "_copy_tile", spy_copy)
     a = _grid_tiles(direct, 0.5, 0.5, side)
-    assert len(calls) == len(a) > 10
-    # tiles that straddle stored tiles are copied from them instead
-    assert len(_grid_tiles(direct, 0.5, 0.5, side - 16)) > 10 and len(calls) == len(a)
+    assert len(decodes) == len(a) > 10 and not copies
+    # tiles that straddle stored tiles are copied from decoded (and cached) stored tiles instead
+    b = _grid_tiles(direct, 0.5, 0.5, side - 16)
+    assert len(b) > 10 and len(copies) > len(b) and len(decodes) - len(a) < len(copies)
+    direct.drop_cache()
     monkeypatch.setattr(TiffDirectReader, "_in_place", staticmethod(lambda page: False))
     assert np.array_equal(a, _grid_tiles(direct, 0.5, 0.5, side))
 
@@ -141,3 +149,22 @@ def test_aligned_decode_of_a_corrupt_tile_names_the_file(slides_dir: Path, tmp_p
     assert isinstance(reader, TiffDirectReader)
     with pytest.raises(SlideError, match=r"corrupt\.svs: cannot decode stored tile 5 of level 0"):
         _grid_tiles(reader, 0.5, 0.5, _stored_side(reader))
+
+
+def test_arrays_reused_after_eviction_give_the_same_pixels(
+    slides_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evicted decoded tiles take later decodes; with a cache of two tiles nearly every decode
+    reuses one, and the pixels must not change."""
+    path = slides_dir / "synth-svs.svs"
+    reference = _grid_tiles(open_slide(path, backend="openslide"), 0.5, 0.5, 200)
+    direct = TiffDirectReader.try_open(path)
+    assert direct is not None
+    side = _stored_side(direct)
+    monkeypatch.setattr("pipeline._tiffdirect.CACHE_BYTES", 2 * side * side * 3)
+    first = _grid_tiles(direct, 0.5, 0.5, 200)
+    assert direct._spare, "evicted arrays are kept for reuse"
+    direct.drop_cache()
+    again = _grid_tiles(direct, 0.5, 0.5, 200)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first.astype(int) - reference.astype(int)).mean() <= MAX_MEAN_DIFF
