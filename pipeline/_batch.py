@@ -113,6 +113,7 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             features_only=spec.stages == "features",
             threshold=manifest.threshold,
             keep_jpeg=spec.keep_jpeg,
+            keep_tiles=spec.keep_tiles,
         )
         for e in entries
     ]

@@ -17,6 +17,9 @@ Layout of `<out>/<slide_id>/slide.zarr` (N tiles, C classes, D feature dims, T t
     thumbnail       (h, w, 3) uint8 the slide pyramid at `tissue_mpp` (never the label/macro)
     tissue_mask     (h, w) bool
 
+Tile pixels (`tiles` or `tile_jpeg*`) are removed when the slide is published unless the run
+keeps them (`drop_tiles`).
+
 A slide is built under `<out>/.partial/<slide_id>/` and renamed into place when complete, so a
 folder `<out>/<slide_id>/` is always whole.
 """
@@ -181,6 +184,16 @@ def write_block(path: Path, name: str, start: int, data: NDArray[np.generic]) ->
 def read_block(path: Path, name: str, start: int, stop: int) -> NDArray[np.generic]:
     arr = zarr.open_array(store=str(path / name), mode="r")
     return np.asarray(arr[start:stop])
+
+
+TILE_ARRAYS = ("tiles", "tile_jpeg", "tile_jpeg_nbytes")
+
+
+def drop_tiles(path: Path) -> None:
+    """Remove the tile pixels from a store (coordinates, features and scores stay): at ~1-3 GB
+    per gigapixel of tissue, a night's batch of kept tiles would fill a disk."""
+    for name in TILE_ARRAYS:
+        shutil.rmtree(path / name, ignore_errors=True)
 
 
 def read_tile_pixels(

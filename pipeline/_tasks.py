@@ -26,6 +26,7 @@ from pipeline._store import (
     STORE_NAME,
     clear_progress,
     create_store,
+    drop_tiles,
     fresh_work_dir,
     is_done,
     mark_done,
@@ -94,6 +95,8 @@ class SlideJob:
     """Decision threshold on P(second class) for two classes (from training); None = argmax."""
     keep_jpeg: bool = True
     """Keep the slide's own JPEG tiles, undecoded, when the tile grid lines up with them."""
+    keep_tiles: bool = False
+    """Leave the tile pixels in the published store (by default they are removed once encoded)."""
 
     @property
     def work(self) -> Path:
@@ -473,6 +476,8 @@ def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[float]) -
 
 
 def _publish(job: SlideJob, result: SlideResult) -> None:
+    if not job.keep_tiles:
+        drop_tiles(job.store)
     write_result(job.work, result)
     clear_progress(job.work)
     (job.work / PLAN_FILE).unlink(missing_ok=True)

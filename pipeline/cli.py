@@ -60,6 +60,13 @@ Force = Annotated[
     bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
 ]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+KeepTiles = Annotated[
+    bool,
+    typer.Option(
+        help="Leave the tile pixels in each slide.zarr (by default they are removed once "
+        "encoded; coordinates, features and scores stay)."
+    ),
+]
 KeepJpeg = Annotated[
     bool,
     typer.Option(
@@ -126,6 +133,7 @@ def run(
     batch_size: BatchSize = 64,
     retries: Retries = 2,
     force: Force = False,
+    keep_tiles: KeepTiles = False,
     keep_jpeg: KeepJpeg = True,
     progress: Progress = True,
 ) -> None:
@@ -148,6 +156,7 @@ def run(
         batch_size=batch_size,
         retries=retries,
         force=force,
+        keep_tiles=keep_tiles,
         keep_jpeg=keep_jpeg,
         show_progress=progress,
     )
@@ -175,6 +184,7 @@ def features(
     batch_size: BatchSize = 64,
     retries: Retries = 2,
     force: Force = False,
+    keep_tiles: KeepTiles = False,
     keep_jpeg: KeepJpeg = True,
     progress: Progress = True,
 ) -> None:
@@ -209,6 +219,7 @@ def features(
         batch_size=batch_size,
         retries=retries,
         force=force,
+        keep_tiles=keep_tiles,
         keep_jpeg=keep_jpeg,
         show_progress=progress,
     )

@@ -138,6 +138,11 @@ class RunSpec(_Frozen):
     force: bool = Field(
         default=False, description="Redo every slide, ignoring earlier results and partial work."
     )
+    keep_tiles: bool = Field(
+        default=False,
+        description="Leave the tile pixels in each published slide.zarr; by default they are "
+        "removed once encoded (coordinates, features and scores stay).",
+    )
     keep_jpeg: bool = Field(
         default=True,
         description="Keep the slide's stored JPEG tiles undecoded in the store where the tile "

@@ -55,7 +55,7 @@ def batch(
     inputs: list[Path] = [slides_dir, *bad_dir.values(), *([sample] if sample else [])]
     proc = slidemill(
         "run", *inputs, "--model", tiny_bundle, "--out", out,
-        "--workers", "2", "--tiles-per-task", "16", "--no-progress",
+        "--workers", "2", "--tiles-per-task", "16", "--keep-tiles", "--no-progress",
     )  # fmt: skip
     return out, proc
 

@@ -81,6 +81,7 @@ def test_interrupted_run_resumes_only_unfinished_chunks(
 ) -> None:
     out = tmp_path / "run"
     args = (big_slides, "--model", fine_bundle, "--out", out, "--tiles-per-task", "32")
+    args += ("--keep-tiles",)  # the chunks written before the kill are compared afterwards
     # the whole command, its LocalCluster and workers die at once, as on a power cut
     proc = subprocess.Popen(
         cli(*args, "--workers", "1"),
@@ -131,6 +132,10 @@ def test_done_slides_are_kept_and_changes_redo_them(
     )
     assert first.returncode == 0, first.stderr[-3000:]
     first_scores = scores(out, "one")
+    # by default a published store keeps no tile pixels, only what was computed from them
+    root = zarr.open_group(store=str(out / "one" / "slide.zarr"), mode="r")
+    assert not {"tiles", "tile_jpeg", "tile_jpeg_nbytes"} & set(root.array_keys())
+    assert {"coords", "features", "scores", "heatmap"} <= set(root.array_keys())
     before = {sid: (out / sid / "result.json").stat().st_mtime_ns for sid in ("one", "two")}
     again = subprocess.run(cli(*args), capture_output=True, text=True, check=False)
     assert again.returncode == 0

@@ -17,6 +17,7 @@ def test_features_are_the_saved_encoders_output_and_reused(
 ) -> None:
     out = tmp_path / "features"
     args = ["--out", out, "--encoder", "tiny_cnn", "--tile-px", "64", "--tile-mpp", "2.0"]
+    args += ["--keep-tiles"]  # to recompute the features from them
     proc = slidemill("features", slides_dir, *args, "--workers", "2", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     encoder = load_bundle(out / "encoder-bundle")
