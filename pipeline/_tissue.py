@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from skimage import color, filters, morphology
+from skimage import filters, morphology
 
 from schemas import TissueMethod
 
 # Saturation below which nothing is tissue, whatever Otsu says: on a slide that is all glass the
 # Otsu threshold falls inside the noise and would call dust tissue.
 MIN_SATURATION = 0.05
+
+
+def hsv_saturation(rgb: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """HSV saturation as `skimage.color.rgb2hsv` defines it, (max - min) / max, 0 for black,
+    without the hue it also computes: on a gigapixel slide's thumbnail that was 0.85 s of a
+    1.3 s plan, all on the critical path before any tile is read."""
+    hi = rgb.max(axis=-1)
+    spread = hi - rgb.min(axis=-1)  # uint8: max ≥ min, no wrap-around
+    out = np.zeros(hi.shape, dtype=np.float64)
+    np.divide(spread, hi, out=out, where=hi > 0)
+    return out
 
 
 def tissue_mask(rgb: NDArray[np.uint8], method: TissueMethod, mpp: float) -> NDArray[np.bool_]:
@@ -21,7 +32,7 @@ def tissue_mask(rgb: NDArray[np.uint8], method: TissueMethod, mpp: float) -> NDA
     """
     if method is TissueMethod.NONE:
         return np.ones(rgb.shape[:2], dtype=bool)
-    saturation = color.rgb2hsv(rgb)[..., 1]
+    saturation = hsv_saturation(rgb)
     if float(saturation.max()) - float(saturation.min()) < 1e-6:
         return np.zeros(rgb.shape[:2], dtype=bool)
     threshold = max(float(filters.threshold_otsu(saturation)), MIN_SATURATION)

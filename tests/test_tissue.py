@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from skimage import color
 
 from pipeline._readers import open_slide, read_thumbnail
-from pipeline._tissue import tissue_mask
+from pipeline._tissue import hsv_saturation, tissue_mask
 from schemas import TissueMethod
 from tests.conftest import synthetic
 
@@ -56,3 +57,12 @@ def test_real_slide_tissue_fraction_matches_an_independent_measure(sample_slide:
     for f in fractions:
         assert reference - 0.01 <= f <= reference + 0.05
     assert max(fractions) - min(fractions) < 0.04  # morphology sizes are physical
+
+
+def test_saturation_is_skimages_hsv_saturation() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    rgb[0, :3] = ((0, 0, 0), (255, 255, 255), (7, 7, 7))  # black, white, grey: no saturation
+    ours = hsv_saturation(rgb)
+    np.testing.assert_allclose(ours, color.rgb2hsv(rgb)[..., 1], rtol=0, atol=1e-12)
+    assert ours[0, :3].tolist() == [0.0, 0.0, 0.0]
