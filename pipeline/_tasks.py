@@ -341,7 +341,7 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
     rows, cols = grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64)
     try:
         if plan.jpeg is not None:  # no decoding here: the encoder side decodes
-            blobs = read_stored_jpeg(reader, plan.jpeg, plan.stride_level0, rows, cols)
+            blobs = read_stored_jpeg(reader, plan.jpeg, plan.stride_level0, rows, cols, job.path)
         else:
             tiles = read_tiles(
                 reader, plan.choice, plan.stride_level0, spec.tile_px, spec.stride_px, rows, cols

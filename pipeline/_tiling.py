@@ -20,6 +20,7 @@ from pipeline._grid import origin
 from pipeline._jpegtiles import JpegTiles
 from pipeline._levels import LevelChoice
 from pipeline._readers import SlideReader
+from pipeline.errors import UnreadableSlideError
 
 # Longest run of tiles read in one call: bounds a strip's memory (~32 × 256² × 4 B = 8 MB).
 MAX_RUN = 32
@@ -125,13 +126,18 @@ def read_stored_jpeg(
     stride_level0: float,
     rows: NDArray[np.int64],
     cols: NDArray[np.int64],
+    source: str,
 ) -> list[bytes]:
-    """The stored JPEG streams of tiles at (rows, cols), for a grid `keepable_jpeg` accepted."""
+    """The stored JPEG streams of tiles at (rows, cols), for a grid `keepable_jpeg` accepted;
+    `source` names the slide in errors."""
     stored = cast(_StoredJpeg, reader)
     out = []
     for index in _stored_indices(stored, spec.level, spec.tile_px, stride_level0, rows, cols):
         if index is None:  # the plan said every tile lines up; the file says otherwise
-            raise ValueError("tile grid no longer lines up with the stored JPEG tiles")
+            raise UnreadableSlideError(
+                f"{source}: the stored JPEG tiles no longer line up with the planned tile grid "
+                "(was the file replaced during the run?)"
+            )
         out.append(stored.stored_bytes(spec.level, index))
     return out
 

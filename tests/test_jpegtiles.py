@@ -142,3 +142,14 @@ def test_glass_and_corrupt_kept_tiles(slides_dir: Path) -> None:
         decode(spec, data, nbytes, "slide-x.svs")
     with pytest.raises(ValueError, match="exceeds"):
         pack([blob], len(blob) - 1)
+
+
+def test_a_grid_that_stops_lining_up_fails_the_slide_by_name(
+    slides_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = slides_dir / "synth-svs.svs"
+    plan = plan_slide(_job(path, tmp_path, 0.5, _stored_side(path)))
+    assert plan.jpeg is not None
+    monkeypatch.setattr(TiffDirectReader, "stored_tile_index", lambda *a: None)
+    with pytest.raises(SlideError, match=r"synth-svs\.svs: the stored JPEG tiles no longer"):
+        write_tiles(plan, *plan.blocks[0])
