@@ -3,6 +3,7 @@ tiles, the file's bytes untouched, and decoded to the pixels the decode-at-tilin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import tifffile
 import zarr
 
+from pipeline._batch import resume_key
 from pipeline._jpegtiles import decode, pack
 from pipeline._readers import open_slide
 from pipeline._store import read_all, read_tile_pixels
@@ -153,3 +155,22 @@ def test_a_grid_that_stops_lining_up_fails_the_slide_by_name(
     monkeypatch.setattr(TiffDirectReader, "stored_tile_index", lambda *a: None)
     with pytest.raises(SlideError, match=r"synth-svs\.svs: the stored JPEG tiles no longer"):
         write_tiles(plan, *plan.blocks[0])
+
+
+def test_an_interrupted_kept_jpeg_slide_resumes_with_its_plan(
+    slides_dir: Path, tmp_path: Path
+) -> None:
+    path = slides_dir / "synth-svs.svs"
+    job = _job(path, tmp_path, 0.5, _stored_side(path))
+    job = replace(job, key=resume_key(path, job.tiling, "", job.fallback_mpp))
+    plan = plan_slide(job)
+    assert plan.jpeg is not None and len(plan.blocks) > 1
+    write_tiles(plan, *plan.blocks[0])
+    again = plan_slide(job)  # the saved plan, its store and the block written are kept
+    assert again.jpeg == plan.jpeg and again.blocks == plan.blocks
+    first = read_tile_pixels(job.store, *plan.blocks[0], job.path)
+    for start, stop in again.blocks[1:]:
+        write_tiles(again, start, stop)
+    _, whole = _tile_all(_job(path, tmp_path / "clean", 0.5, _stored_side(path)))
+    np.testing.assert_array_equal(first, whole[: len(first)])
+    np.testing.assert_array_equal(read_tile_pixels(job.store, 0, plan.n_tiles, job.path), whole)
