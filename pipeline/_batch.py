@@ -14,7 +14,7 @@ import io
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             force=spec.force,
             features_only=spec.stages == "features",
             threshold=manifest.threshold,
-            keep_jpeg=spec.keep_jpeg,
+            keep_jpeg=spec.keep_jpeg,  # None: settled in `_run_on`, once GPUs are known
             keep_tiles=spec.keep_tiles,
         )
         for e in entries
@@ -173,6 +173,14 @@ def read_result(out: Path, slide_id: str) -> SlideResult | None:
         return None
 
 
+def keep_jpeg(requested: bool | None, gpus: bool) -> bool:
+    """Whether tiling keeps the slide's JPEG tiles for the encode task to decode. Asked for or
+    not, by default: yes on CPU workers (one decode wherever it runs, and ~1/8 of the bytes
+    through the store); no when GPU workers encode, since their hosts' cores would then decode
+    (4-5 cores per H100 at ResNet-50 rates) while the CPU workers sat idle."""
+    return requested if requested is not None else not gpus
+
+
 def _run_on(
     client: Client, jobs: list[SlideJob], show_progress: bool, retries: int, gpu_pool: bool
 ) -> list[SlideResult]:
@@ -181,6 +189,7 @@ def _run_on(
     # a batch backend's GPU jobs may still be queued: trust the config, not who has joined yet
     gpus = gpu_pool or bool(gpu_workers(client))
     inference_resources = {GPU: 1} if gpus else None
+    jobs = [replace(j, keep_jpeg=keep_jpeg(j.keep_jpeg, gpus)) for j in jobs]
     client.register_plugin(ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None))
 
     def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:

@@ -93,8 +93,9 @@ class SlideJob:
     """Stop after the encoder: no MIL head, no heatmap, no diagnosis."""
     threshold: float | None = None
     """Decision threshold on P(second class) for two classes (from training); None = argmax."""
-    keep_jpeg: bool = True
-    """Keep the slide's own JPEG tiles, undecoded, when the tile grid lines up with them."""
+    keep_jpeg: bool | None = True
+    """Keep the slide's own JPEG tiles, undecoded, when the tile grid lines up with them (None
+    until the batch knows whether GPU workers encode: `pipeline._batch.keep_jpeg`)."""
     keep_tiles: bool = False
     """Leave the tile pixels in the published store (by default they are removed once encoded)."""
 

@@ -68,11 +68,13 @@ KeepTiles = Annotated[
     ),
 ]
 KeepJpeg = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--keep-jpeg/--decode-tiles",
         help="Where the tile grid lines up with the slide's stored JPEG tiles, keep them "
-        "undecoded in the store (decoded by the encoder); --decode-tiles stores RGB.",
+        "undecoded in the store (the encode task decodes them); --decode-tiles stores RGB. "
+        "Default: keep, unless GPU workers run the encoder.",
+        show_default=False,
     ),
 ]
 # Options of the commands that build an encoder (`features`, `model init`).
@@ -134,7 +136,7 @@ def run(
     retries: Retries = 2,
     force: Force = False,
     keep_tiles: KeepTiles = False,
-    keep_jpeg: KeepJpeg = True,
+    keep_jpeg: KeepJpeg = None,
     progress: Progress = True,
 ) -> None:
     """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
@@ -185,7 +187,7 @@ def features(
     retries: Retries = 2,
     force: Force = False,
     keep_tiles: KeepTiles = False,
-    keep_jpeg: KeepJpeg = True,
+    keep_jpeg: KeepJpeg = None,
     progress: Progress = True,
 ) -> None:
     """Tile slides and run the encoder only, keeping features for `slidemill train`."""

@@ -143,10 +143,11 @@ class RunSpec(_Frozen):
         description="Leave the tile pixels in each published slide.zarr; by default they are "
         "removed once encoded (coordinates, features and scores stay).",
     )
-    keep_jpeg: bool = Field(
-        default=True,
+    keep_jpeg: bool | None = Field(
+        default=None,
         description="Keep the slide's stored JPEG tiles undecoded in the store where the tile "
-        "grid lines up with them (the encoder decodes them); False stores RGB.",
+        "grid lines up with them (the encode task decodes them); False stores RGB. None: keep "
+        "them unless GPU workers run the encoder, whose hosts' cores should not decode.",
     )
     show_progress: bool = True
     stages: Literal["all", "features"] = Field(

@@ -10,11 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 from distributed import Client
 
+from pipeline._batch import keep_jpeg
 from tests.test_e2e import slidemill
-from workers import manifest_sha256, read_manifest
+from workers import init_bundle, manifest_sha256, read_manifest
 
 
 def _dask(*args: str) -> subprocess.Popen[bytes]:
@@ -86,3 +89,38 @@ def test_existing_scheduler_runs_the_batch_and_inference_stays_on_gpu_workers(
     # the model is loaded on the GPU worker only: no encode or MIL task ran on the CPU worker
     assert loaded[names["gpu-0"]] is True
     assert loaded[names["cpu-0"]] is False
+
+
+def test_with_gpu_workers_tiles_are_decoded_on_the_cpu_workers_unless_asked(
+    external_cluster: str, slides_dir: Path, tmp_path: Path
+) -> None:
+    """256-px tiles at 0.5 µm/px line up with the generated SVS's stored JPEG tiles: kept when
+    asked, but by default decoded at tiling time, so the GPU host's cores do not decode."""
+    bundle = tmp_path / "m256"
+    init_bundle(bundle, encoder="tiny_cnn", tile_px=256, mpp=0.5)
+    slide = slides_dir / "synth-svs.svs"
+    stores = {}
+    for name, flag in (("auto", []), ("kept", ["--keep-jpeg"])):
+        out = tmp_path / name
+        proc = slidemill(
+            "run", slide, "--model", bundle, "--out", out, "--scheduler", external_cluster,
+            "--keep-tiles", "--no-progress", *flag,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stores[name] = zarr.open_group(str(out / "synth-svs" / "slide.zarr"), mode="r")
+    assert "tiles" in stores["auto"] and "tile_jpeg" not in stores["auto"]
+    assert "tile_jpeg" in stores["kept"] and "tiles" not in stores["kept"]
+    # the same pixels either way, so the same features
+    np.testing.assert_allclose(
+        stores["auto"]["features"][...], stores["kept"]["features"][...], rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpus", "kept"),
+    [(None, False, True), (None, True, False), (True, True, True), (False, False, False)],
+)
+def test_keep_jpeg_default_follows_the_gpu_workers(
+    requested: bool | None, gpus: bool, kept: bool
+) -> None:
+    assert keep_jpeg(requested, gpus) is kept
