@@ -177,7 +177,7 @@ def keep_jpeg(requested: bool | None, gpus: bool) -> bool:
     """Whether tiling keeps the slide's JPEG tiles for the encode task to decode. Asked for or
     not, by default: yes on CPU workers (one decode wherever it runs, and ~1/8 of the bytes
     through the store); no when GPU workers encode, since their hosts' cores would then decode
-    (4-5 cores per H100 at ResNet-50 rates) while the CPU workers sat idle."""
+    (4-5 cores per H100 at ResNet-50 rates, PERF notes' estimate) while the CPU workers sat idle."""
     return requested if requested is not None else not gpus
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import imagecodecs
@@ -44,14 +44,8 @@ class JpegTiles:
     def tables_bytes(self) -> bytes | None:
         return base64.b64decode(self.tables) if self.tables else None
 
-    def attrs(self) -> dict[str, int | str | bool]:
-        return {
-            "level": self.level,
-            "tile_px": self.tile_px,
-            "slot_bytes": self.slot_bytes,
-            "tables": self.tables,
-            "rgb_as_is": self.rgb_as_is,
-        }
+    def attrs(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> JpegTiles:

@@ -373,7 +373,8 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float
     t0 = time.perf_counter()
     model = get_model(job.model_bundle, job.model_sha256)
     tiles = read_tile_pixels(job.store, start, stop, job.path, getattr(_decoded, "tiles", None))
-    _decoded.tiles = tiles  # this thread's next block decodes into the same memory
+    if plan.jpeg is not None:  # this thread's next block decodes into the same memory
+        _decoded.tiles = tiles
     features = encode_tiles(model, tiles, job.batch_size)
     write_block(job.store, "features", start, features)
     seconds = time.perf_counter() - t0

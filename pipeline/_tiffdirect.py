@@ -212,8 +212,8 @@ class TiffDirectReader:
     def _decode_into(
         self, level: int, page: tifffile.TiffPage, index: int, out: NDArray[np.uint8]
     ) -> None:
-        """Decode stored JPEG tile `index` straight into `out`: no intermediate array, no copy
-        and no cache (a tile that is a whole region is not shared with a neighbour)."""
+        """Decode stored JPEG tile `index` straight into `out`, a region or a cache array: no
+        intermediate array, no copy."""
         data = self.stored_bytes(level, index)
         if not data:  # never written by the scanner: glass
             out[...] = 255
