@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,14 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline._readers import READERS
-from pipeline._store import STORE_NAME, read_all, read_attrs, read_tile_pixels, work_dir
+from pipeline._store import (
+    STORE_NAME,
+    jpeg_layout,
+    read_all,
+    read_attrs,
+    read_tile_pixels,
+    work_dir,
+)
 from pipeline._tasks import SlideJob, plan_slide, write_tiles
 from pipeline._tiling import read_tiles
 from schemas import RunSpec, TilingSpec, TissueMethod
@@ -117,10 +124,16 @@ def naive_openslide(path: Path, tile_px: int, budget: float) -> Rate:
 
 
 def slidemill_tiling(
-    path: Path, tile_px: int, budget: float, workdir: Path, write: bool = True
+    path: Path,
+    tile_px: int,
+    budget: float,
+    workdir: Path,
+    write: bool = True,
+    keep_jpeg: bool = True,
 ) -> Rate:
     """slidemill's tiling stage (strip reads, slicing, and with `write` the Zarr write) at the
-    slide's own resolution over every tile, tissue or not, in one process."""
+    slide's own resolution over every tile, tissue or not, in one process; `keep_jpeg` as the
+    run option (False: `--decode-tiles`)."""
     mpp = READERS.get(path).mpp or 0.5
     job = SlideJob(
         slide_id="bench",
@@ -136,6 +149,7 @@ def slidemill_tiling(
         class_names=("a", "b"),
         feature_dim=1,
         batch_size=1,
+        keep_jpeg=keep_jpeg,
     )
     plan = plan_slide(job)
     tile_mp = plan.choice.tile_level0**2 / 1e6
@@ -163,30 +177,30 @@ def slidemill_tiling(
     tiles, mp, secs = _repeat(budget, once)
     if not write:
         return Rate(f"slidemill tile reads {tile_px}px", tiles, mp, secs)
-    kept = " (stored JPEG kept)" if plan.jpeg is not None else ""
-    return Rate(f"slidemill tiling → Zarr {tile_px}px{kept}", tiles, mp, secs)
+    how = " (stored JPEG kept)" if plan.jpeg is not None else " (decoded, RGB)"
+    return Rate(f"slidemill tiling → Zarr {tile_px}px{how}", tiles, mp, secs)
 
 
-def kept_jpeg_decode(workdir: Path, budget: float) -> Rate | None:
-    """Where tiling kept the stored JPEG streams, the decode it left to the encoder side:
-    reading the tiles back from the store as RGB (None when the store holds RGB already)."""
-    store = work_dir(workdir, "bench") / STORE_NAME  # `slidemill_tiling`'s store
-    if not (store / "tile_jpeg").exists():
-        return None
+def read_back(workdir: Path, budget: float) -> Rate:
+    """The encoder side's read of `slidemill_tiling`'s store: each block of tiles as RGB, which
+    for kept JPEG is the decode tiling handed on, and for RGB tiles the decompression."""
+    store = work_dir(workdir, "bench") / STORE_NAME
     n = len(read_all(store, "grid_index"))
-    attrs = read_attrs(store)
-    tile_mp = attrs.tile_size_level0**2 / 1e6
-
+    tile_mp = read_attrs(store).tile_size_level0 ** 2 / 1e6
+    layout = jpeg_layout(store)
+    per_block = 256 if layout is None else layout.block_tiles  # the encode tasks' blocks
     buffer = None  # reused between blocks, as `encode_block` does
 
     def once() -> tuple[int, float]:
         nonlocal buffer
-        for start in range(0, n, 256):
-            buffer = read_tile_pixels(store, start, min(n, start + 256), "bench", buffer)
+        for start in range(0, n, per_block):
+            stop = min(n, start + per_block)
+            buffer = read_tile_pixels(store, start, stop, "bench", buffer)
         return n, n * tile_mp
 
     tiles, mp, secs = _repeat(budget, once)
-    return Rate("decode of the kept tiles (encoder side)", tiles, mp, secs)
+    what = "decode of the kept JPEG" if layout is not None else "RGB read"
+    return Rate(f"  its read-back for the encoder ({what})", tiles, mp, secs)
 
 
 def _rates_table(title: str, rates: list[Rate]) -> Table:
@@ -216,51 +230,41 @@ class TilingFigures:
     reads: Rate
     """slidemill's 256-px tile reads, no writing."""
     tiling: Rate
-    """slidemill's 256-px tiling into Zarr."""
-    handed_on: Rate | None
-    """The decode of kept JPEG tiles left to the encoder, when `tiling` kept them."""
-    stored_size: tuple[Rate, Rate | None] | None = None
-    """Tiling and the decode it handed on at the slide's stored tile size, when not 256 px."""
+    """slidemill's 256-px tiling into Zarr, as a run does by default on CPU workers."""
+    read_back: Rate
+    """The encoder side's read of those tiles as RGB."""
+    decoded: tuple[Rate, Rate] | None = None
+    """Tiling and read-back with tiles decoded at tiling time, when `tiling` kept the JPEG."""
 
     def rows(self) -> list[Rate]:
-        rows = [self.limit, self.naive, self.reads, self.tiling]
-        rows += [self.handed_on] if self.handed_on is not None else []
-        if self.stored_size is not None:
-            rows += [r for r in self.stored_size if r is not None]
-        return rows
+        rows = [self.limit, self.naive, self.reads, self.tiling, self.read_back]
+        return rows + list(self.decoded or ())
 
 
-def _with_decode(tiling: Rate, decode: Rate | None) -> float:
-    """MP/s of tiling followed by the decode it handed on (tiling's own rate when none)."""
-    if decode is None:
-        return tiling.mp_per_s
-    return 1 / (1 / tiling.mp_per_s + 1 / decode.mp_per_s)
-
-
-def _stored_tile_px(path: Path) -> int | None:
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages.first
-        return int(page.tilewidth) if page.is_tiled and page.tilewidth == page.tilelength else None
+def supply(tiling: Rate, read_back: Rate) -> float:
+    """MP/s of tiling followed by the encoder side's read: tiles from the slide to the encoder's
+    input, whichever stage decodes them."""
+    return 1 / (1 / tiling.mp_per_s + 1 / read_back.mp_per_s)
 
 
 def single_process(path: Path, seconds: float, workdir: Path) -> TilingFigures:
-    """Limit, naive loop, slidemill reads, slidemill tiling into Zarr: one process each; and
-    tiling at the slide's stored tile size where that differs from 256 px."""
+    """Limit, naive loop, slidemill reads, slidemill tiling into Zarr and its read-back, one
+    process each; where tiling kept the stored JPEG, the same with tiles decoded at tiling
+    time, so the two layouts compare whole."""
     tile_px = 256
+
+    def tile_and_read(keep_jpeg: bool) -> tuple[Rate, Rate]:
+        with tempfile.TemporaryDirectory(prefix="tiling-", dir=workdir) as tmp:
+            tiling = slidemill_tiling(path, tile_px, seconds, Path(tmp), keep_jpeg=keep_jpeg)
+            return tiling, read_back(Path(tmp), seconds)
+
+    limit, naive = raw_decode(path, seconds), naive_openslide(path, tile_px, seconds)
     with tempfile.TemporaryDirectory(prefix="tiling-", dir=workdir) as tmp:
-        figures = TilingFigures(
-            limit=raw_decode(path, seconds),
-            naive=naive_openslide(path, tile_px, seconds),
-            reads=slidemill_tiling(path, tile_px, seconds, Path(tmp), write=False),
-            tiling=slidemill_tiling(path, tile_px, seconds, Path(tmp)),
-            handed_on=kept_jpeg_decode(Path(tmp), seconds),
-        )
-    stored = _stored_tile_px(path)
-    if stored is None or stored == tile_px:
-        return figures
-    with tempfile.TemporaryDirectory(prefix="tiling-", dir=workdir) as tmp:
-        at_stored = slidemill_tiling(path, stored, seconds, Path(tmp))
-        return replace(figures, stored_size=(at_stored, kept_jpeg_decode(Path(tmp), seconds)))
+        reads = slidemill_tiling(path, tile_px, seconds, Path(tmp), write=False)
+    tiling, back = tile_and_read(keep_jpeg=True)
+    kept = "stored JPEG kept" in tiling.name
+    decoded = tile_and_read(keep_jpeg=False) if kept else None
+    return TilingFigures(limit, naive, reads, tiling, back, decoded)
 
 
 def run_bench(
@@ -296,17 +300,16 @@ def run_bench(
             f"  tiling → Zarr: {fig.tiling.mp_per_s / limit:.2f} × the decode limit "
             f"(target ≥ 0.5), {fig.tiling.mp_per_s / naive:.2f} × the naive loop (target ≥ 3)"
         )
-        if fig.handed_on is not None:  # tiling kept the JPEG: count the decode it handed on
-            both = _with_decode(fig.tiling, fig.handed_on)
+        both = supply(fig.tiling, fig.read_back)  # counts the decode kept JPEG hands on
+        out.print(
+            f"  tiling plus the encoder side's read-back: {both / limit:.2f} × the decode "
+            f"limit, {both / naive:.2f} × the naive loop"
+        )
+        if fig.decoded is not None:
+            other = supply(*fig.decoded)
             out.print(
-                f"  tiling plus the encoder side's decode: {both / limit:.2f} × the decode "
-                f"limit, {both / naive:.2f} × the naive loop"
-            )
-        if fig.stored_size is not None:
-            both = _with_decode(*fig.stored_size)
-            out.print(
-                f"  at the stored tile size, tiling plus any decode handed on: "
-                f"{both / limit:.2f} × the decode limit, {both / naive:.2f} × the naive loop"
+                f"  the same with tiles decoded at tiling time (--decode-tiles): "
+                f"{other / limit:.2f} × the decode limit, {other / naive:.2f} × the naive loop"
             )
     if not pipeline:
         return

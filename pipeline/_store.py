@@ -6,10 +6,12 @@ Layout of `<out>/<slide_id>/slide.zarr` (N tiles, C classes, D feature dims, T t
     grid_index      (N, 2) int32    tile grid row, column
     tissue_fraction (N,)   float32
     tiles           (N, T, T, 3) uint8   one task's block per chunk (lz4)
-  or, when the grid lines up with the slide's stored JPEG tiles (`pipeline._jpegtiles`):
-    tile_jpeg       (N, S) uint8    each tile's stored JPEG stream, zero-padded to S bytes;
+  or, when tiles are cut from a level stored as JPEG tiles without resizing
+  (`pipeline._jpegtiles`), the stored tiles themselves, M of them:
+    tile_jpeg       (M, S) uint8    stored JPEG streams, zero-padded to S bytes; the layout and
                                     decode parameters in its attributes; one block per chunk
-    tile_jpeg_nbytes (N,) int32     length of each stream (0 = glass, white)
+    tile_jpeg_rows  (M, 2) int64    the stored tile each row holds (-1 = unused row) and the
+                                    length of its stream (0 = glass, white)
     features        (N, D) float32
     attention       (N,)   float32
     scores          (N, C) float32  per-tile class probabilities
@@ -27,7 +29,9 @@ folder `<out>/<slide_id>/` is always whole.
 from __future__ import annotations
 
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +40,7 @@ from numpy.typing import NDArray
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.array_spec import ArrayConfigParams
 
-from pipeline._jpegtiles import JpegTiles
-from pipeline._jpegtiles import decode_into as decode_jpeg_into
+from pipeline._jpegtiles import JpegTiles, PackedBlock, decode_block
 from schemas import SlideStoreAttrs
 
 STORE_NAME = "slide.zarr"
@@ -127,16 +130,20 @@ def create_store(
     root.create_array("grid_index", shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
     root.create_array("tissue_fraction", shape=(n_tiles,), dtype="float32", chunks=(n,))
     if jpeg is not None:
+        rows = jpeg.n_rows(n_tiles)
+        per_chunk = block if jpeg.one_to_one else jpeg.block_rows
+        slot = jpeg.stored.slot_bytes
         # JPEG data does not compress; lz4 removes the zero padding at almost no cost
         stored = root.create_array(
             "tile_jpeg",
-            shape=(n_tiles, jpeg.slot_bytes),
+            shape=(rows, slot),
             dtype="uint8",
-            chunks=(block, jpeg.slot_bytes),
+            chunks=(per_chunk, slot),
             compressors=TILE_CODEC,
         )
         stored.attrs.update(jpeg.attrs())
-        root.create_array("tile_jpeg_nbytes", shape=(n_tiles,), dtype="int32", chunks=(block,))
+        # one array for both: each read of a small array costs ~1 ms of zarr overhead per block
+        root.create_array("tile_jpeg_rows", shape=(rows, 2), dtype="int64", chunks=(per_chunk, 2))
     else:
         root.create_array(
             "tiles",
@@ -175,18 +182,44 @@ def write_array(path: Path, name: str, data: NDArray[np.generic]) -> None:
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
+# Arrays opened, by folder and mode. Opening one reads and validates its zarr.json (~0.9 ms, as
+# long as reading a block of a small array), and a worker opens the same few arrays block after
+# block. An Array holds only its metadata and path, so a cached one is right while zarr.json says
+# the same; reading the file back (~20 µs) catches an array rebuilt under the same path (a slide
+# planned again), which file times are too coarse to.
+_OPENED: OrderedDict[tuple[str, bool], tuple[bytes, zarr.Array]] = OrderedDict()
+_OPENED_MAX = 64
+_opened_lock = threading.Lock()
+
+
+def _array(path: Path, write: bool = False) -> zarr.Array:
+    # FileNotFoundError for a missing array, as zarr raises
+    ident, key = (path / "zarr.json").read_bytes(), (str(path), write)
+    with _opened_lock:
+        hit = _OPENED.get(key)
+        if hit is not None and hit[0] == ident:
+            _OPENED.move_to_end(key)
+            return hit[1]
+    arr = zarr.open_array(store=str(path), mode="r+" if write else "r")
+    if write:
+        arr = arr.with_config(_WRITE_CONFIG)
+    with _opened_lock:
+        _OPENED[key] = (ident, arr)
+        while len(_OPENED) > _OPENED_MAX:
+            _OPENED.popitem(last=False)
+    return arr
+
+
 def write_block(path: Path, name: str, start: int, data: NDArray[np.generic]) -> None:
     """Write rows [start, start + len(data)) of a per-tile array."""
-    arr = zarr.open_array(store=str(path / name), mode="r+").with_config(_WRITE_CONFIG)
-    arr[start : start + data.shape[0]] = data
+    _array(path / name, write=True)[start : start + data.shape[0]] = data
 
 
 def read_block(path: Path, name: str, start: int, stop: int) -> NDArray[np.generic]:
-    arr = zarr.open_array(store=str(path / name), mode="r")
-    return np.asarray(arr[start:stop])
+    return np.asarray(_array(path / name)[start:stop])
 
 
-TILE_ARRAYS = ("tiles", "tile_jpeg", "tile_jpeg_nbytes")
+TILE_ARRAYS = ("tiles", "tile_jpeg", "tile_jpeg_rows")
 
 
 def drop_tiles(path: Path) -> None:
@@ -196,23 +229,58 @@ def drop_tiles(path: Path) -> None:
         shutil.rmtree(path / name, ignore_errors=True)
 
 
+def jpeg_layout(path: Path) -> JpegTiles | None:
+    """How the store keeps tiles as stored JPEG, or None when it holds RGB `tiles`."""
+    if not (path / "tile_jpeg" / "zarr.json").is_file():
+        return None
+    return JpegTiles.from_attrs(dict(_array(path / "tile_jpeg").attrs))
+
+
+def write_jpeg_block(path: Path, spec: JpegTiles, start: int, block: PackedBlock) -> None:
+    """Write the kept stored tiles of the block starting at tile `start`."""
+    row = spec.rows_of(start // spec.block_tiles, len(block.index))[0]
+    write_block(path, "tile_jpeg", row, block.data)
+    write_block(path, "tile_jpeg_rows", row, np.stack([block.index, block.nbytes], 1))
+
+
 def read_tile_pixels(
     path: Path, start: int, stop: int, source: str, out: NDArray[np.uint8] | None = None
 ) -> NDArray[np.uint8]:
     """Tiles [start, stop) as (n, T, T, 3) RGB, whichever way the store keeps them; `source`
     names the slide in errors. Kept JPEG tiles are decoded into `out` when given (a buffer
     reused between blocks spares a page fault per 4 KiB of a fresh 50 MB array)."""
-    if (path / "tile_jpeg" / "zarr.json").is_file():
-        arr = zarr.open_array(store=str(path / "tile_jpeg"), mode="r")
-        spec = JpegTiles.from_attrs(dict(arr.attrs))
-        nbytes = np.asarray(read_block(path, "tile_jpeg_nbytes", start, stop), dtype=np.int32)
-        data = np.asarray(arr[start:stop])
-        shape = (len(nbytes), spec.tile_px, spec.tile_px, 3)
-        if out is None or out.shape != shape:
-            out = np.empty(shape, dtype=np.uint8)
-        decode_jpeg_into(spec, data, nbytes, out, source)
+    if not (path / "tile_jpeg" / "zarr.json").is_file():
+        return np.asarray(read_block(path, "tiles", start, stop), dtype=np.uint8)
+    # zarr costs ~1 ms per array opened or read here, against ~25 ms of decoding per 100 tiles:
+    # each is opened once, and coordinates are read only where a mosaic needs them
+    arr = _array(path / "tile_jpeg")
+    spec = JpegTiles.from_attrs(dict(arr.attrs))
+    stop = min(stop, spec.n_tiles)  # as slicing `tiles` would
+    shape = (max(stop - start, 0), spec.tile_px, spec.tile_px, 3)
+    if out is None or out.shape != shape:
+        out = np.empty(shape, dtype=np.uint8)
+    if not len(out):
         return out
-    return np.asarray(read_block(path, "tiles", start, stop), dtype=np.uint8)
+    bt = spec.block_tiles
+    first, last = start // bt * bt, min(-(-stop // bt) * bt, spec.n_tiles)  # whole blocks
+    r0 = spec.rows_of(first // bt, 0)[0]
+    r1 = spec.rows_of((last - 1) // bt, last - (last - 1) // bt * bt)[1]
+    data = np.asarray(arr[r0:r1], dtype=np.uint8)
+    rows = np.asarray(read_block(path, "tile_jpeg_rows", r0, r1), dtype=np.int64)
+    coords = None if spec.one_to_one else read_block(path, "coords", first, last)
+    for b0 in range(first, last, bt):
+        b1 = min(b0 + bt, last)
+        q0, q1 = (r - r0 for r in spec.rows_of(b0 // bt, b1 - b0))
+        block = PackedBlock(data[q0:q1], rows[q0:q1, 1].astype(np.int32), rows[q0:q1, 0])
+        xy = None if coords is None else np.asarray(coords[b0 - first : b1 - first], np.int64)
+        lo, hi = max(b0, start), min(b1, stop)
+        if (lo, hi) == (b0, b1):  # the usual case: a whole block, decoded in place
+            decode_block(spec, block, xy, out[lo - start : hi - start], source)
+            continue
+        whole = np.empty((b1 - b0, *shape[1:]), dtype=np.uint8)
+        decode_block(spec, block, xy, whole, source)
+        out[lo - start : hi - start] = whole[lo - b0 : hi - b0]
+    return out
 
 
 def read_all(path: Path, name: str) -> NDArray[np.generic]:

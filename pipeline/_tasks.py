@@ -18,7 +18,6 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline._grid import TileGrid, blocks, plan_grid
 from pipeline._heatmap import rasterise, render_png
 from pipeline._jpegtiles import JpegTiles
-from pipeline._jpegtiles import pack as pack_jpeg
 from pipeline._levels import LevelChoice, choose_level
 from pipeline._readers import READERS, ReaderCache, read_thumbnail
 from pipeline._resume import ResumeKey, partial_is_valid
@@ -39,6 +38,7 @@ from pipeline._store import (
     write_array,
     write_attrs,
     write_block,
+    write_jpeg_block,
 )
 from pipeline._tiling import keepable_jpeg, read_stored_jpeg, read_tiles
 from pipeline._tissue import tissue_mask
@@ -250,13 +250,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
     jpeg = None
     if job.keep_jpeg:
         jpeg = keepable_jpeg(
-            READERS.get(path),
-            choice,
-            stride_level0,
-            spec.tile_px,
-            spec.stride_px,
-            grid.rows.astype(np.int64),
-            grid.cols.astype(np.int64),
+            READERS.get(path), choice, spec.tile_px, grid.coords(), job.tiles_per_task
         )
     fresh_work_dir(Path(job.out), job.slide_id)
     create_store(
@@ -336,14 +330,15 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
     """Read tiles [start, stop) from the slide and write them to the store."""
     job = plan.job
     spec = job.tiling
-    grid_index = read_block(job.store, "grid_index", start, stop)
     path = Path(job.path)
     reader = READERS.get(path)
-    rows, cols = grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64)
     try:
         if plan.jpeg is not None:  # no decoding here: the encoder side decodes
-            blobs = read_stored_jpeg(reader, plan.jpeg, plan.stride_level0, rows, cols, job.path)
+            coords = np.asarray(read_block(job.store, "coords", start, stop), dtype=np.int64)
+            kept = read_stored_jpeg(reader, plan.jpeg, coords, job.path)
         else:
+            grid_index = read_block(job.store, "grid_index", start, stop)
+            rows, cols = grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64)
             tiles = read_tiles(
                 reader, plan.choice, plan.stride_level0, spec.tile_px, spec.stride_px, rows, cols
             )
@@ -351,9 +346,7 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
         READERS.evict(path)
         raise
     if plan.jpeg is not None:
-        data, nbytes = pack_jpeg(blobs, plan.jpeg.slot_bytes)
-        write_block(job.store, "tile_jpeg", start, data)
-        write_block(job.store, "tile_jpeg_nbytes", start, nbytes)
+        write_jpeg_block(job.store, plan.jpeg, start, kept)
     else:
         write_block(job.store, "tiles", start, tiles)
 

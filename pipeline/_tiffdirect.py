@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
-from pipeline._jpegtiles import JpegTiles
+from pipeline._jpegtiles import StoredJpeg
 from pipeline._readers import OpenSlideReader, register_reader
 from pipeline.errors import UnreadableSlideError
 
@@ -154,7 +154,7 @@ class TiffDirectReader:
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> int | None:
         """The stored JPEG tile that is exactly the region (same origin and size, inside the
-        level), or None. Such a region is decoded in place, or kept as its JPEG bytes."""
+        level), or None. Such a region is decoded straight into the caller's array."""
         page = self._pages[level]
         if page is None or not self._in_place(page):
             return None
@@ -168,15 +168,18 @@ class TiffDirectReader:
             return None
         return (y0 // th) * -(-page.imagewidth // tw) + x0 // tw
 
-    def jpeg_tiles(self, level: int) -> JpegTiles | None:
-        """How `level`'s stored tiles would be kept as JPEG (None: not square JPEG tiles)."""
+    def jpeg_tiles(self, level: int) -> StoredJpeg | None:
+        """`level` as square stored JPEG tiles that decode straight to RGB, or None."""
         page = self._pages[level]
         if page is None or not self._in_place(page) or page.tilewidth != page.tilelength:
             return None
         tables = page.jpegtables or b""
-        return JpegTiles(
+        return StoredJpeg(
             level=level,
-            tile_px=page.tilewidth,
+            stored_px=page.tilewidth,
+            across=-(-page.imagewidth // page.tilewidth),
+            level_size=(page.imagewidth, page.imagelength),
+            downsample=self.level_downsamples[level],
             slot_bytes=max(1, max(page.databytecounts)),
             tables=base64.b64encode(tables).decode("ascii"),
             rgb_as_is=_rgb_as_is(page),

@@ -17,10 +17,16 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline._grid import origin
-from pipeline._jpegtiles import JpegTiles
+from pipeline._jpegtiles import (
+    JpegTiles,
+    PackedBlock,
+    StoredJpeg,
+    choose_layout,
+    gather_block,
+    moved_error,
+)
 from pipeline._levels import LevelChoice
 from pipeline._readers import SlideReader
-from pipeline.errors import UnreadableSlideError
 
 # Longest run of tiles read in one call: bounds a strip's memory (~32 × 256² × 4 B = 8 MB).
 MAX_RUN = 32
@@ -72,74 +78,43 @@ class _StoredJpeg(Protocol):
 
     def direct_levels(self) -> list[int]: ...
 
-    def jpeg_tiles(self, level: int) -> JpegTiles | None: ...
-
-    def stored_tile_index(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> int | None: ...
+    def jpeg_tiles(self, level: int) -> StoredJpeg | None: ...
 
     def stored_bytes(self, level: int, index: int) -> bytes: ...
-
-
-def _stored_indices(
-    reader: _StoredJpeg,
-    level: int,
-    tile_px: int,
-    stride_level0: float,
-    rows: NDArray[np.int64],
-    cols: NDArray[np.int64],
-) -> list[int | None]:
-    xs = origin(cols, stride_level0).tolist()
-    ys = origin(rows, stride_level0).tolist()
-    size = (tile_px, tile_px)
-    return [reader.stored_tile_index((x, y), level, size) for x, y in zip(xs, ys, strict=True)]
 
 
 def keepable_jpeg(
     reader: SlideReader,
     choice: LevelChoice,
-    stride_level0: float,
     tile_px: int,
-    stride_px: int,
-    rows: NDArray[np.int64],
-    cols: NDArray[np.int64],
+    coords: NDArray[np.int64],
+    block_tiles: int,
 ) -> JpegTiles | None:
-    """How to keep the tiles as the slide's stored JPEG streams, when every planned tile is
-    exactly one stored tile of the level read (no resizing, no overlap, aligned); else None."""
-    if not hasattr(reader, "jpeg_tiles") or stride_px != tile_px:
+    """How to keep tiles at level-0 `coords` as the slide's stored JPEG streams, when they are
+    read from a level stored as JPEG tiles without resizing (`pipeline._jpegtiles`); else None."""
+    if not hasattr(reader, "jpeg_tiles"):
         return None
     stored = cast(_StoredJpeg, reader)
     if choice.level not in stored.direct_levels():
         return None
     if abs(choice.tile_level0 / choice.level_downsample - tile_px) > 1e-6:
         return None
-    spec = stored.jpeg_tiles(choice.level)
-    if spec is None or spec.tile_px != tile_px:
+    level = stored.jpeg_tiles(choice.level)
+    if level is None:
         return None
-    indices = _stored_indices(stored, choice.level, tile_px, stride_level0, rows, cols)
-    return spec if all(i is not None for i in indices) else None
+    return choose_layout(level, tile_px, coords, block_tiles)
 
 
 def read_stored_jpeg(
-    reader: SlideReader,
-    spec: JpegTiles,
-    stride_level0: float,
-    rows: NDArray[np.int64],
-    cols: NDArray[np.int64],
-    source: str,
-) -> list[bytes]:
-    """The stored JPEG streams of tiles at (rows, cols), for a grid `keepable_jpeg` accepted;
-    `source` names the slide in errors."""
+    reader: SlideReader, spec: JpegTiles, coords: NDArray[np.int64], source: str
+) -> PackedBlock:
+    """The stored JPEG streams a block of tiles at level-0 `coords` keeps, for a layout
+    `keepable_jpeg` chose; `source` names the slide in errors."""
     stored = cast(_StoredJpeg, reader)
-    out = []
-    for index in _stored_indices(stored, spec.level, spec.tile_px, stride_level0, rows, cols):
-        if index is None:  # the plan said every tile lines up; the file says otherwise
-            raise UnreadableSlideError(
-                f"{source}: the stored JPEG tiles no longer line up with the planned tile grid "
-                "(was the file replaced during the run?)"
-            )
-        out.append(stored.stored_bytes(spec.level, index))
-    return out
+    if stored.jpeg_tiles(spec.stored.level) != spec.stored:
+        raise moved_error(source)
+    level = spec.stored.level
+    return gather_block(spec, coords, lambda i: stored.stored_bytes(level, i), source)
 
 
 def read_tiles(

@@ -40,10 +40,12 @@ def test_single_process_figures(small_large: Path, tmp_path: Path) -> None:
     figures = single_process(small_large, 0.2, tmp_path)
     rates = figures.rows()
     # its 256-px stored tiles line up with the 256-px grid: tiling keeps the JPEG, and the decode
-    # it hands to the encoder is measured too; no second tile size to try
-    names = ["raw", "naive", "slidemill", "slidemill", "decode"]
+    # it hands to the encoder is measured; then both again with tiles decoded at tiling time
+    names = ["raw", "naive", "slidemill", "slidemill", "its", "slidemill", "its"]
     assert [r.name.split()[0] for r in rates] == names
-    assert "(stored JPEG kept)" in figures.tiling.name and figures.stored_size is None
+    assert "(stored JPEG kept)" in figures.tiling.name and "kept JPEG" in figures.read_back.name
+    assert figures.decoded is not None and "(decoded, RGB)" in figures.decoded[0].name
+    assert "RGB read" in figures.decoded[1].name
     assert all(r.tiles > 0 and r.seconds >= 0.2 for r in rates)
     # the limit decodes every stored level-0 tile of the slide per pass
     limit = raw_decode(small_large, 0.05)
@@ -68,7 +70,8 @@ def test_bench_command_prints_its_tables(small_large: Path, sample_slide: Path) 
     assert (
         text.count("× the decode limit (target ≥ 0.5)") == 1 and "raw JPEG decode (limit)" in text
     )
-    # 240-px stored tiles under a 256-px grid: decoded at tiling time, nothing handed on; then
-    # at 240 px the stored JPEG is kept, and its decode counted
-    assert "Zarr 256px (stored" not in text and "tiling → Zarr 240px (stored JPEG kept)" in text
-    assert text.count("decode of the kept tiles") == 1 and "at the stored tile size" in text
+    # 240-px stored tiles under a 256-px grid: kept as a mosaic of stored tiles, its decode
+    # counted, and compared with decoding at tiling time
+    assert "tiling → Zarr 256px (stored JPEG kept)" in text and "Zarr 256px (decoded" in text
+    assert text.count("tiling plus the encoder side's read-back") == 1
+    assert "decoded at tiling time (--decode-tiles)" in text

@@ -6,13 +6,22 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
 import zarr
 
 from pipeline._batch import resume_key
-from pipeline._jpegtiles import decode, pack
+from pipeline._jpegtiles import (
+    JpegTiles,
+    StoredJpeg,
+    choose_layout,
+    decode_block,
+    decode_rows,
+    gather_block,
+    pack,
+)
 from pipeline._readers import open_slide
 from pipeline._store import read_all, read_tile_pixels
 from pipeline._tasks import SlideJob, SlidePlan, plan_slide, write_tiles
@@ -64,12 +73,13 @@ def test_aligned_grid_keeps_the_files_bytes_and_decodes_to_the_same_pixels(
     path = slides_dir / name
     side = _stored_side(path)
     kept_plan, kept = _tile_all(_job(path, tmp_path / "kept", 0.5, side))
-    assert kept_plan.jpeg is not None and kept_plan.jpeg.level == 0
+    assert kept_plan.jpeg is not None and kept_plan.jpeg.stored.level == 0
+    assert kept_plan.jpeg.one_to_one
     root = zarr.open_group(str(kept_plan.job.store), mode="r")
     assert "tile_jpeg" in root and "tiles" not in root
     # each row is the stored tile at that grid position, byte for byte
     grid = read_all(kept_plan.job.store, "grid_index")
-    data, nbytes = root["tile_jpeg"][...], root["tile_jpeg_nbytes"][...]
+    data, nbytes = root["tile_jpeg"][...], root["tile_jpeg_rows"][:, 1]
     with tifffile.TiffFile(path) as tif, path.open("rb") as fh:
         page = tif.pages.first
         across = -(-page.imagewidth // side)
@@ -88,19 +98,42 @@ def test_aligned_grid_keeps_the_files_bytes_and_decodes_to_the_same_pixels(
 
 
 @pytest.mark.parametrize(
-    ("name", "mpp", "delta", "overlap"),
+    ("name", "delta", "overlap"),
     [
-        ("synth-svs.svs", 0.5, -16, 0),  # tiles straddle stored tiles
-        ("synth-svs.svs", 0.5, 0, 16),  # overlapping tiles
-        ("synth-svs.svs", 0.6, 0, 0),  # resized
-        ("synth-tiff.tiff", 0.5, 256, 0),  # a tile spans four stored tiles
+        ("synth-svs.svs", -16, 0),  # tiles straddle stored tiles
+        ("synth-svs.svs", 0, 16),  # overlapping tiles
+        ("synth-svs.svs", 40, 0),  # another size, straddling
+        ("synth-tiff.tiff", 256, 0),  # a tile spans four stored tiles
     ],
 )
-def test_grids_that_do_not_line_up_store_rgb(
-    slides_dir: Path, tmp_path: Path, name: str, mpp: float, delta: int, overlap: int
+def test_other_grids_keep_a_mosaic_of_stored_tiles_with_the_same_pixels(
+    slides_dir: Path, tmp_path: Path, name: str, delta: int, overlap: int
 ) -> None:
     path = slides_dir / name
-    plan = plan_slide(_job(path, tmp_path, mpp, _stored_side(path) + delta, overlap=overlap))
+    side = _stored_side(path) + delta
+    plan, kept = _tile_all(_job(path, tmp_path / "kept", 0.5, side, overlap=overlap))
+    assert plan.jpeg is not None and not plan.jpeg.one_to_one
+    root = zarr.open_group(str(plan.job.store), mode="r")
+    assert "tiles" not in root
+    # each block keeps each stored tile it needs once: fewer rows than tile-sized reads would be
+    index = root["tile_jpeg_rows"][:, 0].reshape(len(plan.blocks), -1)
+    for row in index:
+        used = row[row >= 0]
+        assert (np.diff(used) > 0).all()
+    rgb_plan, rgb = _tile_all(
+        _job(path, tmp_path / "rgb", 0.5, side, overlap=overlap, keep_jpeg=False)
+    )
+    assert rgb_plan.jpeg is None and kept.shape == rgb.shape and len(kept) > 10
+    np.testing.assert_array_equal(kept, rgb)
+    # any range of tiles reads back the same, across block edges too
+    middle = slice(plan.blocks[0][1] - 3, plan.blocks[0][1] + 5)
+    again = read_tile_pixels(plan.job.store, middle.start, middle.stop, plan.job.path)
+    np.testing.assert_array_equal(again, rgb[middle])
+
+
+def test_resized_tiles_store_rgb(slides_dir: Path, tmp_path: Path) -> None:
+    path = slides_dir / "synth-svs.svs"
+    plan = plan_slide(_job(path, tmp_path, 0.6, _stored_side(path)))
     assert plan.jpeg is None
     assert "tiles" in zarr.open_group(str(plan.job.store), mode="r")
 
@@ -108,7 +141,7 @@ def test_grids_that_do_not_line_up_store_rgb(
 def test_a_lower_level_that_lines_up_is_kept(slides_dir: Path, tmp_path: Path) -> None:
     path = slides_dir / "synth-tiff.tiff"  # levels at 1, 2 and 8×: 1 µm/px is level 1 as stored
     plan, kept = _tile_all(_job(path, tmp_path / "kept", 1.0, _stored_side(path)))
-    assert plan.jpeg is not None and plan.jpeg.level == 1
+    assert plan.jpeg is not None and plan.jpeg.stored.level == 1
     _, rgb = _tile_all(_job(path, tmp_path / "rgb", 1.0, _stored_side(path), keep_jpeg=False))
     np.testing.assert_array_equal(kept, rgb)
 
@@ -118,7 +151,7 @@ def test_aperio_rgb_jpeg_kept_decodes_like_openslide(sample_slide: Path, tmp_pat
     decoded as such."""
     side = _stored_side(sample_slide)
     plan, kept = _tile_all(_job(sample_slide, tmp_path, 0.499, side))
-    assert plan.jpeg is not None and plan.jpeg.rgb_as_is
+    assert plan.jpeg is not None and plan.jpeg.stored.rgb_as_is
     reference = open_slide(sample_slide, backend="openslide")
     grid = read_all(plan.job.store, "grid_index")
     for k in (0, len(grid) // 2, len(grid) - 1):
@@ -134,14 +167,15 @@ def test_glass_and_corrupt_kept_tiles(slides_dir: Path) -> None:
     assert spec is not None
     blob = reader.stored_bytes(0, 3)
     data, nbytes = pack([b"", blob], spec.slot_bytes)
-    tiles = decode(spec, data, nbytes, "slide-x.svs")
+    tiles = np.empty((2, spec.stored_px, spec.stored_px, 3), np.uint8)
+    decode_rows(spec, data, nbytes, tiles, "slide-x.svs")
     assert (tiles[0] == 255).all()  # a tile the scanner never wrote is glass
     expected = np.empty_like(tiles[1])
-    reader.read_region_into((3 * spec.tile_px, 0), 0, expected)
+    reader.read_region_into((3 * spec.stored_px, 0), 0, expected)
     np.testing.assert_array_equal(tiles[1], expected)
     data[1, :4] = 0  # no start-of-image marker
     with pytest.raises(SlideError, match=r"slide-x\.svs: cannot decode kept JPEG tile 1"):
-        decode(spec, data, nbytes, "slide-x.svs")
+        decode_rows(spec, data, nbytes, tiles, "slide-x.svs")
     with pytest.raises(ValueError, match="exceeds"):
         pack([blob], len(blob) - 1)
 
@@ -152,7 +186,10 @@ def test_a_grid_that_stops_lining_up_fails_the_slide_by_name(
     path = slides_dir / "synth-svs.svs"
     plan = plan_slide(_job(path, tmp_path, 0.5, _stored_side(path)))
     assert plan.jpeg is not None
-    monkeypatch.setattr(TiffDirectReader, "stored_tile_index", lambda *a: None)
+    real = TiffDirectReader.jpeg_tiles
+    monkeypatch.setattr(  # the file now has another tile size
+        TiffDirectReader, "jpeg_tiles", lambda r, lv: replace(real(r, lv), stored_px=128)
+    )
     with pytest.raises(SlideError, match=r"synth-svs\.svs: the stored JPEG tiles no longer"):
         write_tiles(plan, *plan.blocks[0])
 
@@ -174,3 +211,68 @@ def test_an_interrupted_kept_jpeg_slide_resumes_with_its_plan(
     _, whole = _tile_all(_job(path, tmp_path / "clean", 0.5, _stored_side(path)))
     np.testing.assert_array_equal(first, whole[: len(first)])
     np.testing.assert_array_equal(read_tile_pixels(job.store, 0, plan.n_tiles, job.path), whole)
+
+
+def _level(width: int, height: int, px: int) -> tuple[StoredJpeg, list[bytes], np.ndarray]:
+    """A level of `px` stored JPEG tiles over a smooth image, and the image as decoded."""
+    across, down = -(-width // px), -(-height // px)
+    yy, xx = np.mgrid[0 : down * px, 0 : across * px]
+    image = np.stack([xx * 2 % 256, yy * 3 % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    blobs, decoded = [], np.empty_like(image)
+    for ty in range(down):
+        for tx in range(across):
+            part = (slice(ty * px, (ty + 1) * px), slice(tx * px, (tx + 1) * px))
+            blobs.append(imagecodecs.jpeg_encode(np.ascontiguousarray(image[part]), level=95))
+            decoded[part] = imagecodecs.jpeg_decode(blobs[-1])
+    stored = StoredJpeg(
+        level=0,
+        stored_px=px,
+        across=across,
+        level_size=(width, height),
+        downsample=1.0,
+        slot_bytes=max(len(b) for b in blobs),
+        tables="",
+        rgb_as_is=False,
+    )
+    return stored, blobs, decoded[:height, :width]
+
+
+def test_a_mosaic_assembles_tiles_and_leaves_the_outside_white() -> None:
+    stored, blobs, image = _level(100, 70, 32)
+    # tiles of 48 px: inside, straddling four stored tiles, past the right and bottom edges
+    coords = np.array([[0, 0], [20, 10], [40, 30], [80, 0], [90, 50]], dtype=np.int64)
+    spec = choose_layout(stored, 48, coords, block_tiles=3)
+    assert spec is not None and not spec.one_to_one
+    out = np.empty((len(coords), 48, 48, 3), np.uint8)
+    for start in (0, 3):
+        part = coords[start : start + 3]
+        block = gather_block(spec, part, lambda i: blobs[i], "level.tiff")
+        assert len(block.index) == spec.block_rows  # every block has its rows, padded
+        decode_block(spec, block, part, out[start : start + 3], "level.tiff")
+    white = np.full((70 + 48, 100 + 48, 3), 255, np.uint8)
+    white[:70, :100] = image
+    for k, (x, y) in enumerate(coords.tolist()):
+        np.testing.assert_array_equal(out[k], white[y : y + 48, x : x + 48])
+    assert (out[3, :, 20:] == 255).all() and (out[4, 20:, :] == 255).all()
+
+
+def test_a_mosaic_that_would_decode_far_more_than_it_keeps_is_not_chosen() -> None:
+    stored, _, _ = _level(4096, 4096, 1024)
+    sparse = np.array([[0, 0], [2048, 2048]], dtype=np.int64)  # two 256-px tiles, far apart
+    assert choose_layout(stored, 256, sparse, block_tiles=256) is None
+    dense = np.array([[x, y] for y in range(0, 1024, 256) for x in range(0, 1024, 256)])
+    spec = choose_layout(stored, 256, dense + 128, block_tiles=256)  # 16 tiles over 4 stored
+    assert spec is not None and spec.block_rows == 4
+    assert choose_layout(stored, 1024, np.array([[0, 0]]), 256) == JpegTiles(
+        stored, 1024, 256, 256, one_to_one=True, n_tiles=1
+    )
+
+
+def test_the_sample_slide_at_256_px_keeps_a_mosaic_with_the_direct_readers_pixels(
+    sample_slide: Path, tmp_path: Path
+) -> None:
+    """The bench's case: 256-px tiles over the Aperio slide's 240-px stored tiles."""
+    plan, kept = _tile_all(_job(sample_slide, tmp_path / "kept", 0.499, 256))
+    assert plan.jpeg is not None and not plan.jpeg.one_to_one
+    _, rgb = _tile_all(_job(sample_slide, tmp_path / "rgb", 0.499, 256, keep_jpeg=False))
+    np.testing.assert_array_equal(kept, rgb)
