@@ -17,8 +17,10 @@ def hsv_saturation(rgb: NDArray[np.uint8]) -> NDArray[np.float64]:
     """HSV saturation as `skimage.color.rgb2hsv` defines it, (max - min) / max, 0 for black,
     without the hue it also computes: on a gigapixel slide's thumbnail that was 0.85 s of a
     1.3 s plan, all on the critical path before any tile is read."""
-    hi = rgb.max(axis=-1)
-    spread = hi - rgb.min(axis=-1)  # uint8: max ≥ min, no wrap-around
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # elementwise over the three planes: a reduction along a 3-long last axis is ~10× slower
+    hi = np.maximum(np.maximum(r, g), b)
+    spread = hi - np.minimum(np.minimum(r, g), b)  # uint8: max ≥ min, no wrap-around
     out = np.zeros(hi.shape, dtype=np.float64)
     np.divide(spread, hi, out=out, where=hi > 0)
     return out
