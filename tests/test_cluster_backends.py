@@ -51,6 +51,7 @@ from schemas import (
 )
 
 NANNY_VARS = (
+    "MALLOC_MMAP_THRESHOLD_",
     "MALLOC_TRIM_THRESHOLD_",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -116,8 +117,9 @@ def test_cluster_config_is_exported_as_json_schema(tmp_path: Path) -> None:
     assert set(schema["discriminator"]["mapping"]) == set(BACKEND_NAMES)
     slurm = schema["$defs"]["SlurmClusterConfig"]
     assert set(slurm["required"]) == {"backend", "cpu"}
-    trim = schema["$defs"]["NannyEnv"]["properties"]["malloc_trim_threshold"]
-    assert trim["default"] is None
+    props = schema["$defs"]["NannyEnv"]["properties"]
+    assert props["malloc_trim_threshold"]["default"] == props["malloc_mmap_threshold"]["default"]
+    assert props["malloc_mmap_threshold"]["default"] == 256 * 2**20
 
 
 def test_toml_and_yaml_files_give_the_same_config(tmp_path: Path, clean_environ: None) -> None:
@@ -357,7 +359,8 @@ def test_slurm_job_scripts_for_the_cpu_and_gpu_pools(slurm_example: SlurmCluster
     )
     # ... and dask in the job reads it as the nanny's pre-spawn environment
     assert nanny_env(cpu_lines) == {
-        "MALLOC_TRIM_THRESHOLD_": None,  # unset in the worker: glibc keeps its dynamic thresholds
+        "MALLOC_MMAP_THRESHOLD_": "268435456",  # an encoder batch stays in the heap
+        "MALLOC_TRIM_THRESHOLD_": "268435456",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
@@ -465,7 +468,7 @@ def test_preview_shows_what_would_be_submitted(slurm_example: SlurmClusterConfig
     assert group["metadata"]["name"] == f"{cluster['metadata']['name']}-gpu"
     assert group["spec"]["cluster"] == cluster["metadata"]["name"]
     local = yaml.safe_load(preview(LocalClusterConfig()))
-    assert local["nanny_env"]["malloc_trim_threshold"] is None
+    assert local["nanny_env"]["malloc_trim_threshold"] == 256 * 2**20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +484,11 @@ def test_local_backend_starts_worker_processes_with_the_nanny_env(
             "backend": "local",
             "n_workers": 2,
             "memory_limit": "600MiB",
-            "nanny_env": {"malloc_trim_threshold": 131072, "extra": {"SLIDEMILL_PROBE": "on"}},
+            "nanny_env": {
+                "malloc_trim_threshold": 131072,
+                "malloc_mmap_threshold": None,
+                "extra": {"SLIDEMILL_PROBE": "on"},
+            },
         },
     )
     monkeypatch.setenv("SLIDEMILL_CLUSTER_FILE", str(config_file))  # connect() reads the env
@@ -502,6 +509,7 @@ def test_local_backend_starts_worker_processes_with_the_nanny_env(
     assert len(pids) == 2 and os.getpid() not in pids  # worker processes, not threads
     for s in seen.values():
         assert s["MALLOC_TRIM_THRESHOLD_"] == "131072"
+        assert s["MALLOC_MMAP_THRESHOLD_"] is None  # null: left unset
         assert s["OMP_NUM_THREADS"] == s["MKL_NUM_THREADS"] == s["OPENBLAS_NUM_THREADS"] == "1"
         assert s["SLIDEMILL_PROBE"] == "on"
 
