@@ -65,7 +65,7 @@ def encode_tiles(
             if staging is not None:
                 batch = staging[: batch.shape[0]].copy_(batch)
             x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-            x = (x - mean) / std
+            x = x.sub_(mean).div_(std)  # in place: two fewer batch-sized tensors at the peak
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
