@@ -194,21 +194,24 @@ def test_a_grid_that_stops_lining_up_fails_the_slide_by_name(
         write_tiles(plan, *plan.blocks[0])
 
 
+@pytest.mark.parametrize("delta", [0, 16])  # one to one, and a mosaic
 def test_an_interrupted_kept_jpeg_slide_resumes_with_its_plan(
-    slides_dir: Path, tmp_path: Path
+    slides_dir: Path, tmp_path: Path, delta: int
 ) -> None:
     path = slides_dir / "synth-svs.svs"
-    job = _job(path, tmp_path, 0.5, _stored_side(path))
+    side = _stored_side(path) + delta
+    job = _job(path, tmp_path, 0.5, side)
     job = replace(job, key=resume_key(path, job.tiling, "", job.fallback_mpp))
     plan = plan_slide(job)
-    assert plan.jpeg is not None and len(plan.blocks) > 1
+    assert plan.jpeg is not None and plan.jpeg.one_to_one == (delta == 0)
+    assert len(plan.blocks) > 1
     write_tiles(plan, *plan.blocks[0])
     again = plan_slide(job)  # the saved plan, its store and the block written are kept
     assert again.jpeg == plan.jpeg and again.blocks == plan.blocks
     first = read_tile_pixels(job.store, *plan.blocks[0], job.path)
     for start, stop in again.blocks[1:]:
         write_tiles(again, start, stop)
-    _, whole = _tile_all(_job(path, tmp_path / "clean", 0.5, _stored_side(path)))
+    _, whole = _tile_all(_job(path, tmp_path / "clean", 0.5, side))
     np.testing.assert_array_equal(first, whole[: len(first)])
     np.testing.assert_array_equal(read_tile_pixels(job.store, 0, plan.n_tiles, job.path), whole)
 

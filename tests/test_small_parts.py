@@ -1,14 +1,25 @@
-"""Heatmap rasterisation, slide discovery and ids, output publication (pure or local files)."""
+"""Heatmap rasterisation, slide discovery and ids, output publication, store arrays (pure or
+local files)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
+import zarr
 
 from pipeline._discover import assign_ids, expand
 from pipeline._heatmap import rasterise
-from pipeline._store import fresh_work_dir, publish, work_dir
+from pipeline._store import (
+    fresh_work_dir,
+    publish,
+    read_block,
+    work_dir,
+    write_array,
+    write_block,
+)
 
 
 def test_rasterise_puts_scores_in_their_cells_and_nan_elsewhere() -> None:
@@ -55,3 +66,19 @@ def test_diagnosis_uses_the_trained_threshold_for_two_classes() -> None:
     assert decide_label((0.7, 0.3), 0.25) == 1  # a low threshold favours the second class
     assert decide_label((0.2, 0.8), 0.9) == 0
     assert decide_label((0.2, 0.3, 0.5), 0.1) == 2  # more than two classes: argmax
+
+
+def test_an_array_rebuilt_under_the_same_path_is_read_afresh(tmp_path: Path) -> None:
+    """Opened arrays are kept per worker; a store planned again must not be read through the
+    old array's metadata."""
+    store = tmp_path / "slide.zarr"
+    zarr.open_group(str(store), mode="w")
+    write_array(store, "x", np.arange(5, dtype=np.int64))
+    np.testing.assert_array_equal(read_block(store, "x", 0, 10), np.arange(5))
+    write_array(store, "x", np.arange(7, dtype=np.int64) * 2)  # same name, new shape and data
+    np.testing.assert_array_equal(read_block(store, "x", 0, 10), np.arange(7) * 2)
+    write_block(store, "x", 5, np.array([40, 50], dtype=np.int64))
+    assert read_block(store, "x", 5, 7).tolist() == [40, 50]
+    shutil.rmtree(store / "x")  # gone: an error, as zarr gives, not the old array
+    with pytest.raises(FileNotFoundError):
+        read_block(store, "x", 0, 1)
