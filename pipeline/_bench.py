@@ -36,6 +36,8 @@ from schemas import RunSpec, TilingSpec, TissueMethod
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
 # Runs of 1 and then 2 workers per slide, for the 2-worker figure.
 PAIRS = 3
+# Tiles per tiling task (and encode-side read) in the single-process figures: the run default.
+TILES_PER_TASK = RunSpec.model_fields["tiles_per_task"].default
 
 
 def default_sample() -> Path | None:
@@ -145,7 +147,7 @@ def slidemill_tiling(
             mpp=mpp, tile_px=tile_px, tissue_method=TissueMethod.NONE, min_tissue_fraction=0.0
         ),
         fallback_mpp=0.5,
-        tiles_per_task=256,
+        tiles_per_task=TILES_PER_TASK,
         model_bundle="",
         model_sha256="",
         class_names=("a", "b"),
@@ -190,13 +192,12 @@ def read_back(workdir: Path, budget: float) -> Rate:
     n = len(read_all(store, "grid_index"))
     tile_mp = read_attrs(store).tile_size_level0 ** 2 / 1e6
     layout = jpeg_layout(store)
-    per_block = 256 if layout is None else layout.block_tiles  # the encode tasks' blocks
     buffer = None  # reused between blocks, as `encode_block` does
 
     def once() -> tuple[int, float]:
         nonlocal buffer
-        for start in range(0, n, per_block):
-            stop = min(n, start + per_block)
+        for start in range(0, n, TILES_PER_TASK):  # the encode tasks' blocks
+            stop = min(n, start + TILES_PER_TASK)
             buffer = read_tile_pixels(store, start, stop, "bench", buffer)
         return n, n * tile_mp
 
@@ -255,17 +256,18 @@ def single_process(path: Path, seconds: float, workdir: Path) -> TilingFigures:
     time, so the two layouts compare whole."""
     tile_px = 256
 
-    def tile_and_read(keep_jpeg: bool) -> tuple[Rate, Rate]:
+    def tile_and_read(keep_jpeg: bool) -> tuple[Rate, Rate, bool]:
+        """Tiling, its read-back, and whether it kept the stored JPEG."""
         with tempfile.TemporaryDirectory(prefix="tiling-", dir=workdir) as tmp:
             tiling = slidemill_tiling(path, tile_px, seconds, Path(tmp), keep_jpeg=keep_jpeg)
-            return tiling, read_back(Path(tmp), seconds)
+            kept = jpeg_layout(work_dir(Path(tmp), "bench") / STORE_NAME) is not None
+            return tiling, read_back(Path(tmp), seconds), kept
 
     limit, naive = raw_decode(path, seconds), naive_openslide(path, tile_px, seconds)
     with tempfile.TemporaryDirectory(prefix="tiling-", dir=workdir) as tmp:
         reads = slidemill_tiling(path, tile_px, seconds, Path(tmp), write=False)
-    tiling, back = tile_and_read(keep_jpeg=True)
-    kept = "stored JPEG kept" in tiling.name
-    decoded = tile_and_read(keep_jpeg=False) if kept else None
+    tiling, back, kept = tile_and_read(keep_jpeg=True)
+    decoded = tile_and_read(keep_jpeg=False)[:2] if kept else None
     return TilingFigures(limit, naive, reads, tiling, back, decoded)
 
 
@@ -321,12 +323,11 @@ def run_bench(
     # 1 and 2 workers alternate, PAIRS times over a slide of more than one block: the machine's
     # speed drifts by ±10% between runs here, and a ratio of sums over pairs run side by side
     # drifts less than one pair's
-    per_task = RunSpec.model_fields["tiles_per_task"].default  # what the runs use
     runs: list[PipelineRun] = []
     for slide in slides:
         for _ in range(PAIRS):
             runs += [pipeline_run(slide, bundle, n, workdir) for n in (1, 2)]
-            if runs[-1].tiles <= per_task:
+            if runs[-1].tiles <= TILES_PER_TASK:
                 break  # one block: one pair says all there is
     table = Table(title="whole pipeline (tiny encoder, 256 px at 0.5 µm/px), LocalCluster")
     for col in ("slide", "workers", "tiles", "s", "tiles/s", "× decode limit/core",
@@ -344,7 +345,7 @@ def run_bench(
         one = [r.seconds for r in runs if r.slide == slide.name and r.workers == 1]
         two = [r.seconds for r in runs if r.slide == slide.name and r.workers == 2]
         # a slide of one tile block is one task per stage: a second worker has nothing to take
-        many = any(r.tiles > per_task for r in runs if r.slide == slide.name)
+        many = any(r.tiles > TILES_PER_TASK for r in runs if r.slide == slide.name)
         target = "target ≥ 1.7" if many else "one block: nothing to share"
         pairs = ", ".join(f"{a / b:.2f}" for a, b in zip(one, two, strict=True))
         out.print(

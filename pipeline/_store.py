@@ -130,7 +130,7 @@ def create_store(
     root.create_array("grid_index", shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
     root.create_array("tissue_fraction", shape=(n_tiles,), dtype="float32", chunks=(n,))
     if jpeg is not None:
-        rows = jpeg.n_rows(n_tiles)
+        rows = jpeg.n_rows
         per_chunk = block if jpeg.one_to_one else jpeg.block_rows
         slot = jpeg.stored.slot_bytes
         # JPEG data does not compress; lz4 removes the zero padding at almost no cost
@@ -243,7 +243,7 @@ def jpeg_layout(path: Path) -> JpegTiles | None:
 
 def write_jpeg_block(path: Path, spec: JpegTiles, start: int, block: PackedBlock) -> None:
     """Write the kept stored tiles of the block starting at tile `start`."""
-    row = spec.rows_of(start // spec.block_tiles, len(block.index))[0]
+    row = spec.rows_of(start // spec.block_tiles)[0]
     write_block(path, "tile_jpeg", row, block.data)
     write_block(path, "tile_jpeg_rows", row, np.stack([block.index, block.nbytes], 1))
 
@@ -254,12 +254,11 @@ def read_tile_pixels(
     """Tiles [start, stop) as (n, T, T, 3) RGB, whichever way the store keeps them; `source`
     names the slide in errors. Kept JPEG tiles are decoded into `out` when given (a buffer
     reused between blocks spares a page fault per 4 KiB of a fresh 50 MB array)."""
-    if not (path / "tile_jpeg" / "zarr.json").is_file():
+    spec = jpeg_layout(path)
+    if spec is None:
         return np.asarray(read_block(path, "tiles", start, stop), dtype=np.uint8)
-    # zarr costs ~1 ms per array opened or read here, against ~25 ms of decoding per 100 tiles:
-    # each is opened once, and coordinates are read only where a mosaic needs them
-    arr = _array(path / "tile_jpeg")
-    spec = JpegTiles.from_attrs(dict(arr.attrs))
+    # zarr costs ~1 ms per array read here, against ~25 ms of decoding per 100 tiles: each is
+    # read once for the whole range, and coordinates only where a mosaic needs them
     stop = min(stop, spec.n_tiles)  # as slicing `tiles` would
     shape = (max(stop - start, 0), spec.tile_px, spec.tile_px, 3)
     if out is None or out.shape != shape:
@@ -268,14 +267,13 @@ def read_tile_pixels(
         return out
     bt = spec.block_tiles
     first, last = start // bt * bt, min(-(-stop // bt) * bt, spec.n_tiles)  # whole blocks
-    r0 = spec.rows_of(first // bt, 0)[0]
-    r1 = spec.rows_of((last - 1) // bt, last - (last - 1) // bt * bt)[1]
-    data = np.asarray(arr[r0:r1], dtype=np.uint8)
+    r0, r1 = spec.rows_of(first // bt)[0], spec.rows_of((last - 1) // bt)[1]
+    data = np.asarray(read_block(path, "tile_jpeg", r0, r1), dtype=np.uint8)
     rows = np.asarray(read_block(path, "tile_jpeg_rows", r0, r1), dtype=np.int64)
     coords = None if spec.one_to_one else read_block(path, "coords", first, last)
     for b0 in range(first, last, bt):
         b1 = min(b0 + bt, last)
-        q0, q1 = (r - r0 for r in spec.rows_of(b0 // bt, b1 - b0))
+        q0, q1 = (r - r0 for r in spec.rows_of(b0 // bt))
         block = PackedBlock(data[q0:q1], rows[q0:q1, 1].astype(np.int32), rows[q0:q1, 0])
         xy = None if coords is None else np.asarray(coords[b0 - first : b1 - first], np.int64)
         lo, hi = max(b0, start), min(b1, stop)

@@ -94,8 +94,9 @@ class SlideJob:
     threshold: float | None = None
     """Decision threshold on P(second class) for two classes (from training); None = argmax."""
     keep_jpeg: bool | None = True
-    """Keep the slide's own JPEG tiles, undecoded, when the tile grid lines up with them (None
-    until the batch knows whether GPU workers encode: `pipeline._batch.keep_jpeg`)."""
+    """Keep the slide's own JPEG tiles, undecoded, where tiles are cut from a JPEG-tiled level
+    without resizing (None until the batch knows whether GPU workers encode:
+    `pipeline._batch.keep_jpeg`)."""
     keep_tiles: bool = False
     """Leave the tile pixels in the published store (by default they are removed once encoded)."""
 

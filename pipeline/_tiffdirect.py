@@ -16,12 +16,11 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
-from pipeline._jpegtiles import StoredJpeg
+from pipeline._jpegtiles import StoredJpeg, decode_stored
 from pipeline._readers import OpenSlideReader, register_reader
 from pipeline.errors import UnreadableSlideError
 
@@ -222,14 +221,8 @@ class TiffDirectReader:
             out[...] = 255
             return
         try:
-            imagecodecs.jpeg_decode(
-                data,
-                tables=page.jpegtables,
-                colorspace=2 if _rgb_as_is(page) else None,
-                outcolorspace=2,
-                shape=(page.tilelength, page.tilewidth),
-                out=out,
-            )
+            shape = (page.tilelength, page.tilewidth)
+            decode_stored(data, page.jpegtables, _rgb_as_is(page), shape, out)
         except Exception as err:  # corrupt tile data, whatever exception the codec raises
             raise UnreadableSlideError(
                 f"{self.path}: cannot decode stored tile {index} of level {level}: {err}"
@@ -311,8 +304,7 @@ class TiffDirectReader:
 
 
 def _rgb_as_is(page: tifffile.TiffPage) -> bool:
-    """As tifffile decodes such pages: YCbCr converts to RGB; Aperio's RGB JPEG without a JFIF
-    marker must be told it is RGB already, or libjpeg would convert it as YCbCr."""
+    """RGB JPEG without a JFIF marker saying so (Aperio): see `decode_stored`."""
     return bool(page.photometric == 2 and not page.is_jfif)
 
 

@@ -71,8 +71,9 @@ KeepJpeg = Annotated[
     bool | None,
     typer.Option(
         "--keep-jpeg/--decode-tiles",
-        help="Where the tile grid lines up with the slide's stored JPEG tiles, keep them "
-        "undecoded in the store (the encode task decodes them); --decode-tiles stores RGB. "
+        help="Where tiles are cut from a level stored as JPEG tiles without resizing, keep "
+        "those stored tiles undecoded in the store (the encode task decodes them); "
+        "--decode-tiles stores RGB. "
         "Default: keep, unless GPU workers run the encoder.",
         show_default=False,
     ),

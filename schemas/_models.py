@@ -145,8 +145,9 @@ class RunSpec(_Frozen):
     )
     keep_jpeg: bool | None = Field(
         default=None,
-        description="Keep the slide's stored JPEG tiles undecoded in the store where the tile "
-        "grid lines up with them (the encode task decodes them); False stores RGB. None: keep "
+        description="Keep the slide's stored JPEG tiles undecoded in the store where tiles are "
+        "cut from a JPEG-tiled level without resizing (the encode task decodes them); False "
+        "stores RGB. None: keep "
         "them unless GPU workers run the encoder, whose hosts' cores should not decode.",
     )
     show_progress: bool = True
