@@ -6,14 +6,19 @@ a `distributed.Client` either way; nothing else in slidemill knows which. CPU po
 GPU pools declare a `GPU` resource and run inference.
 """
 
-from cluster._backend import GPU_RESOURCE, Backend
-from cluster._config import ClusterSettings, example_config, example_names, load_cluster_config
-from cluster._connect import connect, gpu_workers
-from cluster._kubernetes import KubernetesSpec, kubernetes_spec
-from cluster._preview import preview
-from cluster._registry import BACKENDS
-from cluster._slurm import SlurmPools, slurm_pools
-from cluster.errors import ClusterConfigError, ClusterError, MissingExtraError
+from slidemill.cluster._backend import GPU_RESOURCE, Backend
+from slidemill.cluster._config import (
+    ClusterSettings,
+    example_config,
+    example_names,
+    load_cluster_config,
+)
+from slidemill.cluster._connect import connect, gpu_workers
+from slidemill.cluster._kubernetes import KubernetesSpec, kubernetes_spec
+from slidemill.cluster._preview import preview
+from slidemill.cluster._registry import BACKENDS
+from slidemill.cluster._slurm import SlurmPools, slurm_pools
+from slidemill.cluster.errors import ClusterConfigError, ClusterError, MissingExtraError
 
 __all__ = [
     "BACKENDS",

@@ -18,8 +18,7 @@ from typing import Generic, TypeVar
 import dask.config
 from distributed import Client
 from pydantic import BaseModel
-
-from cluster.errors import MissingExtraError
+from slidemill.cluster.errors import MissingExtraError
 
 C = TypeVar("C", bound=BaseModel)
 

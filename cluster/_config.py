@@ -27,9 +27,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-
-from cluster.errors import ClusterConfigError
-from schemas import BACKEND_NAMES, AnyClusterConfig, LocalClusterConfig
+from slidemill.cluster.errors import ClusterConfigError
+from slidemill.schemas import BACKEND_NAMES, AnyClusterConfig, LocalClusterConfig
 
 _LOCAL_SHORTCUTS = {
     "n_workers": "--workers / SLIDEMILL_N_WORKERS",
@@ -170,7 +169,7 @@ def load_cluster_config(path: Path | str | None = None, **shortcuts: Any) -> Any
 
 def example_config(name: str) -> Path:
     """The path of an example config shipped with slidemill (`local`, `slurm`, ...)."""
-    path = Path(str(resources.files("cluster") / f"{name}.yaml"))
+    path = Path(str(resources.files("slidemill.cluster") / f"{name}.yaml"))
     if not path.is_file():
         raise ClusterConfigError(
             f"no example cluster config {name!r}; there are: {', '.join(example_names())}"
@@ -180,5 +179,5 @@ def example_config(name: str) -> Path:
 
 def example_names() -> list[str]:
     """Names of the example configs shipped with slidemill."""
-    files = resources.files("cluster").iterdir()
+    files = resources.files("slidemill.cluster").iterdir()
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))

@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distributed import Client
-
-from cluster._backend import GPU_RESOURCE
-from cluster._config import ClusterSettings, load_cluster_config
-from cluster._registry import BACKENDS
-from schemas import AnyClusterConfig
+from slidemill.cluster._backend import GPU_RESOURCE
+from slidemill.cluster._config import ClusterSettings, load_cluster_config
+from slidemill.cluster._registry import BACKENDS
+from slidemill.schemas import AnyClusterConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from distributed import Client, Nanny
-
-from cluster._backend import GPU_RESOURCE, Backend, nanny_environ, require_extra
-from schemas import CudaClusterConfig
+from slidemill.cluster._backend import GPU_RESOURCE, Backend, nanny_environ, require_extra
+from slidemill.schemas import CudaClusterConfig
 
 # What a CPU worker keeps of the GPU workers' options: how to reach and host it. The rest
 # (device spill, RMM plugins, CUDA preloads, the GPU resource) is dask-cuda's, for GPU workers.

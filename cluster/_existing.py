@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distributed import Client
-
-from cluster._backend import Backend
-from schemas import ExistingClusterConfig
+from slidemill.cluster._backend import Backend
+from slidemill.schemas import ExistingClusterConfig
 
 
 @contextmanager

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client
-
-from cluster._backend import (
+from slidemill.cluster._backend import (
     GPU_RESOURCE,
     PRE_SPAWN_ENVIRON_VAR,
     Backend,
     pre_spawn_literal,
     require_extra,
 )
-from schemas import KubernetesClusterConfig, KubernetesCpuPool, KubernetesGpuPool
+from slidemill.schemas import KubernetesClusterConfig, KubernetesCpuPool, KubernetesGpuPool
 
 OPERATOR = "dask_kubernetes.operator"
 GPU_GROUP = "gpu"

@@ -8,9 +8,8 @@ from contextlib import contextmanager
 
 import psutil
 from distributed import Client, LocalCluster
-
-from cluster._backend import Backend, nanny_environ
-from schemas import LocalClusterConfig
+from slidemill.cluster._backend import Backend, nanny_environ
+from slidemill.schemas import LocalClusterConfig
 
 
 def cores() -> int:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-
-from cluster._kubernetes import kubernetes_spec
-from cluster._slurm import slurm_pools
-from schemas import AnyClusterConfig, KubernetesClusterConfig, SlurmClusterConfig
+from slidemill.cluster._kubernetes import kubernetes_spec
+from slidemill.cluster._slurm import slurm_pools
+from slidemill.schemas import AnyClusterConfig, KubernetesClusterConfig, SlurmClusterConfig
 
 
 def _worker_group(cluster: dict[str, Any], name: str, worker: dict[str, Any]) -> dict[str, Any]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster._backend import Backend
-from cluster._cuda import CUDA
-from cluster._existing import EXISTING
-from cluster._kubernetes import KUBERNETES
-from cluster._local import LOCAL
-from cluster._slurm import SLURM
+from slidemill.cluster._backend import Backend
+from slidemill.cluster._cuda import CUDA
+from slidemill.cluster._existing import EXISTING
+from slidemill.cluster._kubernetes import KUBERNETES
+from slidemill.cluster._local import LOCAL
+from slidemill.cluster._slurm import SLURM
 
 BACKENDS: dict[str, Backend[Any]] = {b.name: b for b in (LOCAL, EXISTING, SLURM, KUBERNETES, CUDA)}

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client
-
-from cluster._backend import (
+from slidemill.cluster._backend import (
     GPU_RESOURCE,
     Backend,
     nanny_environ_export,
     require_extra,
 )
-from schemas import SlurmClusterConfig, SlurmCpuPool, SlurmGpuPool
+from slidemill.schemas import SlurmClusterConfig, SlurmCpuPool, SlurmGpuPool
 
 DASK_WORKER = "distributed.cli.dask_worker"
 CUDA_WORKER = "dask_cuda.cli"
@@ -103,7 +102,7 @@ def slurm_pools(config: SlurmClusterConfig) -> Iterator[SlurmPools]:
         )
         gpu = None
         if config.gpu is not None:
-            from cluster._slurm_job import AttachedSLURMJob
+            from slidemill.cluster._slurm_job import AttachedSLURMJob
 
             gpu = stack.enter_context(
                 jobqueue.SLURMCluster(

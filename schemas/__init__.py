@@ -5,7 +5,7 @@ the attributes of a Zarr store) is one of these models; `write_json_schemas` exp
 JSON Schema.
 """
 
-from schemas._cluster import (
+from slidemill.schemas._cluster import (
     BACKEND_NAMES,
     Adapt,
     AnyClusterConfig,
@@ -21,7 +21,7 @@ from schemas._cluster import (
     SlurmCpuPool,
     SlurmGpuPool,
 )
-from schemas._evaluation import (
+from slidemill.schemas._evaluation import (
     ClassificationMetrics,
     ConfidenceInterval,
     EvaluationReport,
@@ -29,8 +29,8 @@ from schemas._evaluation import (
     LocalisationMetrics,
     ReliabilityBin,
 )
-from schemas._export import write_json_schemas
-from schemas._models import (
+from slidemill.schemas._export import write_json_schemas
+from slidemill.schemas._models import (
     SCHEMA_MODELS,
     ModelManifest,
     Normalisation,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas._models import SCHEMA_MODELS
+from slidemill.schemas._models import SCHEMA_MODELS
 
 
 def write_json_schemas(out_dir: Path) -> list[Path]:

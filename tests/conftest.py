@@ -4,27 +4,23 @@ slide (checked by sha256), and tiny model bundles."""
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from distributed import Client
 from PIL import Image
+from slidemill.pipeline.synth import write_slide
+from slidemill.workers import init_bundle
 
-from pipeline._bench import default_sample
-from pipeline._synth import Ellipse, SyntheticSlide, write_slide
-from workers import init_bundle
+from tests.helpers import dask_process, sample_path, synthetic
 
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
-REPO = Path(__file__).resolve().parents[1]
-
-# Two tissue regions on a 3072 × 2048 slide at 0.5 µm/px: a test knows where tissue must be.
-TISSUE = (Ellipse(900, 1000, 600, 550), Ellipse(2250, 900, 520, 640))
-
-
-def sample_path() -> Path | None:
-    """$SLIDEMILL_SAMPLE_SLIDE, else ../shared/data: the same lookup as `slidemill bench`."""
-    return default_sample()
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +36,6 @@ def sample_slide() -> Path:
     if digest != SAMPLE_SHA256:
         pytest.fail(f"{path}: sha256 {digest} is not the expected sample slide")
     return path
-
-
-def synthetic(mpp: float | None = 0.5, tissue: tuple[Ellipse, ...] = TISSUE) -> SyntheticSlide:
-    return SyntheticSlide(3072, 2048, mpp, tissue, seed=3)
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +78,42 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     init_bundle(out, encoder="tiny_cnn", tile_px=64, mpp=2.0, seed=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `dask scheduler` and two `dask worker` processes on loopback: `gpu-0` declares
+    GPU=1, `cpu-0` nothing."""
+    folder = tmp_path_factory.mktemp("cluster")
+    sched_file = folder / "scheduler.json"
+    procs = [
+        dask_process(
+            "dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+            "--scheduler-file", str(sched_file), "--dashboard-address", ":0",
+        )
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            assert time.monotonic() < deadline, "scheduler did not start"
+            assert procs[0].poll() is None, "scheduler exited"
+            time.sleep(0.1)
+        for name, extra in (("gpu-0", ["--resources", "GPU=1"]), ("cpu-0", [])):
+            procs.append(
+                dask_process(
+                    "dask_worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
+                    "--name", name, "--no-dashboard", "--host", "127.0.0.1", *extra,
+                )
+            )  # fmt: skip
+        address = json.loads(sched_file.read_text())["address"]
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()

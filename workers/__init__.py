@@ -1,53 +1,58 @@
 """What runs on (GPU) workers: model bundles, tile encoders, MIL heads, batched inference, and the
 WorkerPlugin that loads a model once per worker."""
 
-from workers._bundle import (
-    LoadedModel,
-    file_sha256,
-    init_bundle,
-    load_bundle,
-    manifest_sha256,
-    read_manifest,
-    save_bundle,
+from slidemill.workers.errors import (
+    LabelError,
+    ModelBundleError,
+    TrainingError,
+    UnknownComponentError,
+    WorkerError,
 )
-from workers._clam import (
+from slidemill.workers.inference import (
+    InferenceSettings,
+    ModelPlugin,
+    SlidePrediction,
+    encode_tiles,
+    get_model,
+    inference_settings,
+    predict_slide,
+)
+from slidemill.workers.models import (
+    ABMIL,
     CLAM,
+    ENCODERS,
+    HEADS,
     CLAMMultiBranch,
     CLAMSingleBranch,
-    import_clam_checkpoint,
-    load_encoder_weights,
-    smooth_top1_svm_loss,
-)
-from workers._encoders import (
-    ENCODERS,
     Encoder,
+    EnsembleMIL,
+    GatedABMIL,
+    HistoCNN,
+    InstanceLossHead,
+    LoadedModel,
+    MILHead,
+    MILOutput,
+    NystromAttention,
+    PoolingMIL,
     ResNet50Trunc,
     ResNetTrunk,
     TimmEncoder,
     TinyCNN,
     TorchScriptEncoder,
+    TransMIL,
+    ensemble_of,
+    file_sha256,
+    import_clam_checkpoint,
+    init_bundle,
+    load_bundle,
+    load_encoder_weights,
+    manifest_sha256,
+    nystrom_attention,
+    read_manifest,
+    save_bundle,
+    smooth_top1_svm_loss,
 )
-from workers._ensemble import EnsembleMIL, ensemble_of
-from workers._heads import (
-    ABMIL,
-    HEADS,
-    GatedABMIL,
-    InstanceLossHead,
-    MILHead,
-    MILOutput,
-    PoolingMIL,
-)
-from workers._histocnn import HistoCNN
-from workers._inference import (
-    InferenceSettings,
-    SlidePrediction,
-    encode_tiles,
-    inference_settings,
-    predict_slide,
-)
-from workers._plugin import ModelPlugin, get_model
-from workers._pretrain import PretrainConfig, PretrainReport, augment, nt_xent, pretrain_encoder
-from workers._train import (
+from slidemill.workers.training import (
     CrossValidation,
     EpochReport,
     FeatureBags,
@@ -56,13 +61,18 @@ from workers._train import (
     FoldResult,
     LabelMatch,
     LabelRow,
+    PretrainConfig,
+    PretrainReport,
     TrainConfig,
     TrainedHead,
     TrainingReport,
     Unmatched,
+    augment,
     class_weights,
     cross_validate,
     match_labels,
+    nt_xent,
+    pretrain_encoder,
     read_label_csv,
     resolve_model_dir,
     scan_features,
@@ -70,14 +80,6 @@ from workers._train import (
     stratified_split,
     train_fold,
     train_from_features,
-)
-from workers._transmil import NystromAttention, TransMIL, nystrom_attention
-from workers.errors import (
-    LabelError,
-    ModelBundleError,
-    TrainingError,
-    UnknownComponentError,
-    WorkerError,
 )
 
 __all__ = [

@@ -1,0 +1,354 @@
+"""Run a batch: build each slide's graph on the cluster and collect one result per slide.
+
+The client only submits tasks and collects small results. Each slide is planned first (tissue
+and tile grid on a worker); when its plan arrives the rest of its graph is submitted: tiling
+tasks → encoding tasks (on GPU workers when there are any) → one MIL task → one reduce task.
+A slide whose task fails ends as a failed result; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, Future, as_completed
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from slidemill.cluster import connect, gpu_workers, load_cluster_config
+from slidemill.pipeline.errors import InvalidInputError
+from slidemill.pipeline.graph._resume import Action, ResumeKey, decide
+from slidemill.pipeline.graph._store import PARTIAL, final_dir, publish
+from slidemill.pipeline.graph._tasks import (
+    Refusal,
+    SlideJob,
+    SlidePlan,
+    encode_block,
+    finish_features,
+    mil_slide,
+    plan_or_refuse,
+    reduce_slide,
+    refusal_for,
+    tile_block,
+    write_result,
+)
+from slidemill.pipeline.slides import assign_ids, expand
+from slidemill.schemas import (
+    ModelManifest,
+    Provenance,
+    RunSpec,
+    SlideResult,
+    TilingSpec,
+    slidemill_version,
+)
+from slidemill.workers import ModelPlugin, manifest_sha256, read_manifest, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+GPU = "GPU"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """The outcome of a batch."""
+
+    results: tuple[SlideResult, ...]
+    """One per slide, in the order given."""
+    results_csv: Path
+    """Where the table was written."""
+    dashboard: str | None
+    """The Dask dashboard used (None when every slide was already done)."""
+    kept: tuple[str, ...] = ()
+    """Slides whose earlier result was still valid and kept without running."""
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r.status == "failed" for r in self.results)
+
+
+def tiling_for(manifest: ModelManifest, spec: RunSpec) -> TilingSpec:
+    """The model fixes resolution and tile size; the run chooses overlap and tissue filter."""
+    return TilingSpec(
+        mpp=manifest.input_mpp,
+        tile_px=manifest.tile_px,
+        overlap_px=spec.overlap_px,
+        tissue_method=spec.tissue_method,
+        min_tissue_fraction=spec.min_tissue_fraction,
+    )
+
+
+def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) -> BatchReport:
+    """Run every slide of `spec` and write `results.csv`; never raises for one slide's error."""
+    model = resolve_model_dir(spec.model)  # a `slidemill train` folder means its ensemble
+    manifest = read_manifest(model)
+    model_sha = manifest_sha256(manifest)
+    tiling = tiling_for(manifest, spec)
+    entries = assign_ids(expand(spec.slides))
+    if not entries:
+        raise InvalidInputError(f"no slide files found in {', '.join(map(str, spec.slides))}")
+    out = spec.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        SlideJob(
+            slide_id=e.slide_id,
+            path=str(e.path),
+            out=str(out),
+            tiling=tiling,
+            fallback_mpp=spec.fallback_mpp,
+            tiles_per_task=spec.tiles_per_task,
+            model_bundle=str(model.absolute()),
+            model_sha256=model_sha,
+            class_names=() if spec.stages == "features" else manifest.class_names,
+            feature_dim=manifest.feature_dim,
+            batch_size=spec.batch_size,
+            key=resume_key(e.path, tiling, model_sha, spec.fallback_mpp),
+            force=spec.force,
+            features_only=spec.stages == "features",
+            threshold=manifest.threshold,
+            keep_jpeg=spec.keep_jpeg,  # None: settled in `_run_on`, once GPUs are known
+            keep_tiles=spec.keep_tiles,
+        )
+        for e in entries
+    ]
+    results: list[SlideResult] = []
+    to_run: list[SlideJob] = []
+    for job in jobs:
+        previous = read_result(out, job.slide_id)
+        if decide(previous, job.key, spec.force) is Action.REUSE and previous is not None:
+            results.append(previous)
+        else:
+            to_run.append(job)
+    kept = tuple(r.slide_id for r in results)
+    dashboard = None
+    if to_run:  # a batch that is all done starts no cluster
+        cluster = spec.cluster or load_cluster_config(
+            scheduler=spec.scheduler, n_workers=spec.n_workers
+        )
+        with connect(cluster) as client:
+            dashboard = client.dashboard_link
+            if on_dashboard is not None:
+                on_dashboard(dashboard)
+            results += _run_on(client, to_run, spec.show_progress, spec.retries, cluster.gpu_pool)
+    by_id = {r.slide_id: r for r in results}
+    ordered = tuple(by_id[e.slide_id] for e in entries)
+    class_names = () if spec.stages == "features" else manifest.class_names
+    csv_path = write_results_csv(out, ordered, class_names)
+    _remove_if_empty(out / PARTIAL)
+    return BatchReport(ordered, csv_path, dashboard, kept)
+
+
+def resume_key(
+    path: Path, tiling: TilingSpec, model_sha: str, fallback_mpp: float | None
+) -> ResumeKey | None:
+    """The slide's resume key, or None when the file cannot be examined (it will fail)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return ResumeKey(
+        path=str(path),
+        file_size=st.st_size,
+        file_mtime_ns=st.st_mtime_ns,
+        tiling=tiling,
+        model_sha256=model_sha,
+        slidemill_version=slidemill_version(),
+        fallback_mpp=fallback_mpp,
+    )
+
+
+def read_result(out: Path, slide_id: str) -> SlideResult | None:
+    """The result of an earlier run, if there is a readable one."""
+    try:
+        return SlideResult.model_validate_json(
+            (final_dir(out, slide_id) / "result.json").read_bytes()
+        )
+    except (OSError, ValidationError):
+        return None
+
+
+def keep_jpeg(requested: bool | None, gpus: bool) -> bool:
+    """Whether tiling keeps the slide's JPEG tiles for the encode task to decode. Asked for or
+    not, by default: yes on CPU workers (one decode wherever it runs, and ~1/8 of the bytes
+    through the store); no when GPU workers encode, since their hosts' cores would then decode
+    (4-5 cores per H100 at ResNet-50 rates, PERF notes' estimate) while the CPU workers sat idle."""
+    return requested if requested is not None else not gpus
+
+
+def _run_on(
+    client: Client, jobs: list[SlideJob], show_progress: bool, retries: int, gpu_pool: bool
+) -> list[SlideResult]:
+    token = uuid.uuid4().hex[:8]
+    job0 = jobs[0]
+    # a batch backend's GPU jobs may still be queued: trust the config, not who has joined yet
+    gpus = gpu_pool or bool(gpu_workers(client))
+    inference_resources = {GPU: 1} if gpus else None
+    jobs = [replace(j, keep_jpeg=keep_jpeg(j.keep_jpeg, gpus)) for j in jobs]
+    client.register_plugin(ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None))
+
+    def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:
+        return client.submit(
+            fn, *args, key=f"{key}-{token}", priority=priority, pure=False, retries=retries, **kw
+        )
+
+    pending: dict[Future, tuple[str, SlideJob]] = {}
+    slide_futures: dict[str, list[Future]] = {}
+    results: list[SlideResult] = []
+    for i, job in enumerate(jobs):
+        # earlier slides first, so results arrive steadily rather than all at the end
+        fut = submit(plan_or_refuse, job, key=f"plan-{job.slide_id}", priority=len(jobs) - i)
+        pending[fut] = ("plan", job)
+        slide_futures[job.slide_id] = [fut]
+    priority_of = {job.slide_id: len(jobs) - i for i, job in enumerate(jobs)}
+
+    progress = Progress(
+        TextColumn("[bold]slides"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    )
+    with progress:
+        bar = progress.add_task("slides", total=len(jobs), failed=0)
+        failed = 0
+        queue = as_completed(list(pending))
+        for fut in queue:
+            stage, job = pending.pop(fut)
+            try:
+                value = fut.result()
+            except Exception as err:  # a task raised: the slide fails, the batch goes on
+                value = refusal_for(err)
+            if isinstance(value, Refusal):
+                result = _failure(job, value)
+                client.cancel(slide_futures.pop(job.slide_id, []))
+                _record_failure(job, result)
+            else:
+                if stage == "plan":
+                    graph = _submit_slide(
+                        submit, value, priority_of[job.slide_id], inference_resources
+                    )
+                    slide_futures[job.slide_id] = graph
+                    reduce_fut = graph[-1]
+                    pending[reduce_fut] = ("reduce", job)
+                    queue.add(reduce_fut)
+                    continue
+                result = value
+                slide_futures.pop(job.slide_id, None)
+            results.append(result)
+            failed += result.status == "failed"
+            progress.update(bar, advance=1, failed=failed)
+            log.info(
+                "%s: %s%s",
+                job.slide_id,
+                result.status,
+                f" ({result.error})" if result.error else "",
+            )
+    return results
+
+
+def _submit_slide(
+    submit: Callable[..., Future],
+    plan: SlidePlan,
+    priority: int,
+    inference_resources: dict[str, int] | None,
+) -> list[Future]:
+    """Submit a planned slide's graph; the last future returned is the reduce task."""
+    sid = plan.job.slide_id
+    res = {"resources": inference_resources} if inference_resources else {}
+    tiled, encoded = [], []
+    for start, stop in plan.blocks:
+        t = submit(tile_block, plan, start, stop, key=f"tile-{sid}-{start}", priority=priority)
+        e = submit(
+            encode_block,
+            plan,
+            start,
+            stop,
+            t,
+            key=f"encode-{sid}-{start}",
+            priority=priority,
+            **res,
+        )
+        tiled.append(t)
+        encoded.append(e)
+    if plan.job.features_only:
+        last = submit(
+            finish_features, plan, tiled, encoded, key=f"features-{sid}", priority=priority
+        )
+        return [*tiled, *encoded, last]
+    mil = submit(mil_slide, plan, encoded, key=f"mil-{sid}", priority=priority, **res)
+    reduce = submit(reduce_slide, plan, mil, tiled, encoded, key=f"reduce-{sid}", priority=priority)
+    return [*tiled, *encoded, mil, reduce]
+
+
+def _failure(job: SlideJob, refusal: Refusal) -> SlideResult:
+    """A failed or skipped result whose one-line error names the file."""
+    message = refusal.error
+    if job.path not in message:
+        message = f"{job.path}: {message}"
+    return SlideResult(
+        slide_id=job.slide_id,
+        path=job.path,
+        status=refusal.status,
+        error=message,
+        provenance=Provenance(
+            slidemill_version=slidemill_version(),
+            model_sha256=job.model_sha256,
+            tiling=job.tiling,
+            fallback_mpp=job.fallback_mpp,
+            file_size=job.key.file_size if job.key else None,
+            file_mtime_ns=job.key.file_mtime_ns if job.key else None,
+        ),
+    )
+
+
+def _record_failure(job: SlideJob, result: SlideResult) -> None:
+    """Replace the slide's folder by one holding only its failed/skipped result.json.
+
+    Staged in a folder of its own: tasks of the slide that were already running when it failed
+    may still write into its work folder (cancelling does not stop them). What they finish stays
+    there as resumable work for the next run."""
+    out = Path(job.out)
+    staging = out / PARTIAL / f"{job.slide_id}.result-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    write_result(staging, result)
+    publish(out, job.slide_id, staging)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # absent, or holds another run's work
+        folder.rmdir()
+
+
+def write_results_csv(
+    out: Path, results: tuple[SlideResult, ...], class_names: tuple[str, ...]
+) -> Path:
+    """`results.csv`: slide_id, path, status, label, prob_<class>…, n_tiles, error."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(
+        [
+            "slide_id",
+            "path",
+            "status",
+            "label",
+            *[f"prob_{c}" for c in class_names],
+            "n_tiles",
+            "error",
+        ]
+    )
+    for r in results:
+        probs = [f"{p:.6f}" for p in r.probabilities] or [""] * len(class_names)
+        writer.writerow(
+            [r.slide_id, r.path, r.status, r.label or "", *probs, r.n_tiles, r.error or ""]
+        )
+    path = out / "results.csv"
+    tmp = out / ".results.csv.tmp"
+    tmp.write_text(buf.getvalue())
+    tmp.replace(path)
+    return path

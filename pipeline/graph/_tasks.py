@@ -1,0 +1,498 @@
+"""The functions Dask runs on workers, one per stage. They pass paths, indices and small value
+objects; slide pixels stay on the workers and in the Zarr store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import TypeAdapter, ValidationError
+from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
+from slidemill.pipeline.graph._heatmap import rasterise, render_png
+from slidemill.pipeline.graph._resume import ResumeKey, partial_is_valid
+from slidemill.pipeline.graph._store import (
+    STORE_NAME,
+    clear_progress,
+    create_store,
+    drop_tiles,
+    fresh_work_dir,
+    is_done,
+    mark_done,
+    publish,
+    read_all,
+    read_attrs,
+    read_block,
+    read_tile_pixels,
+    work_dir,
+    write_array,
+    write_attrs,
+    write_block,
+    write_jpeg_block,
+)
+from slidemill.pipeline.graph._tiling import keepable_jpeg, read_stored_jpeg, read_tiles
+from slidemill.pipeline.slides import (
+    READERS,
+    JpegTiles,
+    LevelChoice,
+    ReaderCache,
+    choose_level,
+    read_thumbnail,
+)
+from slidemill.pipeline.tissue import TileGrid, blocks, plan_grid, tissue_mask
+from slidemill.schemas import (
+    Provenance,
+    SlideResult,
+    SlideStoreAttrs,
+    StageTimings,
+    TilingSpec,
+    slidemill_version,
+)
+from slidemill.workers import encode_tiles, file_sha256, get_model, predict_slide
+
+log = logging.getLogger(__name__)
+
+# The PNG's slide image is at most this wide or tall.
+PNG_MAX_PX = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SlideJob:
+    """Everything a worker needs to process one slide."""
+
+    slide_id: str
+    """Unique within the batch; names the output folder."""
+    path: str
+    """Absolute path of the slide file, as workers see it."""
+    out: str
+    """Absolute output folder of the batch."""
+    tiling: TilingSpec
+    """Where and how to cut tiles."""
+    fallback_mpp: float | None
+    """µm/px to assume when the slide records none."""
+    tiles_per_task: int
+    """Tiles per tiling/encoding task, and per Zarr chunk."""
+    model_bundle: str
+    """Path of the model bundle."""
+    model_sha256: str
+    """The bundle id, checked when a worker loads it."""
+    class_names: tuple[str, ...]
+    """Slide-level classes."""
+    feature_dim: int
+    """Encoder output width."""
+    batch_size: int
+    """Tiles per encoder forward pass."""
+    key: ResumeKey | None = None
+    """What the outputs depend on (None when the file could not be examined)."""
+    force: bool = False
+    """Ignore partial work of an interrupted run."""
+    features_only: bool = False
+    """Stop after the encoder: no MIL head, no heatmap, no diagnosis."""
+    threshold: float | None = None
+    """Decision threshold on P(second class) for two classes (from training); None = argmax."""
+    keep_jpeg: bool | None = True
+    """Keep the slide's own JPEG tiles, undecoded, where tiles are cut from a JPEG-tiled level
+    without resizing (None until the batch knows whether GPU workers encode:
+    `pipeline._batch.keep_jpeg`)."""
+    keep_tiles: bool = False
+    """Leave the tile pixels in the published store (by default they are removed once encoded)."""
+
+    @property
+    def work(self) -> Path:
+        """The slide's folder while it is being built."""
+        return work_dir(Path(self.out), self.slide_id)
+
+    @property
+    def store(self) -> Path:
+        return self.work / STORE_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class SlidePlan:
+    """The outcome of planning: what the rest of the slide's graph needs."""
+
+    job: SlideJob
+    """The job planned."""
+    n_tiles: int
+    """Tiles kept."""
+    blocks: tuple[tuple[int, int], ...]
+    """[start, stop) tile ranges, one per tiling/encoding task."""
+    choice: LevelChoice
+    """Pyramid level tiles are read from, and the tile size there."""
+    stride_level0: float
+    """Tile stride in level-0 pixels."""
+    provenance: Provenance
+    """What produced the slide's outputs."""
+    file_sha256: str
+    """sha256 of the slide file."""
+    seconds: float
+    """Time spent planning."""
+    jpeg: JpegTiles | None = None
+    """Set when tiles are kept as the slide's stored JPEG streams (`pipeline._jpegtiles`)."""
+
+
+PLAN_FILE = "plan.json"
+_PLAN_JSON: TypeAdapter[SlidePlan] = TypeAdapter(SlidePlan)
+
+
+def _saved_plan(job: SlideJob) -> SlidePlan | None:
+    """The plan of an interrupted run of this slide, if it is still valid for `job`."""
+    try:
+        saved = _PLAN_JSON.validate_json((job.work / PLAN_FILE).read_bytes())
+    except (OSError, ValidationError):
+        return None
+    if saved.job.tiles_per_task != job.tiles_per_task:  # chunks would not line up
+        return None
+    return saved if partial_is_valid(saved.job.key, job.key, job.force) else None
+
+
+@dataclass(frozen=True, slots=True)
+class TileLayout:
+    """Where a slide's tiles lie: its resolution, tissue mask and tile grid."""
+
+    dimensions: tuple[int, int]
+    """Level-0 width and height."""
+    base_mpp: float
+    """Level-0 µm/px (the slide's own, or the fallback)."""
+    mpp_source: Literal["slide", "fallback"]
+    """Where `base_mpp` came from."""
+    thumb: NDArray[np.uint8]
+    """Thumbnail at the tissue resolution."""
+    mask: NDArray[np.bool_]
+    """Tissue mask over `thumb`."""
+    choice: LevelChoice
+    """Pyramid level tiles are read from."""
+    stride_level0: float
+    """Tile stride in level-0 pixels."""
+    grid: TileGrid
+    """Tiles kept (≥ the spec's tissue fraction)."""
+
+
+def plan_layout(
+    readers: ReaderCache, path: Path, spec: TilingSpec, fallback_mpp: float | None
+) -> TileLayout:
+    """Open the slide, find tissue and lay out the tile grid (no outputs written)."""
+    reader = readers.get(path)
+    source: Literal["slide", "fallback"]
+    if reader.mpp is not None:
+        base_mpp, source = reader.mpp, "slide"
+    elif fallback_mpp is not None:
+        base_mpp, source = fallback_mpp, "fallback"
+    else:
+        raise MissingResolutionError(
+            f"{path}: the slide records no resolution (µm/px); give it with --mpp"
+        )
+    width, height = reader.dimensions
+    try:
+        thumb = read_thumbnail(reader, base_mpp, spec.tissue_mpp)
+    except SlideError:
+        readers.evict(path)
+        raise
+    thumb_mpp = base_mpp * width / thumb.shape[1]
+    mask = tissue_mask(thumb, spec.tissue_method, thumb_mpp)
+    choice = choose_level(base_mpp, reader.level_downsamples, spec.mpp, spec.tile_px)
+    stride_level0 = spec.stride_px * spec.mpp / base_mpp
+    grid = plan_grid(
+        mask,
+        thumb.shape[1] / width,
+        width,
+        height,
+        choice.tile_level0,
+        stride_level0,
+        spec.min_tissue_fraction,
+    )
+    if grid.n_tiles == 0:
+        raise NoTissueError(
+            f"{path}: no tissue found (no {spec.tile_px}px tile at {spec.mpp} µm/px has "
+            f"≥{spec.min_tissue_fraction:.0%} tissue)"
+        )
+    return TileLayout((width, height), base_mpp, source, thumb, mask, choice, stride_level0, grid)
+
+
+def plan_slide(job: SlideJob) -> SlidePlan:
+    """Open the slide, find tissue, plan the tile grid and create the slide's Zarr store.
+
+    After an interrupted run with the same inputs, returns the saved plan instead, so that the
+    blocks already written are kept."""
+    saved = _saved_plan(job)
+    if saved is not None:
+        log.info("%s: resuming interrupted work", job.slide_id)
+        return replace(saved, job=job, seconds=0.0)
+    t0 = time.perf_counter()
+    path = Path(job.path)
+    layout = plan_layout(READERS, path, job.tiling, job.fallback_mpp)
+    spec, grid, choice = job.tiling, layout.grid, layout.choice
+    base_mpp, source, thumb, mask = layout.base_mpp, layout.mpp_source, layout.thumb, layout.mask
+    width, height = layout.dimensions
+    stride_level0 = layout.stride_level0
+    provenance = Provenance(
+        slidemill_version=slidemill_version(),
+        model_sha256=job.model_sha256,
+        tiling=spec,
+        slide_mpp=base_mpp,
+        mpp_source=source,
+        fallback_mpp=job.fallback_mpp,
+        level=choice.level,
+        file_size=job.key.file_size if job.key else None,
+        file_mtime_ns=job.key.file_mtime_ns if job.key else None,
+    )
+    attrs = SlideStoreAttrs(
+        slide_id=job.slide_id,
+        slide_dimensions=(width, height),
+        tile_size_level0=choice.tile_level0,
+        stride_level0=stride_level0,
+        grid_shape=grid.shape,
+        class_names=job.class_names,
+        provenance=provenance,
+    )
+    jpeg = None
+    if job.keep_jpeg:
+        jpeg = keepable_jpeg(
+            READERS.get(path), choice, spec.tile_px, grid.coords(), job.tiles_per_task
+        )
+    fresh_work_dir(Path(job.out), job.slide_id)
+    create_store(
+        job.store,
+        attrs,
+        n_tiles=grid.n_tiles,
+        tile_px=spec.tile_px,
+        tiles_per_block=job.tiles_per_task,
+        feature_dim=job.feature_dim,
+        n_classes=len(job.class_names),
+        jpeg=jpeg,
+    )
+    write_block(job.store, "coords", 0, grid.coords())
+    write_block(job.store, "grid_index", 0, np.stack([grid.rows, grid.cols], 1).astype(np.int32))
+    write_block(job.store, "tissue_fraction", 0, grid.tissue_fraction)
+    write_array(job.store, "thumbnail", thumb)
+    write_array(job.store, "tissue_mask", mask)
+    sha = file_sha256(path)
+    plan = SlidePlan(
+        job=job,
+        n_tiles=grid.n_tiles,
+        blocks=tuple(blocks(grid.n_tiles, job.tiles_per_task)),
+        choice=choice,
+        stride_level0=stride_level0,
+        provenance=provenance,
+        file_sha256=sha,
+        seconds=time.perf_counter() - t0,
+        jpeg=jpeg,
+    )
+    # written last: its presence means the store and arrays above are complete
+    tmp = job.work / f".{PLAN_FILE}.tmp"
+    tmp.write_bytes(_PLAN_JSON.dump_json(plan))
+    tmp.replace(job.work / PLAN_FILE)
+    return plan
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A slide the plan task turned down for a known reason (bad file, no tissue, no mpp).
+
+    Returned rather than raised: an expected outcome is not a task failure, so it neither fills
+    worker logs with tracebacks nor spends retries."""
+
+    status: Literal["failed", "skipped"]
+    """`skipped` for no tissue, `failed` otherwise."""
+    error: str
+    """One line naming the file."""
+
+
+def refusal_for(err: BaseException) -> Refusal:
+    """The refusal an exception amounts to: no tissue skips the slide, anything else fails it."""
+    return Refusal("skipped" if isinstance(err, NoTissueError) else "failed", one_line(err))
+
+
+def plan_or_refuse(job: SlideJob) -> SlidePlan | Refusal:
+    """The plan task: `plan_slide`, with a slide's own errors returned as a `Refusal`."""
+    try:
+        return plan_slide(job)
+    except SlideError as err:
+        return refusal_for(err)
+
+
+def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
+    """The tiling task: `write_tiles` unless an interrupted run finished this block already;
+    returns seconds."""
+    job = plan.job
+    if is_done(job.work, f"tile-{start}"):
+        return 0.0
+    t0 = time.perf_counter()
+    write_tiles(plan, start, stop)
+    seconds = time.perf_counter() - t0
+    mark_done(job.work, f"tile-{start}", seconds)
+    return seconds
+
+
+def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
+    """Read tiles [start, stop) from the slide and write them to the store."""
+    job = plan.job
+    spec = job.tiling
+    path = Path(job.path)
+    reader = READERS.get(path)
+    try:
+        if plan.jpeg is not None:  # no decoding here: the encoder side decodes
+            coords = np.asarray(read_block(job.store, "coords", start, stop), dtype=np.int64)
+            kept = read_stored_jpeg(reader, plan.jpeg, coords, job.path)
+        else:
+            grid_index = read_block(job.store, "grid_index", start, stop)
+            rows, cols = grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64)
+            tiles = read_tiles(
+                reader, plan.choice, plan.stride_level0, spec.tile_px, spec.stride_px, rows, cols
+            )
+    except SlideError:
+        READERS.evict(path)
+        raise
+    if plan.jpeg is not None:
+        write_jpeg_block(job.store, plan.jpeg, start, kept)
+    else:
+        write_block(job.store, "tiles", start, tiles)
+
+
+# Per worker thread: the last block of kept JPEG tiles decoded, whose memory the next reuses.
+_decoded = threading.local()
+
+
+def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float:
+    """Encode tiles [start, stop) from the store into features; returns seconds.
+
+    `_tiled` is the tiling task's result: passing it makes this task wait for that one.
+    """
+    job = plan.job
+    if is_done(job.work, f"encode-{start}"):
+        return 0.0
+    t0 = time.perf_counter()
+    model = get_model(job.model_bundle, job.model_sha256)
+    tiles = read_tile_pixels(job.store, start, stop, job.path, getattr(_decoded, "tiles", None))
+    if plan.jpeg is not None:  # this thread's next block decodes into the same memory
+        _decoded.tiles = tiles
+    features = encode_tiles(model, tiles, job.batch_size)
+    write_block(job.store, "features", start, features)
+    seconds = time.perf_counter() - t0
+    mark_done(job.work, f"encode-{start}", seconds)
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class MILResult:
+    """The slide-level outcome of the MIL head."""
+
+    probabilities: tuple[float, ...]
+    """Slide class probabilities."""
+    seconds: float
+    """Time spent."""
+
+
+def mil_slide(plan: SlidePlan, _encoded: list[float]) -> MILResult:
+    """Run the MIL head over all of a slide's features; writes attention and tile scores."""
+    t0 = time.perf_counter()
+    job = plan.job
+    model = get_model(job.model_bundle, job.model_sha256)
+    features = read_all(job.store, "features").astype(np.float32, copy=False)
+    pred = predict_slide(model, features)
+    write_block(job.store, "attention", 0, pred.attention)
+    write_block(job.store, "scores", 0, pred.tile_scores)
+    return MILResult(
+        probabilities=tuple(float(p) for p in pred.probabilities),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def reduce_slide(
+    plan: SlidePlan, mil: MILResult, tiled: list[float], encoded: list[float]
+) -> SlideResult:
+    """Write the heatmap, its PNG and result.json, then publish the slide's folder."""
+    t0 = time.perf_counter()
+    job = plan.job
+    attrs = read_attrs(job.store)
+    scores = read_all(job.store, "scores").astype(np.float32, copy=False)
+    grid_index = read_all(job.store, "grid_index")
+    heat = rasterise(
+        scores,
+        grid_index[:, 0].astype(np.int64),
+        grid_index[:, 1].astype(np.int64),
+        attrs.grid_shape,
+    )
+    write_array(job.store, "heatmap", heat)
+    width, height = attrs.slide_dimensions
+    base_mpp = plan.provenance.slide_mpp or 1.0
+    display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
+    thumb = read_thumbnail(READERS.get(Path(job.path)), base_mpp, display_mpp)
+    label_index = decide_label(mil.probabilities, job.threshold)
+    label = job.class_names[label_index]
+    work = job.work
+    render_png(
+        work / "heatmap.png",
+        thumb,
+        heat,
+        job.class_names,
+        cell_px=attrs.stride_level0 * thumb.shape[1] / attrs.slide_dimensions[0],
+        title=f"{job.slide_id}: {label} (p={mil.probabilities[label_index]:.2f})",
+    )
+    write_attrs(job.store, attrs)
+    result = SlideResult(
+        slide_id=job.slide_id,
+        path=job.path,
+        file_sha256=plan.file_sha256,
+        status="done",
+        class_names=job.class_names,
+        probabilities=mil.probabilities,
+        label=label,
+        n_tiles=plan.n_tiles,
+        timings=StageTimings(
+            plan=plan.seconds,
+            tile=sum(tiled),
+            encode=sum(encoded),
+            mil=mil.seconds,
+            reduce=time.perf_counter() - t0,
+        ),
+        provenance=plan.provenance,
+    )
+    _publish(job, result)
+    return result
+
+
+def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[float]) -> SlideResult:
+    """The last task of a features-only run: result.json (done, no diagnosis), then publish."""
+    job = plan.job
+    result = SlideResult(
+        slide_id=job.slide_id,
+        path=job.path,
+        file_sha256=plan.file_sha256,
+        status="done",
+        n_tiles=plan.n_tiles,
+        timings=StageTimings(plan=plan.seconds, tile=sum(tiled), encode=sum(encoded)),
+        provenance=plan.provenance,
+    )
+    _publish(job, result)
+    return result
+
+
+def _publish(job: SlideJob, result: SlideResult) -> None:
+    if not job.keep_tiles:
+        drop_tiles(job.store)
+    write_result(job.work, result)
+    clear_progress(job.work)
+    (job.work / PLAN_FILE).unlink(missing_ok=True)
+    publish(Path(job.out), job.slide_id)
+
+
+def decide_label(probabilities: tuple[float, ...], threshold: float | None) -> int:
+    """Class index of the diagnosis: the trained threshold on P(second class) for two classes,
+    else the most probable class."""
+    if threshold is not None and len(probabilities) == 2:
+        return int(probabilities[1] >= threshold)
+    return int(np.argmax(probabilities))
+
+
+def write_result(folder: Path, result: SlideResult) -> None:
+    """Write `result.json` into `folder` (temporary name, then rename)."""
+    tmp = folder / "result.json.tmp"
+    tmp.write_text(json.dumps(result.model_dump(mode="json"), indent=2) + "\n")
+    tmp.replace(folder / "result.json")

@@ -1,0 +1,54 @@
+"""Whole-slide files: discovery and ids, the reader registry (OpenSlide and the direct TIFF
+path), pyramid level choice, and the slide's own stored JPEG tiles."""
+
+from slidemill.pipeline.slides._discover import SlideEntry, assign_ids, expand
+from slidemill.pipeline.slides._jpegtiles import (
+    JpegTiles,
+    PackedBlock,
+    StoredJpeg,
+    choose_layout,
+    decode_block,
+    decode_rows,
+    gather_block,
+    moved_error,
+    pack,
+)
+from slidemill.pipeline.slides._levels import MPP_TOLERANCE, LevelChoice, choose_level
+from slidemill.pipeline.slides._readers import (
+    READERS,
+    OpenSlideReader,
+    ReaderCache,
+    SlideReader,
+    open_slide,
+    read_thumbnail,
+    register_reader,
+    to_rgb,
+)
+from slidemill.pipeline.slides._tiffdirect import TiffDirectReader
+
+__all__ = [
+    "MPP_TOLERANCE",
+    "READERS",
+    "JpegTiles",
+    "LevelChoice",
+    "OpenSlideReader",
+    "PackedBlock",
+    "ReaderCache",
+    "SlideEntry",
+    "SlideReader",
+    "StoredJpeg",
+    "TiffDirectReader",
+    "assign_ids",
+    "choose_layout",
+    "choose_level",
+    "decode_block",
+    "decode_rows",
+    "expand",
+    "gather_block",
+    "moved_error",
+    "open_slide",
+    "pack",
+    "read_thumbnail",
+    "register_reader",
+    "to_rgb",
+]

@@ -1,0 +1,33 @@
+"""Synthetic whole-slide images with known tissue and lesions, for tests, the demo and benchmarks."""
+
+from slidemill.pipeline.synth._synth import (
+    BACKGROUND,
+    LABEL_MARKER_RGB,
+    MASK_MPP,
+    BenchmarkSlide,
+    Blob,
+    Ellipse,
+    SyntheticSlide,
+    load_truth,
+    parse_size,
+    plan_benchmark_slide,
+    truth_beside,
+    write_benchmark_set,
+    write_slide,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "LABEL_MARKER_RGB",
+    "MASK_MPP",
+    "BenchmarkSlide",
+    "Blob",
+    "Ellipse",
+    "SyntheticSlide",
+    "load_truth",
+    "parse_size",
+    "plan_benchmark_slide",
+    "truth_beside",
+    "write_benchmark_set",
+    "write_slide",
+]

@@ -1,0 +1,56 @@
+"""The thin CLI: commands that need no cluster, and usage errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slidemill.cli._app import app
+from slidemill.workers import load_bundle
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def test_schemas_command_writes_json_schema(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["schemas", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    schema = json.loads((tmp_path / "slide_result.schema.json").read_text())
+    assert "status" in schema["properties"]
+
+
+def test_model_init_writes_a_loadable_bundle(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    res = runner.invoke(
+        app,
+        ["model", "init", "--out", str(out), "--encoder", "tiny_cnn", "--classes", "a,b,c"],
+    )
+    assert res.exit_code == 0, res.output
+    model = load_bundle(out)
+    assert model.manifest.class_names == ("a", "b", "c")
+    assert model.manifest.feature_dim == 32
+
+
+def test_unknown_encoder_is_a_usage_error(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["model", "init", "--out", str(tmp_path / "m"), "--encoder", "nope"])
+    assert res.exit_code == 2
+    assert "unknown encoder 'nope'" in res.output
+
+
+def test_run_without_a_bundle_is_a_usage_error(tmp_path: Path) -> None:
+    slide = tmp_path / "x.svs"
+    slide.write_bytes(b"")
+    res = runner.invoke(app, ["run", str(slide), "--model", str(tmp_path), "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "not a model bundle" in res.output
+
+
+def test_synth_writes_slides_with_ground_truth(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path), "--n", "1", "--size", "1024x1024"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "labels.csv",
+        "synthetic-000.mask.png",
+        "synthetic-000.svs",
+        "synthetic-000.truth.json",
+    ]

@@ -1,0 +1,77 @@
+"""Against real `dask scheduler` and `dask worker` processes on loopback: `--scheduler` uses the
+existing cluster, and inference goes only to the workers that declare a GPU resource."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from distributed import Client
+from slidemill.pipeline.graph import keep_jpeg
+from slidemill.workers import init_bundle, manifest_sha256, read_manifest
+
+from tests.helpers import slidemill
+
+
+def test_existing_scheduler_runs_the_batch_and_inference_stays_on_gpu_workers(
+    external_cluster: str, slides_dir: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    proc = slidemill(
+        "run", slides_dir, "--model", tiny_bundle, "--out", tmp_path,
+        "--scheduler", external_cluster, "--tiles-per-task", "8", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for sid in ("synth-svs", "synth-tiff"):
+        result = json.loads((tmp_path / sid / "result.json").read_text())
+        assert result["status"] == "done" and result["n_tiles"] > 0
+    sha = manifest_sha256(read_manifest(tiny_bundle))
+
+    def has_model() -> bool:
+        from slidemill.workers.inference._plugin import _CACHE
+
+        return sha in _CACHE
+
+    with Client(external_cluster) as client:
+        loaded = client.run(has_model)
+        names = {w["name"]: addr for addr, w in client.scheduler_info()["workers"].items()}
+    # the model is loaded on the GPU worker only: no encode or MIL task ran on the CPU worker
+    assert loaded[names["gpu-0"]] is True
+    assert loaded[names["cpu-0"]] is False
+
+
+def test_with_gpu_workers_tiles_are_decoded_on_the_cpu_workers_unless_asked(
+    external_cluster: str, slides_dir: Path, tmp_path: Path
+) -> None:
+    """256-px tiles at 0.5 µm/px line up with the generated SVS's stored JPEG tiles: kept when
+    asked, but by default decoded at tiling time, so the GPU host's cores do not decode."""
+    bundle = tmp_path / "m256"
+    init_bundle(bundle, encoder="tiny_cnn", tile_px=256, mpp=0.5)
+    slide = slides_dir / "synth-svs.svs"
+    stores = {}
+    for name, flag in (("auto", []), ("kept", ["--keep-jpeg"])):
+        out = tmp_path / name
+        proc = slidemill(
+            "run", slide, "--model", bundle, "--out", out, "--scheduler", external_cluster,
+            "--keep-tiles", "--no-progress", *flag,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stores[name] = zarr.open_group(str(out / "synth-svs" / "slide.zarr"), mode="r")
+    assert "tiles" in stores["auto"] and "tile_jpeg" not in stores["auto"]
+    assert "tile_jpeg" in stores["kept"] and "tiles" not in stores["kept"]
+    # the same pixels either way, so the same features
+    np.testing.assert_allclose(
+        stores["auto"]["features"][...], stores["kept"]["features"][...], rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpus", "kept"),
+    [(None, False, True), (None, True, False), (True, True, True), (False, False, False)],
+)
+def test_keep_jpeg_default_follows_the_gpu_workers(
+    requested: bool | None, gpus: bool, kept: bool
+) -> None:
+    assert keep_jpeg(requested, gpus) is kept

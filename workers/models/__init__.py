@@ -1,0 +1,102 @@
+"""Model bundles and what they hold: encoders and MIL heads (registries), CLAM, ensembles, the
+device policy, and CLAM checkpoint import."""
+
+from slidemill.workers.models._bundle import (
+    LoadedModel,
+    encoder_width,
+    file_sha256,
+    init_bundle,
+    load_bundle,
+    manifest_sha256,
+    read_manifest,
+    save_bundle,
+)
+from slidemill.workers.models._clam import (
+    CLAM,
+    CLAMMultiBranch,
+    CLAMSingleBranch,
+    ClamSize,
+    ClamType,
+    smooth_top1_svm_loss,
+)
+from slidemill.workers.models._clam_import import import_clam_checkpoint
+from slidemill.workers.models._device import InferenceSettings, default_device, inference_settings
+from slidemill.workers.models._encoders import (
+    ENCODERS,
+    Encoder,
+    ResNet50Trunc,
+    ResNetTrunk,
+    TimmEncoder,
+    TinyCNN,
+    TorchScriptEncoder,
+)
+from slidemill.workers.models._ensemble import (
+    ENSEMBLE,
+    EnsembleMIL,
+    ensemble_of,
+    member_kwargs_json,
+)
+from slidemill.workers.models._heads import (
+    ABMIL,
+    HEADS,
+    GatedABMIL,
+    InstanceLossHead,
+    MILHead,
+    MILOutput,
+    PoolingMIL,
+)
+from slidemill.workers.models._histocnn import HistoCNN
+from slidemill.workers.models._transmil import (
+    NystromAttention,
+    TransMIL,
+    iterative_pinv,
+    nystrom_attention,
+    nystrom_from_landmarks,
+)
+from slidemill.workers.models._weights import load_encoder_weights
+
+__all__ = [
+    "ABMIL",
+    "CLAM",
+    "ENCODERS",
+    "ENSEMBLE",
+    "HEADS",
+    "CLAMMultiBranch",
+    "CLAMSingleBranch",
+    "ClamSize",
+    "ClamType",
+    "Encoder",
+    "EnsembleMIL",
+    "GatedABMIL",
+    "HistoCNN",
+    "InferenceSettings",
+    "InstanceLossHead",
+    "LoadedModel",
+    "MILHead",
+    "MILOutput",
+    "NystromAttention",
+    "PoolingMIL",
+    "ResNet50Trunc",
+    "ResNetTrunk",
+    "TimmEncoder",
+    "TinyCNN",
+    "TorchScriptEncoder",
+    "TransMIL",
+    "default_device",
+    "encoder_width",
+    "ensemble_of",
+    "file_sha256",
+    "import_clam_checkpoint",
+    "inference_settings",
+    "init_bundle",
+    "iterative_pinv",
+    "load_bundle",
+    "load_encoder_weights",
+    "manifest_sha256",
+    "member_kwargs_json",
+    "nystrom_attention",
+    "nystrom_from_landmarks",
+    "read_manifest",
+    "save_bundle",
+    "smooth_top1_svm_loss",
+]

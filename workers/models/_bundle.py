@@ -1,0 +1,303 @@
+"""Model bundles: `manifest.json` (a `ModelManifest`) + `weights.safetensors`.
+
+A bundle is identified by the sha256 of its canonical manifest, which itself records the sha256
+of the weights, so the id changes when either changes. A `torchscript` encoder's file travels in
+the bundle as `encoder.torchscript.pt`, its sha256 in the manifest's `encoder_kwargs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+from slidemill.schemas import ModelManifest
+from slidemill.workers.errors import ModelBundleError
+from slidemill.workers.models._device import default_device, inference_settings
+from slidemill.workers.models._encoders import ENCODERS, TorchScriptEncoder
+from slidemill.workers.models._heads import HEADS
+from slidemill.workers.models._weights import load_encoder_weights
+from torch import nn
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+ENCODER_FILE = "encoder.torchscript.pt"
+TORCHSCRIPT = "torchscript"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_sha256(manifest: ModelManifest) -> str:
+    """The bundle id: sha256 of the manifest's canonical JSON."""
+    canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def read_manifest(bundle: Path) -> ModelManifest:
+    """Read and validate a bundle's manifest (cheap: does not touch the weights)."""
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise ModelBundleError(f"{bundle}: not a model bundle (no {MANIFEST})")
+    try:
+        return ModelManifest.model_validate_json(path.read_bytes())
+    except ValidationError as err:
+        raise ModelBundleError(f"{path}: invalid manifest: {err}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A bundle in memory, ready for inference (eval mode, on `device`)."""
+
+    manifest: ModelManifest
+    """The bundle's manifest."""
+    sha256: str
+    """The bundle id."""
+    encoder: nn.Module
+    """Tile encoder: (B, 3, H, W) → (B, feature_dim)."""
+    head: nn.Module
+    """MIL head: (N, feature_dim) → MILOutput."""
+    device: torch.device
+    """Where the modules live."""
+
+
+def build_modules(
+    manifest: ModelManifest, bundle: Path | None = None
+) -> tuple[nn.Module, nn.Module]:
+    """Fresh (randomly initialised) encoder and head for a manifest; a `torchscript` encoder is
+    built from the file in `bundle`, which is then required."""
+    return build_encoder(manifest, bundle), build_head(manifest)
+
+
+def build_encoder(manifest: ModelManifest, bundle: Path | None = None) -> nn.Module:
+    """The manifest's encoder, checked to give `feature_dim`-wide features."""
+    if manifest.encoder == TORCHSCRIPT:
+        kwargs = _torchscript_kwargs(manifest, bundle)
+    else:
+        kwargs = dict(manifest.encoder_kwargs)
+    encoder = ENCODERS.build(manifest.encoder, **kwargs)
+    if encoder_width(encoder) != manifest.feature_dim:
+        raise ModelBundleError(
+            f"encoder {manifest.encoder!r} gives {encoder.feature_dim}-d features, "
+            f"manifest says {manifest.feature_dim}"
+        )
+    return encoder
+
+
+def _torchscript_kwargs(manifest: ModelManifest, bundle: Path | None) -> dict[str, object]:
+    """The bundle's TorchScript file, checked against the manifest's sha256, as factory kwargs.
+
+    The width comes from the manifest rather than a probe tile: the checked file is the one
+    whose width `init_bundle` measured.
+    """
+    if bundle is None:
+        raise ModelBundleError("a torchscript encoder is built from its bundle folder; none given")
+    path = bundle / ENCODER_FILE
+    kwargs = dict(manifest.encoder_kwargs)
+    expected = kwargs.pop("file_sha256", None)
+    if kwargs or not isinstance(expected, str):
+        raise ModelBundleError(
+            f"{bundle / MANIFEST}: a torchscript encoder's encoder_kwargs hold file_sha256 only; "
+            f"found {', '.join(sorted(manifest.encoder_kwargs)) or 'none'}"
+        )
+    if not path.is_file():
+        raise ModelBundleError(f"{bundle}: no {ENCODER_FILE} (the torchscript encoder's file)")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelBundleError(
+            f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… "
+            "(corrupt or replaced encoder file)"
+        )
+    return {"file": str(path), "feature_dim": manifest.feature_dim}
+
+
+def build_head(manifest: ModelManifest) -> nn.Module:
+    """The manifest's MIL head, sized by its feature_dim and classes."""
+    return HEADS.build(
+        manifest.head,
+        in_dim=manifest.feature_dim,
+        n_classes=len(manifest.class_names),
+        **manifest.head_kwargs,
+    )
+
+
+def encoder_width(encoder: nn.Module) -> int:
+    """The `feature_dim` every registered encoder declares."""
+    width = getattr(encoder, "feature_dim", None)
+    if not isinstance(width, int):
+        raise ModelBundleError(f"{type(encoder).__name__} declares no integer feature_dim")
+    return width
+
+
+def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel:
+    """Load a bundle, checking the weights (and a torchscript encoder's file) against the
+    manifest's sha256; on CUDA the encoder is put in channels_last for `encode_tiles`."""
+    manifest = read_manifest(bundle)
+    weights = bundle / WEIGHTS
+    if not weights.is_file():
+        raise ModelBundleError(f"{bundle}: no {WEIGHTS}")
+    actual = file_sha256(weights)
+    if actual != manifest.weights_sha256:
+        raise ModelBundleError(
+            f"{weights}: sha256 {actual[:12]}… does not match the manifest's "
+            f"{manifest.weights_sha256[:12]}… (corrupt or replaced weights)"
+        )
+    encoder, head = build_modules(manifest, bundle)
+    state = load_file(str(weights))
+    for prefix, module in (("encoder.", encoder), ("head.", head)):
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as err:
+            raise ModelBundleError(f"{weights}: weights do not fit {prefix[:-1]}: {err}") from err
+    device = device or default_device()
+    encoder.to(device).eval()
+    if inference_settings(device).channels_last:  # once here; encode_tiles sends NHWC inputs
+        encoder.to(memory_format=torch.channels_last)
+    head.to(device).eval()
+    return LoadedModel(manifest, manifest_sha256(manifest), encoder, head, device)
+
+
+def save_bundle(
+    out: Path,
+    encoder: nn.Module,
+    head: nn.Module,
+    manifest_fields: Mapping[str, object],
+) -> ModelManifest:
+    """Write a bundle atomically (a temporary folder renamed into place).
+
+    A `TorchScriptEncoder`'s file is copied in as `encoder.torchscript.pt` and its sha256 put
+    in the manifest's encoder_kwargs (where one is already recorded, the file must still match).
+    """
+    out = out.resolve()
+    if out.exists() and any(out.iterdir()):
+        raise ModelBundleError(f"{out}: exists and is not empty; choose a new folder")
+    scripted = isinstance(encoder, TorchScriptEncoder)
+    if scripted != (manifest_fields.get("encoder") == TORCHSCRIPT):
+        raise ModelBundleError(
+            f"{out}: encoder {type(encoder).__name__} saved under the name "
+            f"{manifest_fields.get('encoder')!r}; a TorchScriptEncoder is {TORCHSCRIPT!r}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fields = dict(manifest_fields)
+        if isinstance(encoder, TorchScriptEncoder):
+            fields["encoder_kwargs"] = _copy_encoder_file(encoder, tmp, fields)
+        state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
+        state |= {f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        manifest = ModelManifest.model_validate(
+            {**fields, "weights_sha256": file_sha256(tmp / WEIGHTS)}
+        )
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    tmp.replace(out)
+    return manifest
+
+
+def _copy_encoder_file(
+    encoder: TorchScriptEncoder, tmp: Path, fields: Mapping[str, object]
+) -> dict[str, object]:
+    """Copy the encoder's TorchScript file into a bundle being written; its encoder_kwargs."""
+    shutil.copyfile(encoder.source, tmp / ENCODER_FILE)
+    actual = file_sha256(tmp / ENCODER_FILE)
+    given = fields.get("encoder_kwargs") or {}
+    kwargs = dict(given) if isinstance(given, Mapping) else {}
+    recorded = kwargs.get("file_sha256")
+    if recorded is not None and recorded != actual:
+        raise ModelBundleError(
+            f"{encoder.source}: sha256 {actual[:12]}… is not the {str(recorded)[:12]}… "
+            "recorded for this encoder (the file changed since it was loaded)"
+        )
+    return {**kwargs, "file_sha256": actual}
+
+
+def init_bundle(
+    out: Path,
+    *,
+    encoder: str = "resnet18",
+    encoder_kwargs: Mapping[str, int | float | str | bool] | None = None,
+    head: str = "abmil_gated",
+    head_kwargs: Mapping[str, int | float | str | bool] | None = None,
+    class_names: tuple[str, ...] = ("negative", "positive"),
+    mpp: float = 0.5,
+    tile_px: int = 224,
+    seed: int = 0,
+    encoder_weights: Path | None = None,
+    encoder_file: Path | None = None,
+    description: str | None = None,
+) -> ModelManifest:
+    """A bundle with seeded random weights, for trying the plumbing end to end; with
+    `encoder_weights` (a local state dict file) the encoder's weights come from that file.
+
+    `encoder="torchscript"` takes the user's TorchScript file `encoder_file` (architecture and
+    weights); its width is measured on one `tile_px` tile.
+    """
+    if encoder == TORCHSCRIPT and encoder_file is None:
+        raise ModelBundleError(
+            f"encoder {TORCHSCRIPT!r} needs its TorchScript file (encoder_file, --encoder-file)"
+        )
+    if encoder != TORCHSCRIPT and encoder_file is not None:
+        raise ModelBundleError(
+            f"encoder {encoder!r}: a TorchScript file (--encoder-file) is for encoder "
+            f"{TORCHSCRIPT!r} only"
+        )
+    if encoder_file is not None and encoder_kwargs:
+        raise ModelBundleError(f"encoder {TORCHSCRIPT!r} takes no encoder_kwargs")
+    torch.manual_seed(seed)
+    fields: dict[str, object] = {
+        "encoder": encoder,
+        "encoder_kwargs": dict(encoder_kwargs or {}),
+        "feature_dim": 1,  # replaced below, once the encoder tells its width
+        "head": head,
+        "head_kwargs": dict(head_kwargs or {}),
+        "class_names": class_names,
+        "input_mpp": mpp,
+        "tile_px": tile_px,
+        "weights_sha256": "0" * 64,
+        "description": f"random initialisation, seed {seed}: for plumbing checks, not diagnosis",
+    }
+    if encoder_weights is not None:
+        fields["description"] = (
+            f"encoder weights from {encoder_weights.name}; head randomly initialised (seed {seed})"
+        )
+    elif encoder_file is not None:
+        fields["description"] = (
+            f"TorchScript encoder {encoder_file.name}; head randomly initialised (seed {seed}): "
+            "for plumbing checks, not diagnosis"
+        )
+    if description is not None:
+        fields["description"] = description
+    if encoder_file is not None:
+        enc = ENCODERS.build(TORCHSCRIPT, file=str(encoder_file), probe_px=tile_px)
+        fields["encoder_kwargs"] = {"file_sha256": file_sha256(encoder_file)}
+    else:
+        enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
+    fields["feature_dim"] = encoder_width(enc)
+    manifest = ModelManifest.model_validate(fields)
+    if encoder_file is not None:
+        head_module = build_head(manifest)
+    else:
+        # a second encoder, unused, so the head draws the same random numbers as it always has
+        _, head_module = build_modules(manifest)
+    if encoder_weights is not None:
+        load_encoder_weights(enc, encoder_weights)
+    return save_bundle(out, enc, head_module, fields)

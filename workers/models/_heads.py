@@ -1,0 +1,201 @@
+"""MIL heads: the `MILHead` protocol, and the registered implementations.
+
+Every head maps one bag, features (N, in_dim), to a `MILOutput` and is registered in `HEADS` under
+a factory `(in_dim, n_classes, **hyper-parameters)`; the hyper-parameters are plain ints, floats,
+strs and bools because a bundle's manifest stores them in `head_kwargs`. This module holds the
+attention-MIL heads of Ilse et al. and the pooling baselines; CLAM (`_clam.py`) and TransMIL
+(`_transmil.py`) register themselves from their own modules, which the package imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from slidemill.workers.models._registry import Registry
+from torch import nn
+
+
+@dataclass(frozen=True, slots=True)
+class MILOutput:
+    """What a MIL head returns for one slide (a bag of N tiles, C classes)."""
+
+    logits: torch.Tensor
+    """Slide logits, shape (C,)."""
+    attention: torch.Tensor
+    """Attention weights over tiles, softmax-normalised, shape (N,)."""
+    tile_logits: torch.Tensor
+    """Per-tile class logits from the same classifier, shape (N, C)."""
+    attention_all: torch.Tensor | None = None
+    """Every attention branch, shape (K, N), each row softmax-normalised, for heads with several
+    branches (CLAM-MB: one per class, K = C); None for single-branch heads."""
+
+
+@runtime_checkable
+class MILHead(Protocol):
+    """forward: features (N, in_dim) → MILOutput."""
+
+    def __call__(self, features: torch.Tensor) -> MILOutput: ...
+
+
+@runtime_checkable
+class InstanceLossHead(Protocol):
+    """A head with an instance-level auxiliary loss for training (CLAM's clustering loss)."""
+
+    def instance_loss(self, features: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+        """features (N, in_dim), the slide's class index → a scalar loss."""
+        ...
+
+
+def check_bag(features: torch.Tensor, in_dim: int) -> None:
+    """Refuse anything but one non-empty bag (N>0, in_dim): heads take one slide at a time."""
+    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] != in_dim:
+        raise ValueError(f"expected (N>0, {in_dim}) features, got {tuple(features.shape)}")
+
+
+HEADS: Registry[nn.Module] = Registry("MIL head")
+
+
+class ABMIL(nn.Module):
+    """Attention MIL (Ilse, Tomczak & Welling, ICML 2018), eq. 8, or eq. 9 when `gated`.
+
+    h_i = ReLU(W_1 x_i);  a_i ∝ exp(wᵀ tanh(V h_i)), gated: exp(wᵀ (tanh(V h_i) ⊙ sigm(U h_i)));
+    z = Σ a_i h_i;  logits = W_c z. The same classifier applied to each h_i gives per-tile class
+    scores.
+
+    forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        hidden_dim: int = 256,
+        attention_dim: int = 128,
+        dropout: float = 0.25,
+        gated: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.embed = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.attention_v = nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Tanh())
+        self.attention_u = (
+            nn.Sequential(nn.Linear(hidden_dim, attention_dim), nn.Sigmoid()) if gated else None
+        )
+        self.attention_w = nn.Linear(attention_dim, 1)
+        self.classifier = nn.Linear(hidden_dim, n_classes)
+
+    def forward(self, features: torch.Tensor) -> MILOutput:
+        check_bag(features, self.in_dim)
+        h = self.embed(features)  # (N, hidden)
+        a = self.attention_v(h)  # (N, attention)
+        if self.attention_u is not None:
+            a = a * self.attention_u(h)
+        attention = torch.softmax(self.attention_w(a).squeeze(-1), dim=0)  # (N,)
+        z = attention @ h  # (hidden,)
+        return MILOutput(
+            logits=self.classifier(z), attention=attention, tile_logits=self.classifier(h)
+        )
+
+
+class GatedABMIL(ABMIL):
+    """Gated attention MIL (eq. 9): `ABMIL` with the sigmoid gate; slidemill's default head.
+
+    forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        hidden_dim: int = 256,
+        attention_dim: int = 128,
+        dropout: float = 0.25,
+    ) -> None:
+        super().__init__(in_dim, n_classes, hidden_dim, attention_dim, dropout, gated=True)
+
+
+@HEADS.register("abmil_gated")
+def _abmil_gated(
+    in_dim: int,
+    n_classes: int,
+    hidden_dim: int = 256,
+    attention_dim: int = 128,
+    dropout: float = 0.25,
+) -> nn.Module:
+    return GatedABMIL(in_dim, n_classes, hidden_dim, attention_dim, dropout)
+
+
+@HEADS.register("abmil")
+def _abmil(
+    in_dim: int,
+    n_classes: int,
+    hidden_dim: int = 256,
+    attention_dim: int = 128,
+    dropout: float = 0.25,
+) -> nn.Module:
+    return ABMIL(in_dim, n_classes, hidden_dim, attention_dim, dropout)
+
+
+class PoolingMIL(nn.Module):
+    """Instance-level baseline: an MLP scores every tile, a fixed pooling gives the slide.
+
+    tile_logits = W_2 ReLU(W_1 x_i);  "mean": logits = mean_i tile_logits;  "max": logits_c =
+    max_i tile_logits[i, c], class by class.
+
+    Attention is what the pooling actually weighs: uniform (1/N) for mean; for max, the tiles
+    that attain the maximum of the predicted class, sharing 1 equally (one tile unless tied).
+    Max pooling takes its score, and its gradient, from that tile alone, so an indicator is the
+    faithful explanation; a softmax over tile logits would invent a temperature.
+
+    forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        pooling: str = "mean",
+        hidden_dim: int = 256,
+        dropout: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "max"):
+            raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
+        self.in_dim = in_dim
+        self.pooling = pooling
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, n_classes),
+        )
+
+    def forward(self, features: torch.Tensor) -> MILOutput:
+        check_bag(features, self.in_dim)
+        tile_logits = self.mlp(features)  # (N, C)
+        n = tile_logits.shape[0]
+        if self.pooling == "mean":
+            logits = tile_logits.mean(dim=0)
+            attention = torch.full((n,), 1.0 / n, dtype=tile_logits.dtype, device=features.device)
+        else:
+            logits = tile_logits.amax(dim=0)
+            predicted = int(torch.argmax(logits))
+            at_max = (tile_logits[:, predicted] == logits[predicted]).to(tile_logits.dtype)
+            attention = (at_max / at_max.sum()).detach()
+        return MILOutput(logits=logits, attention=attention, tile_logits=tile_logits)
+
+
+@HEADS.register("mean_pool")
+def _mean_pool(
+    in_dim: int, n_classes: int, hidden_dim: int = 256, dropout: float = 0.25
+) -> nn.Module:
+    return PoolingMIL(in_dim, n_classes, "mean", hidden_dim, dropout)
+
+
+@HEADS.register("max_pool")
+def _max_pool(
+    in_dim: int, n_classes: int, hidden_dim: int = 256, dropout: float = 0.25
+) -> nn.Module:
+    return PoolingMIL(in_dim, n_classes, "max", hidden_dim, dropout)
