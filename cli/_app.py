@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from slidemill.pipeline.errors import PipelineError
 from slidemill.schemas import RunSpec, TissueMethod, write_json_schemas
 from slidemill.workers import WorkerError, init_bundle
@@ -388,6 +389,7 @@ def train(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
     from rich.text import Text
+
     from slidemill.workers.training import EpochReport, LabelMatch, TrainConfig, train_from_features
 
     kwargs: dict[str, int | float | str | bool] = {}

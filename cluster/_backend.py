@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 import dask.config
 from distributed import Client
 from pydantic import BaseModel
+
 from slidemill.cluster.errors import MissingExtraError
 
 C = TypeVar("C", bound=BaseModel)

@@ -27,6 +27,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
 from slidemill.cluster.errors import ClusterConfigError
 from slidemill.schemas import BACKEND_NAMES, AnyClusterConfig, LocalClusterConfig
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distributed import Client
+
 from slidemill.cluster._backend import GPU_RESOURCE
 from slidemill.cluster._config import ClusterSettings, load_cluster_config
 from slidemill.cluster._registry import BACKENDS

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from distributed import Client, Nanny
+
 from slidemill.cluster._backend import GPU_RESOURCE, Backend, nanny_environ, require_extra
 from slidemill.schemas import CudaClusterConfig
 

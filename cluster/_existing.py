@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distributed import Client
+
 from slidemill.cluster._backend import Backend
 from slidemill.schemas import ExistingClusterConfig
 

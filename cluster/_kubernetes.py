@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client
+
 from slidemill.cluster._backend import (
     GPU_RESOURCE,
     PRE_SPAWN_ENVIRON_VAR,

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import psutil
 from distributed import Client, LocalCluster
+
 from slidemill.cluster._backend import Backend, nanny_environ
 from slidemill.schemas import LocalClusterConfig
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
 from slidemill.cluster._kubernetes import kubernetes_spec
 from slidemill.cluster._slurm import slurm_pools
 from slidemill.schemas import AnyClusterConfig, KubernetesClusterConfig, SlurmClusterConfig

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client
+
 from slidemill.cluster._backend import (
     GPU_RESOURCE,
     Backend,

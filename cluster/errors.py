@@ -3,14 +3,16 @@ fix; the command line prints them as usage errors."""
 
 from __future__ import annotations
 
+from slidemill.schemas.errors import SlidemillError
 
-class ClusterError(Exception):
+
+class ClusterError(SlidemillError):
     """Base of everything `cluster` raises on purpose."""
 
 
-class ClusterConfigError(ClusterError, ValueError):
+class ClusterConfigError(ClusterError):
     """A cluster config file or override is missing, unreadable or invalid."""
 
 
-class MissingExtraError(ClusterError, ImportError):
+class MissingExtraError(ClusterError):
     """A backend's optional dependency is not installed (e.g. dask-jobqueue for `slurm`)."""

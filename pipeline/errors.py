@@ -1,10 +1,12 @@
-"""Typed errors of the pipeline. Each message is one line that names the file and, where there is
-one, the fix; the batch reports it in `result.json` and `results.csv` and carries on."""
+"""Typed errors of the pipeline, under the one root `SlidemillError`. Each message is one line
+that names the file and, where there is one, the fix; the batch reports it in `result.json` and `results.csv` and carries on."""
 
 from __future__ import annotations
 
+from slidemill.schemas.errors import InvalidInputError, SlidemillError
 
-class PipelineError(Exception):
+
+class PipelineError(SlidemillError):
     """Base of everything the pipeline raises on purpose."""
 
 
@@ -32,14 +34,23 @@ class NoTissueError(SlideError):
     """No tile passes the tissue filter; the slide is skipped, not failed."""
 
 
-class InvalidInputError(PipelineError):
-    """A command-line or configuration input is wrong (not a single slide's problem)."""
-
-
 def one_line(err: BaseException) -> str:
     """Render any exception as one line (first line of its message, prefixed by its type when
     the type is not one of ours)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if isinstance(err, PipelineError):
+    if isinstance(err, SlidemillError):
         return text or type(err).__name__
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+__all__ = [
+    "InvalidInputError",
+    "MissingResolutionError",
+    "MissingSlideError",
+    "NoTissueError",
+    "PipelineError",
+    "SlideError",
+    "UnreadableSlideError",
+    "UnsupportedSlideError",
+    "one_line",
+]

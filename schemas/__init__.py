@@ -44,6 +44,7 @@ from slidemill.schemas._models import (
     TissueMethod,
     slidemill_version,
 )
+from slidemill.schemas.errors import InvalidInputError, LayoutError, SlidemillError
 
 # `write_json_schemas` exports every entry of this dict (the same object `_export` reads).
 SCHEMA_MODELS["cluster_config"] = ClusterConfig
@@ -61,9 +62,11 @@ __all__ = [
     "EvaluationReport",
     "ExistingClusterConfig",
     "FoldMetrics",
+    "InvalidInputError",
     "KubernetesClusterConfig",
     "KubernetesCpuPool",
     "KubernetesGpuPool",
+    "LayoutError",
     "LocalClusterConfig",
     "LocalisationMetrics",
     "ModelManifest",
@@ -75,6 +78,7 @@ __all__ = [
     "SlideResult",
     "SlideStatus",
     "SlideStoreAttrs",
+    "SlidemillError",
     "SlurmClusterConfig",
     "SlurmCpuPool",
     "SlurmGpuPool",

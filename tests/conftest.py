@@ -15,9 +15,9 @@ import pytest
 import tifffile
 from distributed import Client
 from PIL import Image
+
 from slidemill.pipeline.synth import write_slide
 from slidemill.workers import init_bundle
-
 from tests.helpers import dask_process, sample_path, synthetic
 
 SAMPLE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"

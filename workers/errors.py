@@ -1,9 +1,11 @@
-"""Typed errors of the model side."""
+"""Typed errors of the model side, under the one root `SlidemillError`."""
 
 from __future__ import annotations
 
+from slidemill.schemas.errors import SlidemillError
 
-class WorkerError(Exception):
+
+class WorkerError(SlidemillError):
     """Base of everything `workers` raises on purpose."""
 
 
@@ -21,3 +23,11 @@ class TrainingError(WorkerError):
 
 class LabelError(TrainingError):
     """A labels CSV that cannot be used: missing columns, an unknown label, fewer than 2 classes."""
+
+
+class EvaluationError(WorkerError):
+    """Inputs to a metric or an evaluation are malformed (shapes, values, duplicated slides)."""
+
+
+class UndefinedMetricError(EvaluationError):
+    """A metric is undefined on the data given, e.g. AUROC when only one class is present."""

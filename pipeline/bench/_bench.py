@@ -19,6 +19,7 @@ import openslide
 import tifffile
 from rich.console import Console
 from rich.table import Table
+
 from slidemill.pipeline.graph import (
     STORE_NAME,
     SlideJob,
@@ -33,6 +34,7 @@ from slidemill.pipeline.graph import (
 )
 from slidemill.pipeline.slides import READERS
 from slidemill.schemas import RunSpec, TilingSpec, TissueMethod
+from slidemill.schemas.errors import InvalidInputError
 
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
 # Runs of 1 and then 2 workers per slide, for the 2-worker figure.
@@ -90,7 +92,9 @@ def raw_decode(path: Path, budget: float) -> Rate:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         if not page.is_tiled or page.compression != 7:
-            raise ValueError(f"{path}: level 0 is not JPEG-tiled; no decode limit to measure")
+            raise InvalidInputError(
+                f"{path}: level 0 is not JPEG-tiled; no decode limit to measure"
+            )
         fh = tif.filehandle
         blobs = []
         for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):

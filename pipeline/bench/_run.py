@@ -12,7 +12,9 @@ from pathlib import Path
 
 import psutil
 from distributed import Client, LocalCluster
+
 from slidemill.cluster._backend import nanny_environ
+from slidemill.pipeline.errors import PipelineError
 from slidemill.pipeline.graph import run_batch
 from slidemill.schemas import NannyEnv, RunSpec
 
@@ -88,7 +90,7 @@ def pipeline_run(slide: Path, bundle: Path, workers: int, work: Path) -> Pipelin
         peak = max(client.run(_peak_rss_mib).values())
     (result,) = report.results
     if result.status != "done":
-        raise RuntimeError(f"benchmark run failed: {result.error}")
+        raise PipelineError(f"benchmark run failed: {result.error}")
     tiling = result.provenance.tiling
     mpp = result.provenance.slide_mpp
     assert tiling is not None and mpp is not None  # a done result always records both

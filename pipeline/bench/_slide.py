@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
+
 from slidemill.pipeline.synth import BACKGROUND, Ellipse, SyntheticSlide
 
 TILE = 256

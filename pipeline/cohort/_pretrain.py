@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import save_file
+
 from slidemill.pipeline.errors import InvalidInputError, SlideError, one_line
 from slidemill.pipeline.graph import plan_layout, read_tiles
 from slidemill.pipeline.slides import READERS, expand

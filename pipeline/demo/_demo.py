@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+
 from slidemill.cluster import load_cluster_config
 from slidemill.pipeline.cohort import WEIGHTS_FILE, encoder_bundle, pretrain, progress_bar
 from slidemill.pipeline.evaluation import EvaluationRun, run_evaluation, synth_truth

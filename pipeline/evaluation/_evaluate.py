@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
 from slidemill.schemas import (
     ClassificationMetrics,
     ConfidenceInterval,
@@ -33,18 +34,11 @@ from slidemill.schemas import (
     ReliabilityBin,
     slidemill_version,
 )
+from slidemill.workers.errors import EvaluationError, UndefinedMetricError
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
-
-
-class EvaluationError(ValueError):
-    """Inputs to an evaluation are malformed (shapes, values, duplicated slides)."""
-
-
-class UndefinedMetricError(EvaluationError):
-    """A metric is undefined on the data given, e.g. AUROC when only one class is present."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 from distributed import Client, Future, as_completed
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from slidemill.cluster import connect, gpu_workers, load_cluster_config
 from slidemill.pipeline.errors import InvalidInputError
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide

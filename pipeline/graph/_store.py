@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 from numpy.typing import NDArray
-from slidemill.pipeline.slides import JpegTiles, PackedBlock, decode_block
-from slidemill.schemas import SlideStoreAttrs
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.array_spec import ArrayConfigParams
+
+from slidemill.pipeline.slides import JpegTiles, PackedBlock, decode_block
+from slidemill.schemas import SlideStoreAttrs
 
 STORE_NAME = "slide.zarr"
 # Tiles are a cache of the slide, not an archive: write speed first. Measured on 256-px H&E tiles

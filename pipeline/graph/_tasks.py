@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import TypeAdapter, ValidationError
+
 from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
 from slidemill.pipeline.graph._resume import ResumeKey, partial_is_valid

@@ -15,6 +15,7 @@ from typing import Protocol, cast
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
+
 from slidemill.pipeline.slides import (
     JpegTiles,
     LevelChoice,

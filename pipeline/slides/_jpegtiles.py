@@ -29,6 +29,7 @@ import imagecodecs
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import TypeAdapter
+
 from slidemill.pipeline.errors import UnreadableSlideError
 
 # A mosaic must not decode much more than it delivers: a block whose stored tiles hold more than

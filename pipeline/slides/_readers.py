@@ -18,6 +18,7 @@ import numpy as np
 import openslide
 from numpy.typing import NDArray
 from PIL import Image
+
 from slidemill.pipeline.errors import (
     MissingSlideError,
     UnreadableSlideError,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
+
 from slidemill.pipeline.errors import UnreadableSlideError
 from slidemill.pipeline.slides._jpegtiles import StoredJpeg, decode_stored
 from slidemill.pipeline.slides._readers import OpenSlideReader, register_reader

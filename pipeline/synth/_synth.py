@@ -56,6 +56,8 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
+from slidemill.schemas.errors import InvalidInputError
+
 BACKGROUND = (243, 241, 245)
 MASK_MPP = 8.0
 """Resolution of the ground-truth lesion masks written beside benchmark slides, µm/px."""
@@ -969,7 +971,7 @@ def write_slide(
     level is the box average of level 0 (computed from the level-0 tiles when `downsamples`
     nest and divide `tile`, else rendered)."""
     if kind not in ("svs", "tiff"):
-        raise ValueError(f"kind must be 'svs' or 'tiff', not {kind!r}")
+        raise InvalidInputError(f"kind must be 'svs' or 'tiff', not {kind!r}")
     big = slide.width * slide.height * 3 > 2**31
     # coarser levels as box averages of level 0, rendered once (when they fit in memory)
     cache = _pyramid_cache(slide, downsamples, tile)
@@ -1177,7 +1179,9 @@ def plan_benchmark_slide(
         if blob is not None:
             lesions.append(blob)
     if positive and not lesions:
-        raise ValueError(f"a {width}x{height} slide has no room for a lesion; make it larger")
+        raise InvalidInputError(
+            f"a {width}x{height} slide has no room for a lesion; make it larger"
+        )
     mimics: list[Blob] = []
     for d in diameters(int(rng.integers(1, 4)), _MIMIC_DIAMETER_UM):
         blob = _place_blob(rng, tissue, d, [*lesions, *mimics], margin, smallest)
@@ -1259,7 +1263,7 @@ def load_truth(path: Path) -> SyntheticSlide:
     """Rebuild the `SyntheticSlide` a truth sidecar describes (pixels and lesions identical)."""
     doc = json.loads(Path(path).read_text())
     if doc.get("format") != TRUTH_FORMAT:
-        raise ValueError(f"{path}: not a {TRUTH_FORMAT} file")
+        raise InvalidInputError(f"{path}: not a {TRUTH_FORMAT} file")
 
     def blobs(key: str) -> tuple[Blob, ...]:
         return tuple(
@@ -1299,10 +1303,10 @@ def parse_size(text: str) -> tuple[int, int]:
     """Width and height from WIDTHxHEIGHT, e.g. 6000x4000."""
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"size {text!r} is not WIDTHxHEIGHT in pixels, e.g. 6000x4000")
+        raise InvalidInputError(f"size {text!r} is not WIDTHxHEIGHT in pixels, e.g. 6000x4000")
     w, h = int(parts[0]), int(parts[1])
     if min(w, h) < 1024:
-        raise ValueError(f"size {text!r} is too small for lesions; use at least 1024x1024")
+        raise InvalidInputError(f"size {text!r} is too small for lesions; use at least 1024x1024")
     return w, h
 
 
@@ -1320,9 +1324,9 @@ def write_benchmark_set(
     positive in a seeded random order, each with its lesion mask and truth sidecar, and
     `labels.csv` (slide_id, path relative to `out`, label). Deterministic in `seed`."""
     if n < 1:
-        raise ValueError("n must be at least 1")
+        raise InvalidInputError("n must be at least 1")
     if not 0.0 <= positive_fraction <= 1.0:
-        raise ValueError("positive fraction must lie in [0, 1]")
+        raise InvalidInputError("positive fraction must lie in [0, 1]")
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng([seed & _MASK64, 0x1AB]).permutation(n)
     positive = set(order[: math.floor(n * positive_fraction + 0.5)].tolist())

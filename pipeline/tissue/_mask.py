@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 from skimage import filters, morphology
+
 from slidemill.schemas import TissueMethod
 
 # Saturation below which nothing is tissue, whatever Otsu says: on a slide that is all glass the

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from slidemill.cli._app import app
 from slidemill.workers import load_bundle
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import zarr
 from distributed import Client
+
 from slidemill.pipeline.graph import keep_jpeg
 from slidemill.workers import init_bundle, manifest_sha256, read_manifest
-
 from tests.helpers import slidemill
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 from distributed.core import Status
+
 from slidemill.cluster import (
     BACKENDS,
     ClusterConfigError,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+
 from slidemill.schemas import SCHEMA_MODELS, Provenance, SlideResult, TilingSpec, write_json_schemas
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from threading import Lock
 
 from distributed import Worker, WorkerPlugin
+
+from slidemill.workers.errors import ModelBundleError
 from slidemill.workers.models import LoadedModel, load_bundle
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def get_model(bundle: str, sha256: str) -> LoadedModel:
         if model is None:
             model = load_bundle(Path(bundle))
             if model.sha256 != sha256:
-                raise RuntimeError(
+                raise ModelBundleError(
                     f"{bundle}: bundle changed during the run (id {model.sha256[:12]}…, "
                     f"expected {sha256[:12]}…)"
                 )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from numpy.typing import NDArray
+
 from slidemill.workers.models import LoadedModel, inference_settings
 
 if TYPE_CHECKING:

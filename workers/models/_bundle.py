@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
+from torch import nn
+
 from slidemill.schemas import ModelManifest
 from slidemill.workers.errors import ModelBundleError
 from slidemill.workers.models._device import default_device, inference_settings
 from slidemill.workers.models._encoders import ENCODERS, TorchScriptEncoder
 from slidemill.workers.models._heads import HEADS
 from slidemill.workers.models._weights import load_encoder_weights
-from torch import nn
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"

@@ -29,9 +29,10 @@ import logging
 from typing import Literal
 
 import torch
-from slidemill.workers.models._heads import HEADS, MILOutput, check_bag
 from torch import nn
 from torch.nn import functional
+
+from slidemill.workers.models._heads import HEADS, MILOutput, check_bag
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,14 @@ a slidemill bundle whose head is `clam_sb` or `clam_mb` (see `_clam` for CLAM's 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
 from slidemill.schemas import ModelManifest
+from slidemill.schemas.errors import InvalidInputError
 from slidemill.workers.errors import ModelBundleError
 from slidemill.workers.models._bundle import encoder_width, file_sha256, save_bundle
 from slidemill.workers.models._clam import CLAM_SIZES, ClamSize, ClamType
@@ -101,13 +104,15 @@ def _check_arguments(
 ) -> None:
     """Usage errors, before the checkpoint is read (ValueError: the caller's mistake)."""
     if clam_type not in ("clam_sb", "clam_mb"):
-        raise ValueError(f"CLAM type must be 'clam_sb' or 'clam_mb', got {clam_type!r}")
+        raise InvalidInputError(f"CLAM type must be 'clam_sb' or 'clam_mb', got {clam_type!r}")
     if size not in CLAM_SIZES:
-        raise ValueError(f"CLAM size must be 'small' or 'big', got {size!r}")
+        raise InvalidInputError(f"CLAM size must be 'small' or 'big', got {size!r}")
     if len(names) < 2 or len(set(names)) != len(names) or not all(names):
-        raise ValueError(f"need two or more distinct, non-empty class names, got {list(names)}")
+        raise InvalidInputError(
+            f"need two or more distinct, non-empty class names, got {list(names)}"
+        )
     if input_mpp <= 0 or tile_px < 16:
-        raise ValueError(f"need mpp > 0 and tile px >= 16, got {input_mpp} and {tile_px}")
+        raise InvalidInputError(f"need mpp > 0 and tile px >= 16, got {input_mpp} and {tile_px}")
 
 
 def import_clam_checkpoint(

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
+
 from slidemill.workers.errors import ModelBundleError, UnknownComponentError
 from slidemill.workers.models._registry import Registry
-from torch import nn
 
 
 @runtime_checkable

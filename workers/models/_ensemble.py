@@ -14,8 +14,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-from slidemill.workers.models._heads import HEADS, MILOutput, check_bag
 from torch import nn
+
+from slidemill.workers.models._heads import HEADS, MILOutput, check_bag
 
 ENSEMBLE = "ensemble"
 """The registered name of the ensemble head."""

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-from slidemill.workers.models._registry import Registry
 from torch import nn
+
+from slidemill.workers.models._registry import Registry
 
 
 @dataclass(frozen=True, slots=True)

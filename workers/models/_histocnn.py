@@ -9,8 +9,9 @@ the augmentation, learns exactly those differences and stays cheap enough to tra
 from __future__ import annotations
 
 import torch
-from slidemill.workers.models._encoders import ENCODERS
 from torch import nn
+
+from slidemill.workers.models._encoders import ENCODERS
 
 
 class HistoCNN(nn.Module):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-from slidemill.workers.models._heads import HEADS, MILOutput, check_bag
 from torch import nn
 from torch.nn import functional
+
+from slidemill.workers.models._heads import HEADS, MILOutput, check_bag
 
 
 def iterative_pinv(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from slidemill.workers.errors import ModelBundleError
 from torch import nn
+
+from slidemill.workers.errors import ModelBundleError
 
 
 def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:

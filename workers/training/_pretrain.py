@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import nn
+from torch.nn import functional
+
 from slidemill.schemas import Normalisation
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.models import encoder_width
-from torch import nn
-from torch.nn import functional
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from pydantic import ValidationError
+from torch import nn
+from torch.nn import functional
+
 from slidemill.schemas import ModelManifest, SlideResult, slidemill_version
 from slidemill.workers.errors import LabelError, TrainingError
 from slidemill.workers.models import (
@@ -57,8 +60,6 @@ from slidemill.workers.models import (
     read_manifest,
     save_bundle,
 )
-from torch import nn
-from torch.nn import functional
 
 HeadKwargs = Mapping[str, int | float | str | bool]
 FloatArray = NDArray[np.float64]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+
 from slidemill.pipeline.bench import (
     large_slide_geometry,
     pipeline_run,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
 from slidemill.pipeline.graph import read_tile_pixels
 from slidemill.workers import encode_tiles, load_bundle
-
 from tests.helpers import slidemill
 
 

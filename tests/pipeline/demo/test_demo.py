@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+
 from slidemill.pipeline.demo import HEADS, DemoSettings, run_demo
 
 

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
+
 from slidemill.pipeline.evaluation import (
     REPORT_FILES,
     EvaluationError,

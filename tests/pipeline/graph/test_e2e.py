@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import zarr
 from PIL import Image
+
 from slidemill.pipeline.slides import open_slide
 from slidemill.pipeline.synth import LABEL_MARKER_RGB
 from slidemill.pipeline.tissue import origin
-
 from tests.helpers import sample_path, slidemill, synthetic
 
 BAD_STATUS = {

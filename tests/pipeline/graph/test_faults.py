@@ -19,11 +19,11 @@ import tifffile
 import zarr
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
+
 from slidemill.pipeline.graph import run_batch
 from slidemill.pipeline.synth import write_slide
 from slidemill.schemas import RunSpec
 from slidemill.workers import init_bundle
-
 from tests.helpers import synthetic
 
 DEADLINE_S = 120

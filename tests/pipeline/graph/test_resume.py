@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from slidemill.pipeline.graph import Action, ResumeKey, decide, key_of, partial_is_valid
 from slidemill.schemas import Provenance, SlideResult, TilingSpec
 

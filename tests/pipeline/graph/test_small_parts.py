@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+
 from slidemill.pipeline.graph import (
     fresh_work_dir,
     publish,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+
 from slidemill.pipeline.errors import SlideError
 from slidemill.pipeline.graph import (
     SlideJob,

@@ -8,6 +8,7 @@ import operator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from slidemill.pipeline.slides import MPP_TOLERANCE, choose_level
 
 # pyramids as scanners make them: level 0 then each level 2× or 4× coarser than the last

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+
 from slidemill.pipeline.errors import SlideError
 from slidemill.pipeline.graph import read_tiles
 from slidemill.pipeline.slides import (

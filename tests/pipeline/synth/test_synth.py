@@ -13,6 +13,8 @@ import openslide
 import pytest
 from numpy.typing import NDArray
 from PIL import Image
+from typer.testing import CliRunner
+
 from slidemill.cli._app import app
 from slidemill.pipeline.slides import open_slide, read_thumbnail
 from slidemill.pipeline.synth import (
@@ -29,7 +31,6 @@ from slidemill.pipeline.synth import (
 )
 from slidemill.pipeline.tissue import tissue_mask
 from slidemill.schemas import TissueMethod
-from typer.testing import CliRunner
 
 # 64-px tiles at 2 µm/px from 0.5 µm/px slides: what the tiny test bundle sees.
 TILE0 = 256

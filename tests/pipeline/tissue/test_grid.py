@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from slidemill.pipeline.tissue import blocks, grid_shape, origin, plan_grid, tile_tissue_fractions
 
 

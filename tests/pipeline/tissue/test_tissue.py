@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 from skimage import color
+
 from slidemill.pipeline.slides import open_slide, read_thumbnail
 from slidemill.pipeline.tissue import hsv_saturation, tissue_mask
 from slidemill.schemas import TissueMethod
-
 from tests.helpers import synthetic
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from slidemill.cli._app import app
 from slidemill.workers import (
     ENCODERS,
@@ -19,7 +21,6 @@ from slidemill.workers import (
     read_manifest,
 )
 from slidemill.workers.models import ClamSize, ClamType
-from typer.testing import CliRunner
 
 IN_DIM = 32  # CLAM's embed_dim: the feature width; 32 is tiny_cnn's, keeping these tests fast
 WIDTHS = {"small": (512, 256), "big": (512, 384)}  # CLAM's size_dict, after embed_dim

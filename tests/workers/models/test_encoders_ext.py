@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from typer.testing import CliRunner
+
 from slidemill.cli._app import app
 from slidemill.pipeline.cohort import encoder_bundle
 from slidemill.pipeline.errors import InvalidInputError
@@ -27,8 +30,6 @@ from slidemill.workers import (
     read_manifest,
     save_bundle,
 )
-from torch import nn
-from typer.testing import CliRunner
 
 # torch 2.14 marks torch.jit deprecated; these tests are about files users already have
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from slidemill.workers import (
     CLAM,
     HEADS,
@@ -23,7 +25,6 @@ from slidemill.workers import (
     smooth_top1_svm_loss,
 )
 from slidemill.workers.models import iterative_pinv, nystrom_from_landmarks
-from torch import nn
 
 IN_DIM = 24
 N_CLASSES = 3

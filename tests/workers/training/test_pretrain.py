@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
+
 from slidemill.cli._app import app
 from slidemill.pipeline.cohort import REPORT_FILE, WEIGHTS_FILE, pretrain, sample_tiles
 from slidemill.pipeline.errors import InvalidInputError
@@ -27,7 +29,6 @@ from slidemill.workers import (
 from slidemill.workers import pretrain_encoder as train_encoder
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.training import normalise
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ import pytest
 import torch
 import zarr
 from numpy.typing import NDArray
+from typer.testing import CliRunner
+
 from slidemill.cli._app import app
 from slidemill.pipeline.evaluation import auroc
 from slidemill.schemas import Provenance, SlideResult
@@ -49,7 +51,6 @@ from slidemill.workers import (
     train_from_features,
 )
 from slidemill.workers.training import bag_loss, predict_probabilities
-from typer.testing import CliRunner
 
 D = 16  # tiny_cnn of width 16: the encoder bundle's feature_dim
 SMALL = {"hidden_dim": 32, "attention_dim": 16}
