@@ -1,5 +1,6 @@
 """Typed errors of the pipeline, under the one root `SlidemillError`. Each message is one line
-that names the file and, where there is one, the fix; the batch reports it in `result.json` and `results.csv` and carries on."""
+that names the file and, where there is one, the fix; the batch reports it in `result.json` and
+`results.csv` and carries on."""
 
 from __future__ import annotations
 
@@ -48,9 +49,19 @@ __all__ = [
     "MissingResolutionError",
     "MissingSlideError",
     "NoTissueError",
+    "NoWorkersError",
+    "OutputLockedError",
     "PipelineError",
     "SlideError",
     "UnreadableSlideError",
     "UnsupportedSlideError",
     "one_line",
 ]
+
+
+class OutputLockedError(PipelineError):
+    """Another run holds the output folder's lock; the message names the holder."""
+
+
+class NoWorkersError(PipelineError):
+    """The cluster had no workers for longer than the run waits; unfinished slides fail."""

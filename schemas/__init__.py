@@ -44,6 +44,7 @@ from slidemill.schemas._models import (
     TissueMethod,
     slidemill_version,
 )
+from slidemill.schemas._validate import describe, validated
 from slidemill.schemas.errors import InvalidInputError, LayoutError, SlidemillError
 
 # `write_json_schemas` exports every entry of this dict (the same object `_export` reads).
@@ -85,6 +86,8 @@ __all__ = [
     "StageTimings",
     "TilingSpec",
     "TissueMethod",
+    "describe",
     "slidemill_version",
+    "validated",
     "write_json_schemas",
 ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from slidemill.schemas._base import Frozen
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 """A float in [0, 1] (NaN refused)."""
@@ -18,11 +20,7 @@ Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 SHA256 = r"^[0-9a-f]{64}$"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class ConfidenceInterval(_Frozen):
+class ConfidenceInterval(Frozen):
     """A bootstrap confidence interval for the slide-level AUROC."""
 
     low: Unit = Field(description="Lower bound.")
@@ -43,7 +41,7 @@ class ConfidenceInterval(_Frozen):
         return self
 
 
-class ReliabilityBin(_Frozen):
+class ReliabilityBin(Frozen):
     """One bin of the reliability diagram: predicted probability against observed frequency."""
 
     lower: Unit = Field(description="Lower edge of the bin (inclusive).")
@@ -57,7 +55,7 @@ class ReliabilityBin(_Frozen):
     )
 
 
-class ClassificationMetrics(_Frozen):
+class ClassificationMetrics(Frozen):
     """Slide-level figures over one set of slides (one test fold, or all folds pooled)."""
 
     n_slides: int = Field(ge=1, description="Slides evaluated.")
@@ -146,7 +144,7 @@ class FoldMetrics(ClassificationMetrics):
     )
 
 
-class LocalisationMetrics(_Frozen):
+class LocalisationMetrics(Frozen):
     """How well per-tile scores find the annotated lesion, over positive slides.
 
     A tile counts as lesion when its annotated lesion fraction is at least
@@ -186,7 +184,7 @@ class LocalisationMetrics(_Frozen):
         return self
 
 
-class EvaluationReport(_Frozen):
+class EvaluationReport(Frozen):
     """`evaluation.json`: a model's slide-level and localisation figures on held-out slides."""
 
     format_version: Literal[1] = 1

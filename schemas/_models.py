@@ -8,8 +8,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from slidemill.schemas._base import Frozen
 from slidemill.schemas._cluster import AnyClusterConfig
 
 
@@ -22,10 +23,6 @@ def slidemill_version() -> str:
         return "0+unknown"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 class TissueMethod(StrEnum):
     """How tissue is told from background on the low-resolution image."""
 
@@ -35,7 +32,7 @@ class TissueMethod(StrEnum):
     """Treat the whole slide as tissue (for cytology or pre-cropped images)."""
 
 
-class TilingSpec(_Frozen):
+class TilingSpec(Frozen):
     """Where and how tiles are cut: physical resolution, size, overlap and tissue filter."""
 
     mpp: Annotated[float, Field(gt=0, le=1000, description="Target microns per pixel of tiles.")]
@@ -69,14 +66,14 @@ class TilingSpec(_Frozen):
         return self.tile_px - self.overlap_px
 
 
-class Normalisation(_Frozen):
+class Normalisation(Frozen):
     """Per-channel normalisation applied to RGB in [0, 1] before the encoder."""
 
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-class ModelManifest(_Frozen):
+class ModelManifest(Frozen):
     """The JSON half of a model bundle; the other half is `weights.safetensors`."""
 
     format_version: Literal[1] = 1
@@ -104,7 +101,7 @@ class ModelManifest(_Frozen):
     )
 
 
-class RunSpec(_Frozen):
+class RunSpec(Frozen):
     """One batch: what to run, with which model, where to write, and on which cluster."""
 
     slides: tuple[Path, ...] = Field(min_length=1, description="Slide files or folders.")
@@ -150,6 +147,13 @@ class RunSpec(_Frozen):
         "stores RGB. None: keep "
         "them unless GPU workers run the encoder, whose hosts' cores should not decode.",
     )
+    worker_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds the batch waits while the cluster has no workers at all (after "
+        "it had some: preempted nodes, a job that hit its time limit) before every unfinished "
+        "slide fails with 'no workers for N s'. A cluster still starting is waited for.",
+    )
     show_progress: bool = True
     stages: Literal["all", "features"] = Field(
         default="all", description="'features' stops after the encoder (no MIL, no heatmap)."
@@ -159,7 +163,7 @@ class RunSpec(_Frozen):
 SlideStatus = Literal["done", "failed", "skipped"]
 
 
-class StageTimings(_Frozen):
+class StageTimings(Frozen):
     """Seconds spent in each stage, summed over the slide's tasks (worker time, not wall)."""
 
     plan: float = 0.0
@@ -169,7 +173,7 @@ class StageTimings(_Frozen):
     reduce: float = 0.0
 
 
-class Provenance(_Frozen):
+class Provenance(Frozen):
     """What produced a result; enough to decide whether it is still valid."""
 
     slidemill_version: str
@@ -183,7 +187,7 @@ class Provenance(_Frozen):
     file_mtime_ns: int | None = Field(default=None, description="Slide file modification time.")
 
 
-class SlideResult(_Frozen):
+class SlideResult(Frozen):
     """The outcome of one slide, written as `<out>/<slide_id>/result.json`."""
 
     slide_id: str
@@ -214,7 +218,7 @@ class SlideResult(_Frozen):
         return self
 
 
-class SlideStoreAttrs(_Frozen):
+class SlideStoreAttrs(Frozen):
     """Attributes on the root group of `<slide_id>/slide.zarr`."""
 
     layout_version: Literal[1] = 1

@@ -2,9 +2,11 @@
 WorkerPlugin that loads a model once per worker."""
 
 from slidemill.workers.errors import (
+    EvaluationError,
     LabelError,
     ModelBundleError,
     TrainingError,
+    UndefinedMetricError,
     UnknownComponentError,
     WorkerError,
 )
@@ -40,6 +42,7 @@ from slidemill.workers.models import (
     TinyCNN,
     TorchScriptEncoder,
     TransMIL,
+    check_bundle,
     ensemble_of,
     file_sha256,
     import_clam_checkpoint,
@@ -93,6 +96,7 @@ __all__ = [
     "Encoder",
     "EnsembleMIL",
     "EpochReport",
+    "EvaluationError",
     "FeatureBags",
     "FeatureFolder",
     "FeatureSlide",
@@ -124,10 +128,12 @@ __all__ = [
     "TrainingError",
     "TrainingReport",
     "TransMIL",
+    "UndefinedMetricError",
     "UnknownComponentError",
     "Unmatched",
     "WorkerError",
     "augment",
+    "check_bundle",
     "class_weights",
     "cross_validate",
     "encode_tiles",

@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.table import Table
 
 from slidemill.pipeline.graph import (
-    STORE_NAME,
     SlideJob,
     jpeg_layout,
     plan_slide,
@@ -35,6 +34,7 @@ from slidemill.pipeline.graph import (
 from slidemill.pipeline.slides import READERS
 from slidemill.schemas import RunSpec, TilingSpec, TissueMethod
 from slidemill.schemas.errors import InvalidInputError
+from slidemill.schemas.layout import SLIDE_STORE, StoreArray
 
 SAMPLE_NAME = "CMU-1-Small-Region.svs"
 # Runs of 1 and then 2 workers per slide, for the 2-worker figure.
@@ -164,7 +164,7 @@ def slidemill_tiling(
     plan = plan_slide(job)
     tile_mp = plan.choice.tile_level0**2 / 1e6
 
-    grid_index = read_all(job.store, "grid_index").astype(np.int64)
+    grid_index = read_all(job.store, StoreArray.GRID_INDEX).astype(np.int64)
 
     def once() -> tuple[int, float]:
         # decoded stored tiles must not be served from the last pass; the handle stays open, as
@@ -194,8 +194,8 @@ def slidemill_tiling(
 def read_back(workdir: Path, budget: float) -> Rate:
     """The encoder side's read of `slidemill_tiling`'s store: each block of tiles as RGB, which
     for kept JPEG is the decode tiling handed on, and for RGB tiles the decompression."""
-    store = work_dir(workdir, "bench") / STORE_NAME
-    n = len(read_all(store, "grid_index"))
+    store = work_dir(workdir, "bench") / SLIDE_STORE
+    n = len(read_all(store, StoreArray.GRID_INDEX))
     tile_mp = read_attrs(store).tile_size_level0 ** 2 / 1e6
     layout = jpeg_layout(store)
     buffer = None  # reused between blocks, as `encode_block` does
@@ -266,7 +266,7 @@ def single_process(path: Path, seconds: float, workdir: Path) -> TilingFigures:
         """Tiling, its read-back, and whether it kept the stored JPEG."""
         with tempfile.TemporaryDirectory(prefix="tiling-", dir=workdir) as tmp:
             tiling = slidemill_tiling(path, tile_px, seconds, Path(tmp), keep_jpeg=keep_jpeg)
-            kept = jpeg_layout(work_dir(Path(tmp), "bench") / STORE_NAME) is not None
+            kept = jpeg_layout(work_dir(Path(tmp), "bench") / SLIDE_STORE) is not None
             return tiling, read_back(Path(tmp), seconds), kept
 
     limit, naive = raw_decode(path, seconds), naive_openslide(path, tile_px, seconds)

@@ -17,6 +17,7 @@ import tifffile
 from numpy.typing import NDArray
 
 from slidemill.pipeline.synth import BACKGROUND, Ellipse, SyntheticSlide
+from slidemill.schemas.files import staged
 
 TILE = 256
 POOL = 64
@@ -65,8 +66,7 @@ def write_large_slide(path: Path, width: int = 50_000, height: int = 20_000) -> 
     if path.is_file():
         return path
     slide = large_slide_geometry(width, height)
-    tmp = path.with_name(path.name + ".partial")
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+    with staged(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for i, ds in enumerate((1, 4, 16, 64)):
             w, h = math.ceil(width / ds), math.ceil(height / ds)
             tiles = _level0_tiles(slide) if ds == 1 else _level_tiles(slide, ds, w, h)
@@ -84,5 +84,4 @@ def write_large_slide(path: Path, width: int = 50_000, height: int = 20_000) -> 
                 resolutionunit="CENTIMETER",
                 metadata=None,
             )
-    tmp.replace(path)
     return path

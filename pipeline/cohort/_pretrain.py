@@ -14,8 +14,6 @@ Output folder (written under a temporary name, renamed when complete):
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -32,6 +30,7 @@ from slidemill.pipeline.errors import InvalidInputError, SlideError, one_line
 from slidemill.pipeline.graph import plan_layout, read_tiles
 from slidemill.pipeline.slides import READERS, expand
 from slidemill.schemas import Normalisation, TilingSpec, slidemill_version
+from slidemill.schemas.files import staged_dir
 from slidemill.workers import (
     ENCODERS,
     PretrainConfig,
@@ -130,9 +129,7 @@ def pretrain(
     module = ENCODERS.build(encoder)
     norm = Normalisation()
     report = pretrain_encoder(module, sample.tiles, config, norm, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
         doc = {
@@ -150,10 +147,6 @@ def pretrain(
             "losses": [round(v, 4) for v in report.losses],
         }
         (tmp / REPORT_FILE).write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return sample, report
 
 

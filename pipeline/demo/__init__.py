@@ -1,4 +1,5 @@
-"""`slidemill demo`: synth → pretrain → features → train → run → evaluate on the embedded default."""
+"""`slidemill demo`: synth → pretrain → features → train → run → evaluate, on the embedded
+default."""
 
 from slidemill.pipeline.demo._demo import HEADS, DemoSettings, run_demo
 

@@ -11,7 +11,6 @@ from slidemill.pipeline.graph._batch import (
 from slidemill.pipeline.graph._heatmap import rasterise
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
-    STORE_NAME,
     fresh_work_dir,
     jpeg_layout,
     publish,
@@ -34,7 +33,6 @@ from slidemill.pipeline.graph._tasks import (
 from slidemill.pipeline.graph._tiling import read_tiles, runs
 
 __all__ = [
-    "STORE_NAME",
     "Action",
     "BatchReport",
     "ResumeKey",

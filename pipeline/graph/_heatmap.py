@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import NDArray
 
+from slidemill.schemas.files import staged
+
 
 def rasterise(
     scores: NDArray[np.float32],
@@ -70,7 +72,6 @@ def render_png(
     if image is not None:
         fig.colorbar(image, ax=axes[0, 1:].tolist(), fraction=0.04, label="tile probability")
     fig.suptitle(title)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with staged(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)

@@ -42,8 +42,14 @@ from zarr.core.array_spec import ArrayConfigParams
 
 from slidemill.pipeline.slides import JpegTiles, PackedBlock, decode_block
 from slidemill.schemas import SlideStoreAttrs
+from slidemill.schemas.files import write_atomic
+from slidemill.schemas.layout import (
+    PARTIAL_DIR,
+    STORE_ATTRS_KEY,
+    TILE_ARRAYS,
+    StoreArray,
+)
 
-STORE_NAME = "slide.zarr"
 # Tiles are a cache of the slide, not an archive: write speed first. Measured on 256-px H&E tiles
 # (2 cores, before `write_empty_chunks`): zstd-1 in 1-tile chunks 1.09 ms/tile (2.77× smaller),
 # zstd-1 in 16-tile chunks 0.82 ms, blosc-lz4 in 16-tile chunks 0.61 ms (2.46× smaller). With
@@ -51,12 +57,11 @@ STORE_NAME = "slide.zarr"
 # on the sample slide's tiles; one chunk per block, no shard, 0.21 ms at the same 2.2× ratio.
 # Every reader of `tiles` reads whole blocks, so nothing is lost by the coarser chunk.
 TILE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle=BloscShuffle.noshuffle)
-PARTIAL = ".partial"
-_ATTRS_KEY = "slidemill"
+PARTIAL = PARTIAL_DIR  # TODO(layout): _batch still imports this name
 
 
 def work_dir(out: Path, slide_id: str) -> Path:
-    return out / PARTIAL / slide_id
+    return out / PARTIAL_DIR / slide_id
 
 
 def final_dir(out: Path, slide_id: str) -> Path:
@@ -78,7 +83,7 @@ def publish(out: Path, slide_id: str, src: Path | None = None) -> Path:
     dst = final_dir(out, slide_id)
     old = None
     if dst.exists():
-        old = out / PARTIAL / f"{slide_id}.old-{uuid.uuid4().hex[:8]}"
+        old = out / PARTIAL_DIR / f"{slide_id}.old-{uuid.uuid4().hex[:8]}"
         dst.replace(old)
     src.replace(dst)
     if old is not None:
@@ -93,9 +98,7 @@ def mark_done(work: Path, name: str, seconds: float) -> None:
     """Record that a unit of work (e.g. `tile-256`) finished, after its data is written."""
     folder = work / PROGRESS
     folder.mkdir(exist_ok=True)
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(f"{seconds:.6f}\n")
-    tmp.replace(folder / name)
+    write_atomic(folder / name, f"{seconds:.6f}\n")
 
 
 def is_done(work: Path, name: str) -> bool:
@@ -121,21 +124,21 @@ def create_store(
     """Create the group and every per-tile array, empty, with its final shape and chunking.
     With `jpeg`, tiles are kept as the slide's stored JPEG streams instead of RGB."""
     root = zarr.open_group(store=str(path), mode="w", zarr_format=3)
-    root.attrs[_ATTRS_KEY] = attrs.model_dump(mode="json")
+    root.attrs[STORE_ATTRS_KEY] = attrs.model_dump(mode="json")
     n = max(n_tiles, 1)
     # one task's tiles per chunk, so no two tasks ever write the same chunk; never larger than the
     # array, or a small slide would write padding
     block = max(1, min(tiles_per_block, n_tiles))
-    root.create_array("coords", shape=(n_tiles, 2), dtype="int64", chunks=(n, 2))
-    root.create_array("grid_index", shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
-    root.create_array("tissue_fraction", shape=(n_tiles,), dtype="float32", chunks=(n,))
+    root.create_array(StoreArray.COORDS, shape=(n_tiles, 2), dtype="int64", chunks=(n, 2))
+    root.create_array(StoreArray.GRID_INDEX, shape=(n_tiles, 2), dtype="int32", chunks=(n, 2))
+    root.create_array(StoreArray.TISSUE_FRACTION, shape=(n_tiles,), dtype="float32", chunks=(n,))
     if jpeg is not None:
         rows = jpeg.n_rows
         per_chunk = block if jpeg.one_to_one else jpeg.block_rows
         slot = jpeg.stored.slot_bytes
         # JPEG data does not compress; lz4 removes the zero padding at almost no cost
         stored = root.create_array(
-            "tile_jpeg",
+            StoreArray.TILE_JPEG,
             shape=(rows, slot),
             dtype="uint8",
             chunks=(per_chunk, slot),
@@ -143,22 +146,27 @@ def create_store(
         )
         stored.attrs.update(jpeg.attrs())
         # one array for both: each read of a small array costs ~1 ms of zarr overhead per block
-        root.create_array("tile_jpeg_rows", shape=(rows, 2), dtype="int64", chunks=(per_chunk, 2))
+        root.create_array(
+            StoreArray.TILE_JPEG_ROWS, shape=(rows, 2), dtype="int64", chunks=(per_chunk, 2)
+        )
     else:
         root.create_array(
-            "tiles",
+            StoreArray.TILES,
             shape=(n_tiles, tile_px, tile_px, 3),
             dtype="uint8",
             chunks=(block, tile_px, tile_px, 3),
             compressors=TILE_CODEC,
         )
     root.create_array(
-        "features", shape=(n_tiles, feature_dim), dtype="float32", chunks=(block, feature_dim)
+        StoreArray.FEATURES,
+        shape=(n_tiles, feature_dim),
+        dtype="float32",
+        chunks=(block, feature_dim),
     )
     if n_classes:  # a features-only run has no head outputs
-        root.create_array("attention", shape=(n_tiles,), dtype="float32", chunks=(n,))
+        root.create_array(StoreArray.ATTENTION, shape=(n_tiles,), dtype="float32", chunks=(n,))
         root.create_array(
-            "scores", shape=(n_tiles, n_classes), dtype="float32", chunks=(n, n_classes)
+            StoreArray.SCORES, shape=(n_tiles, n_classes), dtype="float32", chunks=(n, n_classes)
         )
     return root
 
@@ -224,9 +232,6 @@ def read_block(path: Path, name: str, start: int, stop: int) -> NDArray[np.gener
     return np.asarray(_array(path / name)[start:stop])
 
 
-TILE_ARRAYS = ("tiles", "tile_jpeg", "tile_jpeg_rows")
-
-
 def drop_tiles(path: Path) -> None:
     """Remove the tile pixels from a store (coordinates, features and scores stay): at ~1-3 GB
     per gigapixel of tissue, a night's batch of kept tiles would fill a disk."""
@@ -236,16 +241,16 @@ def drop_tiles(path: Path) -> None:
 
 def jpeg_layout(path: Path) -> JpegTiles | None:
     """How the store keeps tiles as stored JPEG, or None when it holds RGB `tiles`."""
-    if not (path / "tile_jpeg" / "zarr.json").is_file():
+    if not (path / StoreArray.TILE_JPEG / "zarr.json").is_file():
         return None
-    return JpegTiles.from_attrs(dict(_array(path / "tile_jpeg").attrs))
+    return JpegTiles.from_attrs(dict(_array(path / StoreArray.TILE_JPEG).attrs))
 
 
 def write_jpeg_block(path: Path, spec: JpegTiles, start: int, block: PackedBlock) -> None:
     """Write the kept stored tiles of the block starting at tile `start`."""
     row = spec.rows_of(start // spec.block_tiles)[0]
-    write_block(path, "tile_jpeg", row, block.data)
-    write_block(path, "tile_jpeg_rows", row, np.stack([block.index, block.nbytes], 1))
+    write_block(path, StoreArray.TILE_JPEG, row, block.data)
+    write_block(path, StoreArray.TILE_JPEG_ROWS, row, np.stack([block.index, block.nbytes], 1))
 
 
 def read_tile_pixels(
@@ -256,7 +261,7 @@ def read_tile_pixels(
     reused between blocks spares a page fault per 4 KiB of a fresh 50 MB array)."""
     spec = jpeg_layout(path)
     if spec is None:
-        return np.asarray(read_block(path, "tiles", start, stop), dtype=np.uint8)
+        return np.asarray(read_block(path, StoreArray.TILES, start, stop), dtype=np.uint8)
     # zarr costs ~1 ms per array read here, against ~25 ms of decoding per 100 tiles: each is
     # read once for the whole range, and coordinates only where a mosaic needs them
     stop = min(stop, spec.n_tiles)  # as slicing `tiles` would
@@ -268,9 +273,9 @@ def read_tile_pixels(
     bt = spec.block_tiles
     first, last = start // bt * bt, min(-(-stop // bt) * bt, spec.n_tiles)  # whole blocks
     r0, r1 = spec.rows_of(first // bt)[0], spec.rows_of((last - 1) // bt)[1]
-    data = np.asarray(read_block(path, "tile_jpeg", r0, r1), dtype=np.uint8)
-    rows = np.asarray(read_block(path, "tile_jpeg_rows", r0, r1), dtype=np.int64)
-    coords = None if spec.one_to_one else read_block(path, "coords", first, last)
+    data = np.asarray(read_block(path, StoreArray.TILE_JPEG, r0, r1), dtype=np.uint8)
+    rows = np.asarray(read_block(path, StoreArray.TILE_JPEG_ROWS, r0, r1), dtype=np.int64)
+    coords = None if spec.one_to_one else read_block(path, StoreArray.COORDS, first, last)
     for b0 in range(first, last, bt):
         b1 = min(b0 + bt, last)
         q0, q1 = (r - r0 for r in spec.rows_of(b0 // bt))
@@ -292,9 +297,9 @@ def read_all(path: Path, name: str) -> NDArray[np.generic]:
 
 def read_attrs(path: Path) -> SlideStoreAttrs:
     root = zarr.open_group(store=str(path), mode="r")
-    return SlideStoreAttrs.model_validate(root.attrs[_ATTRS_KEY])
+    return SlideStoreAttrs.model_validate(root.attrs[STORE_ATTRS_KEY])
 
 
 def write_attrs(path: Path, attrs: SlideStoreAttrs) -> None:
     root = zarr.open_group(store=str(path), mode="r+")
-    root.attrs[_ATTRS_KEY] = attrs.model_dump(mode="json")
+    root.attrs[STORE_ATTRS_KEY] = attrs.model_dump(mode="json")

@@ -19,7 +19,6 @@ from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, Sli
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
 from slidemill.pipeline.graph._resume import ResumeKey, partial_is_valid
 from slidemill.pipeline.graph._store import (
-    STORE_NAME,
     clear_progress,
     create_store,
     drop_tiles,
@@ -55,6 +54,8 @@ from slidemill.schemas import (
     TilingSpec,
     slidemill_version,
 )
+from slidemill.schemas.files import write_atomic
+from slidemill.schemas.layout import HEATMAP_PNG, RESULT_JSON, SLIDE_STORE, StoreArray
 from slidemill.workers import encode_tiles, file_sha256, get_model, predict_slide
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class SlideJob:
 
     @property
     def store(self) -> Path:
-        return self.work / STORE_NAME
+        return self.work / SLIDE_STORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,11 +269,13 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         n_classes=len(job.class_names),
         jpeg=jpeg,
     )
-    write_block(job.store, "coords", 0, grid.coords())
-    write_block(job.store, "grid_index", 0, np.stack([grid.rows, grid.cols], 1).astype(np.int32))
-    write_block(job.store, "tissue_fraction", 0, grid.tissue_fraction)
-    write_array(job.store, "thumbnail", thumb)
-    write_array(job.store, "tissue_mask", mask)
+    write_block(job.store, StoreArray.COORDS, 0, grid.coords())
+    write_block(
+        job.store, StoreArray.GRID_INDEX, 0, np.stack([grid.rows, grid.cols], 1).astype(np.int32)
+    )
+    write_block(job.store, StoreArray.TISSUE_FRACTION, 0, grid.tissue_fraction)
+    write_array(job.store, StoreArray.THUMBNAIL, thumb)
+    write_array(job.store, StoreArray.TISSUE_MASK, mask)
     sha = file_sha256(path)
     plan = SlidePlan(
         job=job,
@@ -286,9 +289,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         jpeg=jpeg,
     )
     # written last: its presence means the store and arrays above are complete
-    tmp = job.work / f".{PLAN_FILE}.tmp"
-    tmp.write_bytes(_PLAN_JSON.dump_json(plan))
-    tmp.replace(job.work / PLAN_FILE)
+    write_atomic(job.work / PLAN_FILE, _PLAN_JSON.dump_json(plan))
     return plan
 
 
@@ -339,10 +340,12 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
     reader = READERS.get(path)
     try:
         if plan.jpeg is not None:  # no decoding here: the encoder side decodes
-            coords = np.asarray(read_block(job.store, "coords", start, stop), dtype=np.int64)
+            coords = np.asarray(
+                read_block(job.store, StoreArray.COORDS, start, stop), dtype=np.int64
+            )
             kept = read_stored_jpeg(reader, plan.jpeg, coords, job.path)
         else:
-            grid_index = read_block(job.store, "grid_index", start, stop)
+            grid_index = read_block(job.store, StoreArray.GRID_INDEX, start, stop)
             rows, cols = grid_index[:, 0].astype(np.int64), grid_index[:, 1].astype(np.int64)
             tiles = read_tiles(
                 reader, plan.choice, plan.stride_level0, spec.tile_px, spec.stride_px, rows, cols
@@ -353,7 +356,7 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
     if plan.jpeg is not None:
         write_jpeg_block(job.store, plan.jpeg, start, kept)
     else:
-        write_block(job.store, "tiles", start, tiles)
+        write_block(job.store, StoreArray.TILES, start, tiles)
 
 
 # Per worker thread: the last block of kept JPEG tiles decoded, whose memory the next reuses.
@@ -374,7 +377,7 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float
     if plan.jpeg is not None:  # this thread's next block decodes into the same memory
         _decoded.tiles = tiles
     features = encode_tiles(model, tiles, job.batch_size)
-    write_block(job.store, "features", start, features)
+    write_block(job.store, StoreArray.FEATURES, start, features)
     seconds = time.perf_counter() - t0
     mark_done(job.work, f"encode-{start}", seconds)
     return seconds
@@ -395,10 +398,10 @@ def mil_slide(plan: SlidePlan, _encoded: list[float]) -> MILResult:
     t0 = time.perf_counter()
     job = plan.job
     model = get_model(job.model_bundle, job.model_sha256)
-    features = read_all(job.store, "features").astype(np.float32, copy=False)
+    features = read_all(job.store, StoreArray.FEATURES).astype(np.float32, copy=False)
     pred = predict_slide(model, features)
-    write_block(job.store, "attention", 0, pred.attention)
-    write_block(job.store, "scores", 0, pred.tile_scores)
+    write_block(job.store, StoreArray.ATTENTION, 0, pred.attention)
+    write_block(job.store, StoreArray.SCORES, 0, pred.tile_scores)
     return MILResult(
         probabilities=tuple(float(p) for p in pred.probabilities),
         seconds=time.perf_counter() - t0,
@@ -412,15 +415,15 @@ def reduce_slide(
     t0 = time.perf_counter()
     job = plan.job
     attrs = read_attrs(job.store)
-    scores = read_all(job.store, "scores").astype(np.float32, copy=False)
-    grid_index = read_all(job.store, "grid_index")
+    scores = read_all(job.store, StoreArray.SCORES).astype(np.float32, copy=False)
+    grid_index = read_all(job.store, StoreArray.GRID_INDEX)
     heat = rasterise(
         scores,
         grid_index[:, 0].astype(np.int64),
         grid_index[:, 1].astype(np.int64),
         attrs.grid_shape,
     )
-    write_array(job.store, "heatmap", heat)
+    write_array(job.store, StoreArray.HEATMAP, heat)
     width, height = attrs.slide_dimensions
     base_mpp = plan.provenance.slide_mpp or 1.0
     display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
@@ -429,7 +432,7 @@ def reduce_slide(
     label = job.class_names[label_index]
     work = job.work
     render_png(
-        work / "heatmap.png",
+        work / HEATMAP_PNG,
         thumb,
         heat,
         job.class_names,
@@ -494,6 +497,4 @@ def decide_label(probabilities: tuple[float, ...], threshold: float | None) -> i
 
 def write_result(folder: Path, result: SlideResult) -> None:
     """Write `result.json` into `folder` (temporary name, then rename)."""
-    tmp = folder / "result.json.tmp"
-    tmp.write_text(json.dumps(result.model_dump(mode="json"), indent=2) + "\n")
-    tmp.replace(folder / "result.json")
+    write_atomic(folder / RESULT_JSON, json.dumps(result.model_dump(mode="json"), indent=2) + "\n")

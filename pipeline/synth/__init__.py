@@ -1,4 +1,5 @@
-"""Synthetic whole-slide images with known tissue and lesions, for tests, the demo and benchmarks."""
+"""Synthetic whole-slide images with known tissue and lesions, for the tests, the demo and the
+benchmarks."""
 
 from slidemill.pipeline.synth._synth import (
     BACKGROUND,

@@ -1,0 +1,188 @@
+"""`slidemill train` and `slidemill evaluate`: MIL heads from feature folders, and their scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from slidemill.cli._errors import console, fail
+from slidemill.cli._options import class_list
+
+
+def train(
+    labels: Annotated[
+        Path, typer.Option(help="CSV with a label column and a slide_id and/or path column.")
+    ],
+    features: Annotated[Path, typer.Option(help="Features folder from `slidemill features`.")],
+    out: Annotated[
+        Path, typer.Option(help="New folder: a bundle per fold, the ensemble, training.json.")
+    ],
+    head: Annotated[str, typer.Option(help="Registered MIL head to train.")] = "abmil_gated",
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 5,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated class names in order (default: the sorted labels)."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs per fold.")] = 50,
+    patience: Annotated[
+        int, typer.Option(min=1, help="Stop a fold after this many epochs without improvement.")
+    ] = 8,
+    lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 2e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of everything random.")] = 0,
+    head_kwargs: Annotated[
+        str | None,
+        typer.Option(help="The head's settings as a JSON object, e.g. '{\"dropout\": 0.1}'."),
+    ] = None,
+) -> None:
+    """Train a MIL head on stored features with stratified k-fold cross-validation: a bundle per
+    fold, their ensemble (give the folder to `run --model`), and out-of-fold predictions."""
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+    from rich.text import Text
+
+    from slidemill.workers.training import EpochReport, LabelMatch, TrainConfig, train_from_features
+
+    kwargs: dict[str, int | float | str | bool] = {}
+    if head_kwargs is not None:
+        try:
+            parsed = json.loads(head_kwargs)
+        except json.JSONDecodeError as err:
+            fail(f"--head-kwargs is not JSON: {err}")
+        if not isinstance(parsed, dict):
+            fail(f"--head-kwargs must be a JSON object, got {head_kwargs!r}")
+        kwargs = parsed
+    class_names = None
+    if classes is not None:
+        class_names = class_list(classes)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+    )
+    bars: dict[int, TaskID] = {}
+
+    def show_labels(match: LabelMatch) -> None:
+        for line in match.warnings():
+            progress.console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
+        counts = ", ".join(f"{c} {n}" for c, n in match.class_counts.items())
+        progress.console.print(
+            Text(f"training on {len(match.labels)} slides ({counts})"), soft_wrap=True
+        )
+
+    def show_epoch(r: EpochReport) -> None:
+        if r.fold not in bars:
+            bars[r.fold] = progress.add_task("", total=r.max_epochs)
+        progress.update(
+            bars[r.fold],
+            completed=r.epoch,
+            total=r.epoch if r.last else r.max_epochs,
+            description=f"fold {r.fold + 1}/{r.n_folds}  epoch {r.epoch}  "
+            f"train {r.train_loss:.4f}  val {r.val_loss:.4f}  "
+            f"best {r.best_val_loss:.4f} (epoch {r.best_epoch})",
+        )
+
+    config = TrainConfig(
+        head=head,
+        head_kwargs=kwargs,
+        n_folds=folds,
+        max_epochs=epochs,
+        patience=patience,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+    )
+    with progress:
+        report = train_from_features(
+            labels,
+            features,
+            out,
+            config,
+            classes=class_names,
+            on_labels=show_labels,
+            on_epoch=show_epoch,
+        )
+
+    def num(x: float | None) -> str:
+        return "—" if x is None else f"{x:.3f}"
+
+    table = Table(
+        "fold",
+        "train",
+        "val",
+        "test",
+        "epochs",
+        "best",
+        "val loss",
+        "test loss",
+        "test AUROC",
+        "threshold",
+        title="held-out folds",
+    )
+    for f in report.cv.folds:
+        t = f.training
+        table.add_row(
+            str(f.fold),
+            str(len(f.train_ids)),
+            str(len(f.val_ids)),
+            str(len(f.test_ids)),
+            str(t.epochs_run),
+            str(t.best_epoch),
+            num(t.best_val_loss),
+            num(f.test_loss),
+            num(f.test_auroc),
+            num(t.threshold),
+        )
+    console.print(table)
+    console.print(
+        f"out-of-fold AUROC {num(report.cv.oof_auroc)} over {len(report.cv.slide_ids)} slides "
+        f"({report.seconds:.1f} s on {report.cv.device})",
+        highlight=False,
+    )
+    console.print(
+        f"wrote {report.out}: fold bundles, training.json, oof_predictions.csv, and the "
+        f"ensemble bundle {report.ensemble_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="A `slidemill train` folder, or a model bundle.")],
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.json, PNGs, report.html.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="Labels CSV (slide_id and/or path, label).")
+    ] = None,
+    results: Annotated[
+        list[Path] | None,
+        typer.Option(help="`slidemill run` output folder(s) of held-out slides (repeatable)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap resamples for AUROC CIs.")
+    ] = 1000,
+) -> None:
+    """Score a model: a training folder's out-of-fold predictions, or held-out run outputs
+    against labels (and, where `slidemill synth` ground truth lies beside the slides, the
+    heatmaps against the lesion masks). Writes JSON, ROC and calibration plots, and a page."""
+    from slidemill.pipeline.evaluation import run_evaluation, synth_truth
+
+    run = run_evaluation(
+        out, model=model, labels=labels, results=results or (), truth=synth_truth,
+        bootstrap=bootstrap,
+    )  # fmt: skip
+    for line in run.left_out:
+        console.print(f"not scored: {line}", highlight=False)
+    report = run.evaluation.report
+    table = Table("fold", "slides", "AUROC", "balanced acc.", "macro F1")
+    rows = [(f.fold, f) for f in report.folds] + [("pooled", report.pooled)]
+    for name, m in rows:
+        table.add_row(
+            name, str(m.n_slides), f"{m.auroc:.3f}", f"{m.balanced_accuracy:.3f}",
+            f"{m.macro_f1:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    if report.localisation is not None:
+        console.print(f"lesion localisation AUROC (tiles): {report.localisation.pooled_auroc:.3f}")
+    console.print(f"report: {run.files['report.html']}")

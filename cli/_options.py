@@ -1,0 +1,75 @@
+"""Options shared by several commands, as `Annotated` types, and small parsers of option values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def class_list(classes: str) -> tuple[str, ...]:
+    """`--classes a,b,c` → ("a", "b", "c")."""
+    return tuple(c.strip() for c in classes.split(",") if c.strip())
+
+
+# Options shared by the commands that run the graph (`run`, `features`).
+ClusterFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster",
+        help="Cluster config (YAML/TOML): local, existing, slurm, kubernetes or cuda. "
+        "Default: $SLIDEMILL_CLUSTER_FILE, else the embedded LocalCluster.",
+    ),
+]
+Scheduler = Annotated[
+    str | None, typer.Option(help="tcp://HOST:PORT of an existing Dask scheduler.")
+]
+Workers = Annotated[
+    int | None, typer.Option(min=1, help="Embedded cluster: worker processes (default: cores).")
+]
+FallbackMpp = Annotated[
+    float | None,
+    typer.Option(help="µm/px to assume for slides that do not record their resolution."),
+]
+Overlap = Annotated[int, typer.Option(min=0, help="Tile overlap in pixels.")]
+MinTissue = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Minimum tissue fraction of a kept tile.")
+]
+TilesPerTask = Annotated[int, typer.Option(min=1, help="Tiles per Dask task.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Tiles per encoder batch.")]
+Retries = Annotated[int, typer.Option(min=0, max=10, help="Extra attempts of a failed task.")]
+Force = Annotated[
+    bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
+]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+KeepTiles = Annotated[
+    bool,
+    typer.Option(
+        help="Leave the tile pixels in each slide.zarr (by default they are removed once "
+        "encoded; coordinates, features and scores stay)."
+    ),
+]
+KeepJpeg = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-jpeg/--decode-tiles",
+        help="Where tiles are cut from a level stored as JPEG tiles without resizing, keep "
+        "those stored tiles undecoded in the store (the encode task decodes them); "
+        "--decode-tiles stores RGB. "
+        "Default: keep, unless GPU workers run the encoder.",
+        show_default=False,
+    ),
+]
+# Options of the commands that build an encoder (`features`, `model init`).
+EncoderName = Annotated[
+    str,
+    typer.Option(
+        help="Registered encoder (resnet18, resnet50_trunc, histo_cnn, …), timm:<name> for any "
+        "timm model, or torchscript with --encoder-file."
+    ),
+]
+EncoderFile = Annotated[
+    Path | None,
+    typer.Option(help="TorchScript file (torch.jit.save) for --encoder torchscript."),
+]

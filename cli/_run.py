@@ -1,0 +1,155 @@
+"""`slidemill run` and `slidemill features`: a batch of slides through the Dask graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from slidemill.cli._errors import EXIT_FAILED, console
+from slidemill.cli._options import (
+    BatchSize,
+    ClusterFile,
+    EncoderFile,
+    EncoderName,
+    FallbackMpp,
+    Force,
+    KeepJpeg,
+    KeepTiles,
+    MinTissue,
+    Overlap,
+    Progress,
+    Retries,
+    Scheduler,
+    TilesPerTask,
+    Workers,
+)
+from slidemill.schemas import RunSpec, TissueMethod, validated
+
+
+def _run_and_report(
+    cluster_file: Path | None, scheduler: str | None, workers: int | None, **spec: Any
+) -> None:
+    """Build the RunSpec, run the batch, print its table; exit 1 when a slide failed."""
+    from slidemill.cluster import load_cluster_config
+    from slidemill.pipeline.graph import run_batch
+
+    cluster_config = load_cluster_config(cluster_file, scheduler=scheduler, n_workers=workers)
+    run_spec = validated(RunSpec, cluster=cluster_config, **spec)
+    report = run_batch(run_spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"))
+    table = Table("slide", "status", "label", "tiles", "error")
+    for r in report.results:
+        table.add_row(r.slide_id, r.status, r.label or "", str(r.n_tiles), r.error or "")
+    console.print(table)
+    if report.kept:
+        console.print(
+            f"kept {len(report.kept)} slide(s) already done with the same inputs "
+            "(--force redoes them)"
+        )
+    console.print(f"results: {report.results_csv}")
+    if report.n_failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def run(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
+    model: Annotated[Path, typer.Option(help="Model bundle, or a `slidemill train` folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    cluster_file: ClusterFile = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    mpp: FallbackMpp = None,
+    overlap: Overlap = 0,
+    min_tissue: MinTissue = 0.25,
+    tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
+    tiles_per_task: TilesPerTask = 256,
+    batch_size: BatchSize = 64,
+    retries: Retries = 2,
+    force: Force = False,
+    keep_tiles: KeepTiles = False,
+    keep_jpeg: KeepJpeg = None,
+    progress: Progress = True,
+) -> None:
+    """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
+
+    Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count).
+    """
+    _run_and_report(
+        cluster_file,
+        scheduler,
+        workers,
+        slides=tuple(slides),
+        model=model,
+        out=out,
+        fallback_mpp=mpp,
+        overlap_px=overlap,
+        min_tissue_fraction=min_tissue,
+        tissue_method=tissue_method,
+        tiles_per_task=tiles_per_task,
+        batch_size=batch_size,
+        retries=retries,
+        force=force,
+        keep_tiles=keep_tiles,
+        keep_jpeg=keep_jpeg,
+        show_progress=progress,
+    )
+
+
+def features(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
+    out: Annotated[Path, typer.Option(help="Features folder (one encoder and tiling each).")],
+    encoder: EncoderName = "resnet18",
+    encoder_weights: Annotated[
+        Path | None, typer.Option(help="Local weights file for the encoder (default: random).")
+    ] = None,
+    encoder_file: EncoderFile = None,
+    tile_mpp: Annotated[float, typer.Option(help="µm/px of the tiles.")] = 0.5,
+    tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(help="Seed of a random encoder.")] = 0,
+    cluster_file: ClusterFile = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    mpp: FallbackMpp = None,
+    overlap: Overlap = 0,
+    min_tissue: MinTissue = 0.25,
+    tiles_per_task: TilesPerTask = 256,
+    batch_size: BatchSize = 64,
+    retries: Retries = 2,
+    force: Force = False,
+    keep_tiles: KeepTiles = False,
+    keep_jpeg: KeepJpeg = None,
+    progress: Progress = True,
+) -> None:
+    """Tile slides and run the encoder only, keeping features for `slidemill train`."""
+    from slidemill.pipeline.cohort import encoder_bundle
+
+    bundle = encoder_bundle(
+        out,
+        encoder=encoder,
+        encoder_weights=encoder_weights,
+        tile_mpp=tile_mpp,
+        tile_px=tile_px,
+        seed=seed,
+        encoder_file=encoder_file,
+    )
+    _run_and_report(
+        cluster_file,
+        scheduler,
+        workers,
+        slides=tuple(slides),
+        model=bundle,
+        out=out,
+        stages="features",
+        fallback_mpp=mpp,
+        overlap_px=overlap,
+        min_tissue_fraction=min_tissue,
+        tiles_per_task=tiles_per_task,
+        batch_size=batch_size,
+        retries=retries,
+        force=force,
+        keep_tiles=keep_tiles,
+        keep_jpeg=keep_jpeg,
+        show_progress=progress,
+    )

@@ -1,0 +1,127 @@
+"""`slidemill demo`, `synth`, `bench` and `schemas`: the whole workflow, generated slides,
+throughput, the contracts as JSON Schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slidemill.cli._errors import console, fail
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path(
+        "demo-out"
+    ),
+    sample: Annotated[
+        Path | None, typer.Option(help="A real slide to run too (default: the sample slide).")
+    ] = None,
+    n_train: Annotated[int, typer.Option(min=8, help="Generated training slides.")] = 32,
+    n_test: Annotated[int, typer.Option(min=2, help="Generated held-out slides.")] = 16,
+    pretrain_steps: Annotated[
+        int, typer.Option(min=1, help="Self-supervised steps for the encoder.")
+    ] = 120,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The whole workflow on the embedded default: synth → pretrain the encoder → features →
+    train ABMIL and the mean-pooling baseline → run on held-out slides and the sample slide →
+    evaluate. Steps already done are kept."""
+    from slidemill.pipeline.bench import default_sample
+    from slidemill.pipeline.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        n_train=n_train, n_test=n_test, pretrain_steps=pretrain_steps, seed=seed
+    )
+    result = run_demo(out, sample or default_sample(), settings, console)
+    table = Table(title="slidemill demo: figures on generated slides with ground truth")
+    for column in ("head", "out-of-fold AUROC", "held-out AUROC", "held-out balanced acc.",
+                   "lesion localisation AUROC"):  # fmt: skip
+        table.add_column(column)
+    for head, held in result.held_out.items():
+        r, oof = held.evaluation.report, result.out_of_fold[head].evaluation.report
+        loc = f"{r.localisation.pooled_auroc:.3f}" if r.localisation is not None else "—"
+        table.add_row(
+            head,
+            f"{oof.pooled.auroc:.3f}",
+            f"{r.pooled.auroc:.3f}",
+            f"{r.pooled.balanced_accuracy:.3f}",
+            loc,
+        )
+    console.print(table)
+    for head, held in result.held_out.items():
+        console.print(f"{head}: {held.files['report.html']}", soft_wrap=True)
+
+
+def schemas(out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files.")]) -> None:
+    """Export slidemill's contracts as JSON Schema."""
+    from slidemill.schemas import write_json_schemas
+
+    for path in write_json_schemas(out):
+        console.print(str(path))
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for the generated set.")],
+    n: Annotated[int, typer.Option(min=1, help="Number of slides.")] = 20,
+    positive_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of the slides that have lesions.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the whole set.")] = 0,
+    size: Annotated[
+        str, typer.Option(help="Level-0 size WIDTHxHEIGHT in pixels, at 0.5 µm/px.")
+    ] = "6000x4000",
+) -> None:
+    """Generate a labelled benchmark with ground truth: pyramidal SVS slides (JPEG tiles,
+    0.5/2/8 µm/px) with planted lesions and look-alikes, `<stem>.mask.png` (lesions at 8 µm/px)
+    and `<stem>.truth.json` beside each, and `labels.csv`."""
+    import time
+
+    from slidemill.pipeline.synth import parse_size, write_benchmark_set
+
+    start = time.perf_counter()
+    slides = write_benchmark_set(
+        out, n=n, positive_fraction=positive_fraction, seed=seed, size=parse_size(size)
+    )
+    for s in slides:
+        console.print(f"{s.path}  {s.label}", highlight=False)
+    positives = sum(s.label == "positive" for s in slides)
+    console.print(
+        f"{len(slides)} slides ({positives} positive), labels in {out / 'labels.csv'}, "
+        f"{time.perf_counter() - start:.1f} s",
+        highlight=False,
+    )
+
+
+def bench(
+    slide: Annotated[
+        Path | None, typer.Option(help="Slide to measure (default: the sample).")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="Time budget per single-process figure.")] = 5.0,
+    work: Annotated[
+        Path, typer.Option(help="Folder for the generated large slide (kept) and scratch.")
+    ] = Path(".slidemill-bench"),
+    large: Annotated[
+        str, typer.Option(help="Size WxH of the generated large slide; 'none' to skip it.")
+    ] = "50000x20000",
+    pipeline: Annotated[bool, typer.Option(help="Also time whole runs on 1 and 2 workers.")] = True,
+) -> None:
+    """Benchmark: tiling against the JPEG decode limit and a naive OpenSlide loop, whole runs on
+    1 and 2 workers, and peak worker memory, on the sample slide and a gigapixel one."""
+    from slidemill.pipeline.bench import default_sample, run_bench
+
+    path = slide or default_sample()
+    if path is None:
+        fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
+    size: tuple[int, int] | None = None
+    if large.lower() != "none":
+        try:
+            w, h = (int(v) for v in large.lower().split("x"))
+        except ValueError:
+            fail(f"--large must be WxH (e.g. 50000x20000) or none, not {large!r}")
+        size = (w, h)
+    out = Console(width=max(Console().width, 120))
+    run_bench(path, seconds, out, workdir=work, large_size=size, pipeline=pipeline)
