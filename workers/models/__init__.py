@@ -3,6 +3,7 @@ device policy, and CLAM checkpoint import."""
 
 from slidemill.workers.models._bundle import (
     LoadedModel,
+    check_bundle,
     encoder_width,
     file_sha256,
     init_bundle,
@@ -82,6 +83,7 @@ __all__ = [
     "TinyCNN",
     "TorchScriptEncoder",
     "TransMIL",
+    "check_bundle",
     "default_device",
     "encoder_width",
     "ensemble_of",

@@ -99,13 +99,18 @@ def build_encoder(manifest: ModelManifest, bundle: Path | None = None) -> nn.Mod
 
 
 def _torchscript_kwargs(manifest: ModelManifest, bundle: Path | None) -> dict[str, object]:
-    """The bundle's TorchScript file, checked against the manifest's sha256, as factory kwargs.
+    """The bundle's TorchScript file as factory kwargs; `check_bundle` verifies its sha256.
 
     The width comes from the manifest rather than a probe tile: the checked file is the one
     whose width `init_bundle` measured.
     """
     if bundle is None:
         raise ModelBundleError("a torchscript encoder is built from its bundle folder; none given")
+    return {"file": str(_torchscript_file(manifest, bundle)[0]), "feature_dim": manifest.feature_dim}
+
+
+def _torchscript_file(manifest: ModelManifest, bundle: Path) -> tuple[Path, str]:
+    """The bundle's TorchScript file and the sha256 its manifest records for it."""
     path = bundle / ENCODER_FILE
     kwargs = dict(manifest.encoder_kwargs)
     expected = kwargs.pop("file_sha256", None)
@@ -116,13 +121,7 @@ def _torchscript_kwargs(manifest: ModelManifest, bundle: Path | None) -> dict[st
         )
     if not path.is_file():
         raise ModelBundleError(f"{bundle}: no {ENCODER_FILE} (the torchscript encoder's file)")
-    actual = file_sha256(path)
-    if actual != expected:
-        raise ModelBundleError(
-            f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… "
-            "(corrupt or replaced encoder file)"
-        )
-    return {"file": str(path), "feature_dim": manifest.feature_dim}
+    return path, expected
 
 
 def build_head(manifest: ModelManifest) -> nn.Module:
@@ -143,19 +142,35 @@ def encoder_width(encoder: nn.Module) -> int:
     return width
 
 
-def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel:
-    """Load a bundle, checking the weights (and a torchscript encoder's file) against the
-    manifest's sha256; on CUDA the encoder is put in channels_last for `encode_tiles`."""
+def check_bundle(bundle: Path) -> ModelManifest:
+    """A bundle's validated manifest, once its files are checked against it: the weights (and a
+    torchscript encoder's file) must have the sha256 it records. `load_bundle` starts with this
+    check; the batch runs it in the client too, so a corrupt bundle stops a run before any
+    cluster starts."""
     manifest = read_manifest(bundle)
     weights = bundle / WEIGHTS
     if not weights.is_file():
         raise ModelBundleError(f"{bundle}: no {WEIGHTS}")
-    actual = file_sha256(weights)
-    if actual != manifest.weights_sha256:
+    _check_sha256(weights, manifest.weights_sha256, "weights")
+    if manifest.encoder == TORCHSCRIPT:
+        _check_sha256(*_torchscript_file(manifest, bundle), "encoder file")
+    return manifest
+
+
+def _check_sha256(path: Path, expected: str, what: str) -> None:
+    actual = file_sha256(path)
+    if actual != expected:
         raise ModelBundleError(
-            f"{weights}: sha256 {actual[:12]}… does not match the manifest's "
-            f"{manifest.weights_sha256[:12]}… (corrupt or replaced weights)"
+            f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… "
+            f"(corrupt or replaced {what})"
         )
+
+
+def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel:
+    """Load a bundle once `check_bundle` passes; on CUDA the encoder is put in channels_last
+    for `encode_tiles`."""
+    manifest = check_bundle(bundle)
+    weights = bundle / WEIGHTS
     encoder, head = build_modules(manifest, bundle)
     state = load_file(str(weights))
     for prefix, module in (("encoder.", encoder), ("head.", head)):
