@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+from slidemill.schemas import InvalidInputError
+
+
+def parse_size(text: str, option: str) -> tuple[int, int]:
+    """`--size 6000x4000` → (6000, 4000); anything else is a usage error naming the option."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise InvalidInputError(f"{option} {text!r} is not WIDTHxHEIGHT in pixels, e.g. 6000x4000")
+    return int(parts[0]), int(parts[1])
+
 
 def class_list(classes: str) -> tuple[str, ...]:
     """`--classes a,b,c` → ("a", "b", "c")."""

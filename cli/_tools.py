@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slidemill.cli._errors import console, fail
+from slidemill.cli._options import parse_size
 
 
 def demo(
@@ -80,11 +81,11 @@ def synth(
     and `<stem>.truth.json` beside each, and `labels.csv`."""
     import time
 
-    from slidemill.pipeline.synth import parse_size, write_benchmark_set
+    from slidemill.pipeline.synth import write_benchmark_set
 
     start = time.perf_counter()
     slides = write_benchmark_set(
-        out, n=n, positive_fraction=positive_fraction, seed=seed, size=parse_size(size)
+        out, n=n, positive_fraction=positive_fraction, seed=seed, size=parse_size(size, "--size")
     )
     for s in slides:
         console.print(f"{s.path}  {s.label}", highlight=False)
@@ -116,12 +117,6 @@ def bench(
     path = slide or default_sample()
     if path is None:
         fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
-    size: tuple[int, int] | None = None
-    if large.lower() != "none":
-        try:
-            w, h = (int(v) for v in large.lower().split("x"))
-        except ValueError:
-            fail(f"--large must be WxH (e.g. 50000x20000) or none, not {large!r}")
-        size = (w, h)
+    size = None if large.lower() == "none" else parse_size(large, "--large")
     out = Console(width=max(Console().width, 120))
     run_bench(path, seconds, out, workdir=work, large_size=size, pipeline=pipeline)

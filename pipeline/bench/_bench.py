@@ -144,7 +144,8 @@ def slidemill_tiling(
     """slidemill's tiling stage (strip reads, slicing, and with `write` the Zarr write) at the
     slide's own resolution over every tile, tissue or not, in one process; `keep_jpeg` as the
     run option (False: `--decode-tiles`)."""
-    mpp = READERS.get(path).mpp or 0.5
+    with READERS.lease(path) as reader:
+        mpp = reader.mpp or 0.5
     job = SlideJob(
         slide_id="bench",
         path=str(path),
@@ -169,19 +170,21 @@ def slidemill_tiling(
     def once() -> tuple[int, float]:
         # decoded stored tiles must not be served from the last pass; the handle stays open, as
         # it does on a worker between blocks
-        reader = READERS.get(path)
-        drop = getattr(reader, "drop_cache", None)
+        with READERS.lease(path) as reader:
+            drop = getattr(reader, "drop_cache", None)
         if drop is not None:
             drop()
         else:
             READERS.evict(path)
-            reader = READERS.get(path)
-        for start, stop in plan.blocks:
-            if write:
-                write_tiles(plan, start, stop)
-            else:
-                rows, cols = grid_index[start:stop, 0], grid_index[start:stop, 1]
-                read_tiles(reader, plan.choice, plan.stride_level0, tile_px, tile_px, rows, cols)
+        with READERS.lease(path) as reader:
+            for start, stop in plan.blocks:
+                if write:
+                    write_tiles(plan, start, stop)
+                else:
+                    rows, cols = grid_index[start:stop, 0], grid_index[start:stop, 1]
+                    read_tiles(
+                        reader, plan.choice, plan.stride_level0, tile_px, tile_px, rows, cols
+                    )
         return plan.n_tiles, plan.n_tiles * tile_mp
 
     tiles, mp, secs = _repeat(budget, once)

@@ -81,9 +81,9 @@ def sample_tiles(
             grid = layout.grid
             rng = np.random.default_rng([seed, i])
             take = np.sort(rng.permutation(grid.n_tiles)[:tiles_per_slide])
-            chunks.append(
-                read_tiles(
-                    READERS.get(path),
+            with READERS.lease(path) as reader:
+                tiles = read_tiles(
+                    reader,
                     layout.choice,
                     layout.stride_level0,
                     spec.tile_px,
@@ -91,7 +91,7 @@ def sample_tiles(
                     grid.rows[take].astype(np.int64),
                     grid.cols[take].astype(np.int64),
                 )
-            )
+            chunks.append(tiles)
             used.append((str(path), len(take)))
         except SlideError as err:
             left_out.append((str(path), one_line(err)))

@@ -298,8 +298,3 @@ def read_all(path: Path, name: str) -> NDArray[np.generic]:
 def read_attrs(path: Path) -> SlideStoreAttrs:
     root = zarr.open_group(store=str(path), mode="r")
     return SlideStoreAttrs.model_validate(root.attrs[STORE_ATTRS_KEY])
-
-
-def write_attrs(path: Path, attrs: SlideStoreAttrs) -> None:
-    root = zarr.open_group(store=str(path), mode="r+")
-    root.attrs[STORE_ATTRS_KEY] = attrs.model_dump(mode="json")

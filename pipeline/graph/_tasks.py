@@ -32,7 +32,6 @@ from slidemill.pipeline.graph._store import (
     read_tile_pixels,
     work_dir,
     write_array,
-    write_attrs,
     write_block,
     write_jpeg_block,
 )
@@ -98,10 +97,10 @@ class SlideJob:
     """Stop after the encoder: no MIL head, no heatmap, no diagnosis."""
     threshold: float | None = None
     """Decision threshold on P(second class) for two classes (from training); None = argmax."""
-    keep_jpeg: bool | None = True
+    keep_jpeg: bool | None = None
     """Keep the slide's own JPEG tiles, undecoded, where tiles are cut from a JPEG-tiled level
-    without resizing (None until the batch knows whether GPU workers encode:
-    `pipeline._batch.keep_jpeg`)."""
+    without resizing. None until the batch knows whether GPU workers encode (`keep_jpeg`);
+    planned outside a batch, None means the CPU-worker default, keep."""
     keep_tiles: bool = False
     """Leave the tile pixels in the published store (by default they are removed once encoded)."""
 
@@ -180,25 +179,22 @@ def plan_layout(
     readers: ReaderCache, path: Path, spec: TilingSpec, fallback_mpp: float | None
 ) -> TileLayout:
     """Open the slide, find tissue and lay out the tile grid (no outputs written)."""
-    reader = readers.get(path)
     source: Literal["slide", "fallback"]
-    if reader.mpp is not None:
-        base_mpp, source = reader.mpp, "slide"
-    elif fallback_mpp is not None:
-        base_mpp, source = fallback_mpp, "fallback"
-    else:
-        raise MissingResolutionError(
-            f"{path}: the slide records no resolution (µm/px); give it with --mpp"
-        )
-    width, height = reader.dimensions
-    try:
+    with readers.lease(path) as reader:
+        if reader.mpp is not None:
+            base_mpp, source = reader.mpp, "slide"
+        elif fallback_mpp is not None:
+            base_mpp, source = fallback_mpp, "fallback"
+        else:
+            raise MissingResolutionError(
+                f"{path}: the slide records no resolution (µm/px); give it with --mpp"
+            )
+        width, height = reader.dimensions
+        downsamples = reader.level_downsamples
         thumb = read_thumbnail(reader, base_mpp, spec.tissue_mpp)
-    except SlideError:
-        readers.evict(path)
-        raise
     thumb_mpp = base_mpp * width / thumb.shape[1]
     mask = tissue_mask(thumb, spec.tissue_method, thumb_mpp)
-    choice = choose_level(base_mpp, reader.level_downsamples, spec.mpp, spec.tile_px)
+    choice = choose_level(base_mpp, downsamples, spec.mpp, spec.tile_px)
     stride_level0 = spec.stride_px * spec.mpp / base_mpp
     grid = plan_grid(
         mask,
@@ -254,10 +250,9 @@ def plan_slide(job: SlideJob) -> SlidePlan:
         provenance=provenance,
     )
     jpeg = None
-    if job.keep_jpeg:
-        jpeg = keepable_jpeg(
-            READERS.get(path), choice, spec.tile_px, grid.coords(), job.tiles_per_task
-        )
+    if job.keep_jpeg is not False:
+        with READERS.lease(path) as reader:
+            jpeg = keepable_jpeg(reader, choice, spec.tile_px, grid.coords(), job.tiles_per_task)
     fresh_work_dir(Path(job.out), job.slide_id)
     create_store(
         job.store,
@@ -337,8 +332,7 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
     job = plan.job
     spec = job.tiling
     path = Path(job.path)
-    reader = READERS.get(path)
-    try:
+    with READERS.lease(path) as reader:
         if plan.jpeg is not None:  # no decoding here: the encoder side decodes
             coords = np.asarray(
                 read_block(job.store, StoreArray.COORDS, start, stop), dtype=np.int64
@@ -350,9 +344,6 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
             tiles = read_tiles(
                 reader, plan.choice, plan.stride_level0, spec.tile_px, spec.stride_px, rows, cols
             )
-    except SlideError:
-        READERS.evict(path)
-        raise
     if plan.jpeg is not None:
         write_jpeg_block(job.store, plan.jpeg, start, kept)
     else:
@@ -427,7 +418,8 @@ def reduce_slide(
     width, height = attrs.slide_dimensions
     base_mpp = plan.provenance.slide_mpp or 1.0
     display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
-    thumb = read_thumbnail(READERS.get(Path(job.path)), base_mpp, display_mpp)
+    with READERS.lease(Path(job.path)) as reader:
+        thumb = read_thumbnail(reader, base_mpp, display_mpp)
     label_index = decide_label(mil.probabilities, job.threshold)
     label = job.class_names[label_index]
     work = job.work
@@ -439,7 +431,6 @@ def reduce_slide(
         cell_px=attrs.stride_level0 * thumb.shape[1] / attrs.slide_dimensions[0],
         title=f"{job.slide_id}: {label} (p={mil.probabilities[label_index]:.2f})",
     )
-    write_attrs(job.store, attrs)
     result = SlideResult(
         slide_id=job.slide_id,
         path=job.path,

@@ -4,6 +4,7 @@ from listing folders)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,22 @@ def expand(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def safe_id(stem: str) -> str:
+    """A slide id from a file stem: letters and digits of any script (NFC-normalised, so one
+    spelling per name), `.`, `-` and `_` stay; each run of anything else (separators, spaces,
+    `%`, `#`, `?`, control characters), which a file system or a URL path cannot hold as is,
+    becomes one `_`."""
+    text = unicodedata.normalize("NFC", stem)
+    return re.sub(r"[^\w.-]+", "_", text).strip("._") or "slide"
+
+
 def assign_ids(paths: Iterable[Path]) -> list[SlideEntry]:
     """Give each path a unique, filesystem-safe slide id derived from its stem."""
     used: set[str] = set()
     entries = []
     for p in paths:
         stem = p.parent.name if p.suffix.lower() == ".dcm" else p.stem
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "slide"
+        base = safe_id(stem)
         sid, k = base, 2
         while sid.lower() in used:
             sid, k = f"{base}-{k}", k + 1

@@ -7,8 +7,10 @@ identifiers, so no reader offers them and nothing downstream can leak them by ac
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
@@ -16,11 +18,13 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import openslide
+import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
 from slidemill.pipeline.errors import (
     MissingSlideError,
+    SlideError,
     UnreadableSlideError,
     UnsupportedSlideError,
 )
@@ -86,6 +90,27 @@ def register_reader(name: str, priority: int, opener: Callable[[Path], SlideRead
     _BACKENDS.sort(key=lambda b: -b.priority)
 
 
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def tiff_damage(path: Path) -> str | None:
+    """Why a file that announces itself as a TIFF (as SVS, NDPI, SCN and tiled TIFF do) cannot be
+    whole, or None: not a TIFF, or an intact one that is simply no whole-slide image."""
+    with path.open("rb") as fh:
+        if fh.read(4) not in _TIFF_MAGIC:
+            return None
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.pages:
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+                if ends and max(ends) > size:
+                    return f"image data runs past the end of the file ({size} bytes)"
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, struct.error) as err:
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    return None
+
+
 def open_slide(path: Path, backend: str | None = None) -> SlideReader:
     """Open `path` with the highest-priority backend that handles it (or only with `backend`).
 
@@ -103,6 +128,9 @@ def open_slide(path: Path, backend: str | None = None) -> SlideReader:
         reader = b.opener(path)
         if reader is not None:
             return reader
+    damage = tiff_damage(path)
+    if damage is not None:
+        raise UnreadableSlideError(f"{path}: truncated or corrupt TIFF: {damage}")
     raise UnsupportedSlideError(
         f"{path}: not a whole-slide image format that slidemill can read "
         f"(readers tried: {', '.join(b.name for b in _BACKENDS)})"
@@ -215,35 +243,68 @@ def read_thumbnail(reader: SlideReader, base_mpp: float, target_mpp: float) -> N
     return np.concatenate(strips, axis=0)
 
 
+@dataclass(slots=True)
+class _Handle:
+    """An open reader and who is using it (mutable: guarded by the cache's lock)."""
+
+    reader: SlideReader
+    users: int = 0
+    retired: bool = False
+    """Out of the cache; closed when its last user lets go."""
+
+
 class ReaderCache:
-    """Open handles per process, most recently used kept (opening costs ~9 ms per slide)."""
+    """Open handles per process, most recently used kept (opening costs ~9 ms per slide).
+
+    Handles are leased: with several threads per worker, one thread may push a handle out of the
+    cache (or evict it after an error) while another still reads from it, so a handle is closed
+    only when its last lease ends."""
 
     def __init__(self, capacity: int = 8) -> None:
         self._capacity = capacity
-        self._handles: OrderedDict[tuple[str, int, int], SlideReader] = OrderedDict()
+        self._handles: OrderedDict[tuple[str, int, int], _Handle] = OrderedDict()
         self._lock = Lock()
 
-    def get(self, path: Path) -> SlideReader:
+    @contextmanager
+    def lease(self, path: Path) -> Iterator[SlideReader]:
+        """The slide's reader for the block. A `SlideError` raised in the block evicts the
+        handle (an OpenSlide handle stays in an error state once it has failed)."""
+        handle = self._acquire(path)
+        try:
+            yield handle.reader
+        except SlideError:
+            self.evict(path)
+            raise
+        finally:
+            with self._lock:
+                handle.users -= 1
+                if handle.retired and handle.users == 0:
+                    handle.reader.close()
+
+    def _acquire(self, path: Path) -> _Handle:
         try:
             st = path.stat()
         except FileNotFoundError as err:
             raise MissingSlideError(f"{path}: file not found") from err
         key = (str(path), st.st_mtime_ns, st.st_size)
         with self._lock:
-            reader = self._handles.pop(key, None)
-            if reader is None:
-                reader = open_slide(path)
-            self._handles[key] = reader
+            handle = self._handles.pop(key, None) or _Handle(open_slide(path))
+            handle.users += 1
+            self._handles[key] = handle
             while len(self._handles) > self._capacity:
-                _, old = self._handles.popitem(last=False)
-                old.close()
-            return reader
+                self._retire(self._handles.popitem(last=False)[1])
+            return handle
+
+    def _retire(self, handle: _Handle) -> None:
+        handle.retired = True
+        if handle.users == 0:
+            handle.reader.close()
 
     def evict(self, path: Path) -> None:
-        """Drop handles of `path` (after an error OpenSlide handles stay in an error state)."""
+        """Drop handles of `path`; each closes once no lease holds it."""
         with self._lock:
             for key in [k for k in self._handles if k[0] == str(path)]:
-                self._handles.pop(key).close()
+                self._retire(self._handles.pop(key))
 
 
 READERS = ReaderCache()

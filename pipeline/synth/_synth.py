@@ -1299,15 +1299,8 @@ def write_truth(
     return mask_path, truth_path
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Width and height from WIDTHxHEIGHT, e.g. 6000x4000."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise InvalidInputError(f"size {text!r} is not WIDTHxHEIGHT in pixels, e.g. 6000x4000")
-    w, h = int(parts[0]), int(parts[1])
-    if min(w, h) < 1024:
-        raise InvalidInputError(f"size {text!r} is too small for lesions; use at least 1024x1024")
-    return w, h
+MIN_SIDE = 1024
+"""The smallest side of a benchmark slide that leaves room for lesions and look-alikes."""
 
 
 def write_benchmark_set(
@@ -1327,6 +1320,10 @@ def write_benchmark_set(
         raise InvalidInputError("n must be at least 1")
     if not 0.0 <= positive_fraction <= 1.0:
         raise InvalidInputError("positive fraction must lie in [0, 1]")
+    if min(size) < MIN_SIDE:
+        raise InvalidInputError(
+            f"size {size[0]}x{size[1]} is too small for lesions; use at least {MIN_SIDE}x{MIN_SIDE}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng([seed & _MASK64, 0x1AB]).permutation(n)
     positive = set(order[: math.floor(n * positive_fraction + 0.5)].tolist())

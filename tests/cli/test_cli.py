@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from slidemill.cli._app import app
+from slidemill.cli import app
 from slidemill.workers import load_bundle
 
 runner = CliRunner()
@@ -55,3 +56,15 @@ def test_synth_writes_slides_with_ground_truth(tmp_path: Path) -> None:
         "synthetic-000.svs",
         "synthetic-000.truth.json",
     ]
+
+
+@pytest.mark.parametrize("text", ["6000", "axb", "6000x4000x3", "-5x3", "0x10"])
+def test_sizes_are_width_x_height(tmp_path: Path, text: str) -> None:
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path), "--n", "1", "--size", text])
+    assert res.exit_code == 2 and "is not WIDTHxHEIGHT" in res.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_size_is_a_usage_error_naming_the_option(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["bench", "--slide", str(tmp_path / "x.svs"), "--large", "huge"])
+    assert res.exit_code == 2 and "--large 'huge'" in res.output

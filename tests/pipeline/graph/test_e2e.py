@@ -21,7 +21,7 @@ from tests.helpers import sample_path, slidemill, synthetic
 BAD_STATUS = {
     "missing": ("failed", "file not found"),
     "empty": ("failed", "empty"),
-    "truncated": ("failed", ""),
+    "truncated": ("failed", "truncated or corrupt"),
     "photo": ("failed", "not a"),
     "plain": ("failed", "not a"),
     "blank": ("skipped", "no tissue"),

@@ -4,6 +4,7 @@ local files)."""
 from __future__ import annotations
 
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,14 @@ def test_ids_are_unique_and_filesystem_safe(tmp_path: Path) -> None:
     paths = [Path("/a/x y.svs"), Path("/b/x y.tiff"), Path("/c/X_y.svs"), Path("/d/..svs")]
     ids = [e.slide_id for e in assign_ids(paths)]
     assert ids == ["x_y", "x_y-2", "X_y-3", "slide"]
+
+
+def test_ids_keep_letters_of_any_script_in_one_spelling() -> None:
+    decomposed = unicodedata.normalize("NFD", "ünïcode name")
+    paths = [Path(f"/a/{decomposed}.svs"), Path("/b/ünïcode name.tiff"), Path("/c/a%2F#b?c.svs")]
+    ids = [e.slide_id for e in assign_ids(paths)]
+    assert ids == ["ünïcode_name", "ünïcode_name-2", "a_2F_b_c"]
+    assert all(unicodedata.is_normalized("NFC", i) for i in ids)
 
 
 def test_folders_are_walked_and_named_files_kept(tmp_path: Path) -> None:

@@ -15,7 +15,14 @@ from slidemill.pipeline.errors import (
     UnsupportedSlideError,
 )
 from slidemill.pipeline.graph import read_tiles, runs
-from slidemill.pipeline.slides import SlideReader, choose_level, open_slide, read_thumbnail, to_rgb
+from slidemill.pipeline.slides import (
+    ReaderCache,
+    SlideReader,
+    choose_level,
+    open_slide,
+    read_thumbnail,
+    to_rgb,
+)
 from slidemill.pipeline.tissue import origin, plan_grid
 
 
@@ -119,3 +126,32 @@ def test_strip_reads_equal_per_tile_reads(
             assert diff.max() == 0
         else:
             assert diff.mean() < 4.0  # resampling a strip vs a tile differs only at edges
+
+
+def test_a_handle_pushed_out_of_the_cache_stays_open_until_its_lease_ends(
+    slides_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    real_close = {}
+
+    def tracking(path: Path) -> SlideReader:
+        reader = open_slide(path)
+        real_close[path.name] = reader.close
+        monkeypatch.setattr(reader, "close", lambda: closed.append(path.name))
+        return reader
+
+    monkeypatch.setattr("slidemill.pipeline.slides._readers.open_slide", tracking)
+    cache = ReaderCache(capacity=1)
+    first, second = sorted(slides_dir.iterdir())
+    with cache.lease(first) as held:
+        with cache.lease(second):
+            pass  # `first` is now out of the cache, but still leased
+        cache.evict(first)
+        assert closed == []
+        assert held.read_region((0, 0), 0, (16, 16)).shape == (16, 16, 3)
+    assert closed == [first.name]  # closed when its last lease ended
+    with cache.lease(first):
+        pass  # reopened: the retired handle is not handed out again
+    assert closed == [first.name, second.name]
+    for close in real_close.values():
+        close()

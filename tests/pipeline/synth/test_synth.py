@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from typer.testing import CliRunner
 
-from slidemill.cli._app import app
+from slidemill.cli import app
 from slidemill.pipeline.slides import open_slide, read_thumbnail
 from slidemill.pipeline.synth import (
     LABEL_MARKER_RGB,
@@ -24,7 +24,6 @@ from slidemill.pipeline.synth import (
     Blob,
     SyntheticSlide,
     load_truth,
-    parse_size,
     plan_benchmark_slide,
     truth_beside,
     write_benchmark_set,
@@ -319,10 +318,3 @@ def test_synth_command_writes_a_labelled_set(tmp_path: Path) -> None:
     assert "2 slides (1 positive)" in res.output
     bad = runner.invoke(app, ["synth", "--out", str(tmp_path), "--size", "10x10"])
     assert bad.exit_code == 2 and "too small" in bad.output
-
-
-def test_parse_size() -> None:
-    assert parse_size("6000x4000") == (6000, 4000)
-    for text in ("6000", "axb", "6000x4000x3", "-5x3"):
-        with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
-            parse_size(text)

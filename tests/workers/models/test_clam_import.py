@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from slidemill.cli._app import app
+from slidemill.cli import app
 from slidemill.workers import (
     ENCODERS,
     ModelBundleError,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from slidemill.cli._app import app
+from slidemill.cli import app
 from slidemill.pipeline.cohort import encoder_bundle
 from slidemill.pipeline.errors import InvalidInputError
 from slidemill.workers import (
