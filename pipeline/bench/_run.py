@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 from distributed import Client, LocalCluster
 
-from slidemill.cluster._backend import nanny_environ
+from slidemill.cluster import nanny_environ
 from slidemill.pipeline.errors import PipelineError
 from slidemill.pipeline.graph import run_batch
 from slidemill.schemas import NannyEnv, RunSpec
@@ -60,7 +60,7 @@ def _rss_mib() -> float:
 
 
 def _warm_up() -> None:
-    import slidemill.pipeline.graph._tasks  # noqa: F401  (torch, zarr, openslide: what the first task would load)
+    import slidemill.pipeline.graph  # noqa: F401  (torch, zarr, openslide: what the first task loads)
 
 
 def pipeline_run(slide: Path, bundle: Path, workers: int, work: Path) -> PipelineRun:

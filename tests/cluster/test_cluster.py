@@ -30,9 +30,9 @@ def test_existing_scheduler_runs_the_batch_and_inference_stays_on_gpu_workers(
     sha = manifest_sha256(read_manifest(tiny_bundle))
 
     def has_model() -> bool:
-        from slidemill.workers.inference._plugin import _CACHE
+        from slidemill.workers.inference import loaded_models
 
-        return sha in _CACHE
+        return sha in loaded_models()
 
     with Client(external_cluster) as client:
         loaded = client.run(has_model)

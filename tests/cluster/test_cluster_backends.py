@@ -24,20 +24,22 @@ from distributed.core import Status
 
 from slidemill.cluster import (
     BACKENDS,
+    CUDA_WORKER,
+    PRE_SPAWN_ENVIRON,
+    PRE_SPAWN_ENVIRON_VAR,
     ClusterConfigError,
     ClusterSettings,
     MissingExtraError,
     connect,
     example_config,
     example_names,
+    gpu_job_kwargs,
     gpu_workers,
     kubernetes_spec,
     load_cluster_config,
     preview,
     slurm_pools,
 )
-from slidemill.cluster._backend import PRE_SPAWN_ENVIRON, PRE_SPAWN_ENVIRON_VAR
-from slidemill.cluster._slurm import CUDA_WORKER, gpu_job_kwargs
 from slidemill.schemas import (
     BACKEND_NAMES,
     Adapt,

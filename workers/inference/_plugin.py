@@ -43,6 +43,10 @@ class ModelPlugin(WorkerPlugin):
     `resource`: when set, only workers declaring that resource (e.g. "GPU") load the model.
     """
 
+    idempotent = True
+    """Registering it again (a retry, a later batch with the same bundle id) keeps the one the
+    scheduler has: its workers hold the model already."""
+
     def __init__(self, bundle: str, sha256: str, resource: str | None = None) -> None:
         self.bundle = bundle
         self.sha256 = sha256
@@ -57,3 +61,8 @@ class ModelPlugin(WorkerPlugin):
     def teardown(self, worker: Worker) -> None:
         with _LOCK:
             _CACHE.pop(self.sha256, None)
+
+
+def loaded_models() -> frozenset[str]:
+    """The ids (manifest sha256) of the models this process holds, loaded by the plugin."""
+    return frozenset(_CACHE)

@@ -106,7 +106,10 @@ def _torchscript_kwargs(manifest: ModelManifest, bundle: Path | None) -> dict[st
     """
     if bundle is None:
         raise ModelBundleError("a torchscript encoder is built from its bundle folder; none given")
-    return {"file": str(_torchscript_file(manifest, bundle)[0]), "feature_dim": manifest.feature_dim}
+    return {
+        "file": str(_torchscript_file(manifest, bundle)[0]),
+        "feature_dim": manifest.feature_dim,
+    }
 
 
 def _torchscript_file(manifest: ModelManifest, bundle: Path) -> tuple[Path, str]:
@@ -309,11 +312,8 @@ def init_bundle(
         enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
     fields["feature_dim"] = encoder_width(enc)
     manifest = ModelManifest.model_validate(fields)
-    if encoder_file is not None:
-        head_module = build_head(manifest)
-    else:
-        # a second encoder, unused, so the head draws the same random numbers as it always has
-        _, head_module = build_modules(manifest)
+    torch.manual_seed(seed)  # the head's random start does not depend on the encoder built above
+    head_module = build_head(manifest)
     if encoder_weights is not None:
         load_encoder_weights(enc, encoder_weights)
     return save_bundle(out, enc, head_module, fields)

@@ -1,0 +1,209 @@
+"""The house itself: one namespace, rooms that import only downwards through public names, no
+import cycles, and a wheel that installs nothing but `slidemill/`."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+ROOMS = ("schemas", "cluster", "workers", "pipeline", "cli")
+
+
+def _modules() -> Iterator[tuple[str, Path]]:
+    """(dotted name as installed, file) of every module of the rooms and the tests."""
+    for room in (*ROOMS, "tests"):
+        for path in sorted((REPO / room).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            prefix = () if room == "tests" else ("slidemill",)
+            yield ".".join((*prefix, *parts)), path
+
+
+def _imports(path: Path, module: str, top_level_only: bool) -> Iterator[tuple[str, int]]:
+    """(imported module, line) of `path`; relative imports resolved against `module`."""
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield base, node.lineno
+            for alias in node.names:  # `from pkg import _module` reaches a private module too
+                yield f"{base}.{alias.name}", node.lineno
+
+
+def _private_package(name: str) -> str | None:
+    """The package whose private module `name` is (slidemill.pipeline.graph for
+    slidemill.pipeline.graph._tasks), or None for a public name."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+def test_no_module_imports_another_packages_private_module() -> None:
+    offences = []
+    for module, path in _modules():
+        for name, line in _imports(path, module, top_level_only=False):
+            owner = _private_package(name)
+            if owner is None or not owner.startswith("slidemill"):
+                continue
+            if not (module == owner or module.startswith(owner + ".")):
+                offences.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert offences == []
+
+
+def test_nothing_imports_the_bare_folder_names() -> None:
+    offences = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for module, path in _modules()
+        for name, line in _imports(path, module, top_level_only=False)
+        if name.split(".")[0] in ROOMS
+    ]
+    assert offences == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return found
+
+
+def test_tarjan_finds_a_cycle_and_only_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Module-level imports only: an import inside a function runs later and breaks no cycle
+    at import time, and `if TYPE_CHECKING:` blocks are not module-level statements here."""
+    modules = {m: p for m, p in _modules() if m.startswith("slidemill")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for name, _ in _imports(path, module, top_level_only=True):
+            # `from pkg import name` names a module only when pkg.name is one
+            target = name if name in modules else name.rpartition(".")[0]
+            if target in modules and target != module and not module.startswith(target + "."):
+                graph[module].add(target)
+    assert _cycles(graph) == []
+
+
+def _package_dirs() -> set[str]:
+    return {
+        "slidemill." + ".".join(p.parent.relative_to(REPO).parts)
+        for room in ROOMS
+        for p in (REPO / room).rglob("__init__.py")
+    }
+
+
+def test_every_package_is_in_the_wheel_list() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(config["packages"]) == _package_dirs()
+    assert config["package-dir"] == {f"slidemill.{room}": room for room in ROOMS}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(out), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (path,) = out.glob("slidemill-*.whl")
+    return path
+
+
+def test_the_wheel_installs_only_the_slidemill_namespace(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"slidemill"}
+    assert "slidemill/cluster/slurm.yaml" in names
+    assert not any("/tests/" in n or n.startswith("tests/") for n in names)
+
+
+def test_installed_wheel_imports_as_slidemill_and_not_as_bare_folders(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """A fresh virtual environment that sees this one's dependencies but not its editable
+    install: run from outside the checkout, only `slidemill.*` imports."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    zipfile.ZipFile(wheel).extractall(site)
+    # the dependencies, as a plain path entry: .pth files there (the editable hook) stay unread
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ok = subprocess.run(
+        [python, "-c", "import slidemill.pipeline, slidemill.workers, slidemill.schemas, "
+         "slidemill.cluster, slidemill.cli; print(slidemill.pipeline.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert Path(ok.stdout.strip()).is_relative_to(site)
+    for bare in ROOMS:
+        gone = subprocess.run(
+            [python, "-c", f"import {bare}"], cwd=tmp_path, env=env, capture_output=True
+        )
+        assert gone.returncode != 0, f"`import {bare}` works outside the checkout"
