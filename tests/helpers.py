@@ -7,9 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
 
 from slidemill.pipeline.bench import default_sample
 from slidemill.pipeline.synth import Ellipse, SyntheticSlide
+from slidemill.schemas.layout import STORE_ATTRS_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +51,28 @@ def dask_process(*args: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+class StoreView:
+    """A slide store opened read-only for assertions: arrays come back as numpy arrays, and
+    `attrs` is slidemill's attribute document (plain JSON)."""
+
+    def __init__(self, path: Path) -> None:
+        self._root = zarr.open_group(store=str(path), mode="r")
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        array = self._root[name]
+        assert isinstance(array, zarr.Array), f"{name} is not an array"
+        return np.asarray(array[...])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._root
+
+    def array_names(self) -> set[str]:
+        return set(self._root.array_keys())
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        doc = self._root.attrs[STORE_ATTRS_KEY]
+        assert isinstance(doc, dict)
+        return doc

@@ -6,18 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from slidemill.pipeline.graph import read_tile_pixels
 from slidemill.workers import encode_tiles, load_bundle
-from tests.helpers import slidemill
+from tests.helpers import StoreView, slidemill
 
 
 def test_features_are_the_saved_encoders_output_and_reused(
     slides_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "features"
-    args = ["--out", out, "--encoder", "tiny_cnn", "--tile-px", "64", "--tile-mpp", "2.0"]
+    args: list[str | Path] = ["--out", out, "--encoder", "tiny_cnn", "--tile-px", "64"]
+    args += ["--tile-mpp", "2.0"]
     args += ["--keep-tiles"]  # to recompute the features from them
     proc = slidemill("features", slides_dir, *args, "--workers", "2", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,7 +27,7 @@ def test_features_are_the_saved_encoders_output_and_reused(
         result = json.loads((out / sid / "result.json").read_text())
         assert result["status"] == "done" and result["label"] is None
         assert result["provenance"]["model_sha256"] == encoder.sha256
-        root = zarr.open_group(store=str(out / sid / "slide.zarr"), mode="r")
+        root = StoreView(out / sid / "slide.zarr")
         store = out / sid / "slide.zarr"
         feats, tiles = root["features"][...], read_tile_pixels(store, 0, result["n_tiles"], sid)
         assert feats.shape == (result["n_tiles"], 32)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from PIL import Image
 
 from slidemill.pipeline.slides import open_slide
 from slidemill.pipeline.synth import LABEL_MARKER_RGB
 from slidemill.pipeline.tissue import origin
-from tests.helpers import sample_path, slidemill, synthetic
+from tests.helpers import StoreView, sample_path, slidemill, synthetic
 
 BAD_STATUS = {
     "missing": ("failed", "file not found"),
@@ -94,14 +93,14 @@ def test_good_slides_write_every_output(
         assert result["n_tiles"] == int(row["n_tiles"]) > 0
         assert len(result["file_sha256"]) == 64
         assert result["provenance"]["tiling"]["mpp"] == 2.0
-        root = zarr.open_group(store=str(folder / "slide.zarr"), mode="r")
+        root = StoreView(folder / "slide.zarr")
         n = result["n_tiles"]
         assert root["coords"].shape == (n, 2)
         assert root["tiles"].shape == (n, 64, 64, 3)
         assert root["features"].shape == (n, 32)
         assert root["attention"].shape == (n,)
         assert root["scores"].shape == (n, 2)
-        attrs = root.attrs["slidemill"]
+        attrs = root.attrs
         rows_, cols_ = attrs["grid_shape"]
         assert root["heatmap"].shape == (2, rows_, cols_)
         att = root["attention"][...]
@@ -124,9 +123,9 @@ def test_tiles_are_the_slide_at_the_target_resolution(
     batch: tuple[Path, subprocess.CompletedProcess[str]], slides_dir: Path
 ) -> None:
     out, _ = batch
-    root = zarr.open_group(store=str(out / "synth-svs" / "slide.zarr"), mode="r")
+    root = StoreView(out / "synth-svs" / "slide.zarr")
     # 2 µm/px from a 0.5 µm/px slide with levels (1, 4): level 1 is exactly 2 µm/px, no resize
-    assert root.attrs["slidemill"]["provenance"]["level"] == 1
+    assert root.attrs["provenance"]["level"] == 1
     reader = open_slide(slides_dir / "synth-svs.svs")
     coords, tiles = root["coords"][...], root["tiles"][...]
     for i in range(0, len(coords), 7):
@@ -142,9 +141,9 @@ def test_kept_tiles_are_those_with_enough_planted_tissue(
     at 8 µm/px on a 256-px (128 µm) tile."""
     out, _ = batch
     slide = synthetic()
-    root = zarr.open_group(store=str(out / "synth-tiff" / "slide.zarr"), mode="r")
+    root = StoreView(out / "synth-tiff" / "slide.zarr")
     kept = set(map(tuple, root["grid_index"][...].tolist()))
-    n_rows, n_cols = root.attrs["slidemill"]["grid_shape"]
+    n_rows, n_cols = root.attrs["grid_shape"]
     offsets = (np.arange(16) + 0.5) * 16  # 16 × 16 samples over a 256-px cell
     for r in range(n_rows):
         for c in range(n_cols):
@@ -168,7 +167,7 @@ def test_label_images_never_reach_an_output(
         return int((np.abs(img - np.array(LABEL_MARKER_RGB)).max(axis=1) < 40).sum())
 
     for folder in (out / "synth-svs", out / "synth-tiff"):
-        root = zarr.open_group(store=str(folder / "slide.zarr"), mode="r")
+        root = StoreView(folder / "slide.zarr")
         assert green(root["tiles"][...]) == 0
         assert green(root["thumbnail"][...]) == 0
         assert green(np.asarray(Image.open(folder / "heatmap.png").convert("RGB"))) == 0

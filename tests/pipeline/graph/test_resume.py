@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from slidemill.pipeline.graph import Action, ResumeKey, decide, key_of, partial_is_valid
-from slidemill.schemas import Provenance, SlideResult, TilingSpec
+from slidemill.schemas import Provenance, SlideResult, SlideStatus, TilingSpec
 
 TILING = TilingSpec(mpp=0.5, tile_px=224)
 KEY = ResumeKey(
@@ -23,7 +24,7 @@ KEY = ResumeKey(
 )
 
 
-def result(status: str = "done", key: ResumeKey = KEY) -> SlideResult:
+def result(status: SlideStatus = "done", key: ResumeKey = KEY) -> SlideResult:
     prov = Provenance(
         slidemill_version=key.slidemill_version,
         model_sha256=key.model_sha256,
@@ -55,7 +56,7 @@ def test_failed_forced_or_unknown_run() -> None:
     assert decide(result(), None, force=False) is Action.RUN
 
 
-CHANGES = {
+CHANGES: dict[str, Any] = {
     "path": "/s/b.svs",
     "file_size": 1001,
     "file_mtime_ns": 124,
@@ -85,6 +86,6 @@ def test_results_without_file_identity_are_not_trusted() -> None:
 
 
 @pytest.mark.parametrize("status", ["done", "skipped"])
-def test_round_trip_through_json_keeps_the_decision(status: str) -> None:
+def test_round_trip_through_json_keeps_the_decision(status: SlideStatus) -> None:
     again = SlideResult.model_validate_json(result(status).model_dump_json())
     assert decide(again, KEY, force=False) is Action.REUSE

@@ -10,7 +10,6 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-import zarr
 
 from slidemill.pipeline.errors import SlideError
 from slidemill.pipeline.graph import (
@@ -34,6 +33,7 @@ from slidemill.pipeline.slides import (
     pack,
 )
 from slidemill.schemas import TilingSpec, TissueMethod
+from tests.helpers import StoreView
 
 
 def _job(path: Path, out: Path, mpp: float, tile_px: int, **kw: object) -> SlideJob:
@@ -81,7 +81,7 @@ def test_aligned_grid_keeps_the_files_bytes_and_decodes_to_the_same_pixels(
     kept_plan, kept = _tile_all(_job(path, tmp_path / "kept", 0.5, side))
     assert kept_plan.jpeg is not None and kept_plan.jpeg.stored.level == 0
     assert kept_plan.jpeg.one_to_one
-    root = zarr.open_group(str(kept_plan.job.store), mode="r")
+    root = StoreView(kept_plan.job.store)
     assert "tile_jpeg" in root and "tiles" not in root
     # each row is the stored tile at that grid position, byte for byte
     grid = read_all(kept_plan.job.store, "grid_index")
@@ -96,7 +96,7 @@ def test_aligned_grid_keeps_the_files_bytes_and_decodes_to_the_same_pixels(
     # the same slide decoded at tiling time: the very same pixels
     rgb_plan, rgb = _tile_all(_job(path, tmp_path / "rgb", 0.5, side, keep_jpeg=False))
     assert rgb_plan.jpeg is None
-    assert "tiles" in zarr.open_group(str(rgb_plan.job.store), mode="r")
+    assert "tiles" in StoreView(rgb_plan.job.store)
     assert kept.shape == rgb.shape and len(kept) > 10
     np.testing.assert_array_equal(kept, rgb)
     # and the store is smaller than RGB would be
@@ -119,7 +119,7 @@ def test_other_grids_keep_a_mosaic_of_stored_tiles_with_the_same_pixels(
     side = _stored_side(path) + delta
     plan, kept = _tile_all(_job(path, tmp_path / "kept", 0.5, side, overlap=overlap))
     assert plan.jpeg is not None and not plan.jpeg.one_to_one
-    root = zarr.open_group(str(plan.job.store), mode="r")
+    root = StoreView(plan.job.store)
     assert "tiles" not in root
     # each block keeps each stored tile it needs once: fewer rows than tile-sized reads would be
     index = root["tile_jpeg_rows"][:, 0].reshape(len(plan.blocks), -1)
@@ -141,7 +141,7 @@ def test_resized_tiles_store_rgb(slides_dir: Path, tmp_path: Path) -> None:
     path = slides_dir / "synth-svs.svs"
     plan = plan_slide(_job(path, tmp_path, 0.6, _stored_side(path)))
     assert plan.jpeg is None
-    assert "tiles" in zarr.open_group(str(plan.job.store), mode="r")
+    assert "tiles" in StoreView(plan.job.store)
 
 
 def test_a_lower_level_that_lines_up_is_kept(slides_dir: Path, tmp_path: Path) -> None:
@@ -193,9 +193,13 @@ def test_a_grid_that_stops_lining_up_fails_the_slide_by_name(
     plan = plan_slide(_job(path, tmp_path, 0.5, _stored_side(path)))
     assert plan.jpeg is not None
     real = TiffDirectReader.jpeg_tiles
-    monkeypatch.setattr(  # the file now has another tile size
-        TiffDirectReader, "jpeg_tiles", lambda r, lv: replace(real(r, lv), stored_px=128)
-    )
+
+    def moved(reader: TiffDirectReader, level: int) -> StoredJpeg:  # another tile size now
+        stored = real(reader, level)
+        assert stored is not None
+        return replace(stored, stored_px=128)
+
+    monkeypatch.setattr(TiffDirectReader, "jpeg_tiles", moved)
     with pytest.raises(SlideError, match=r"synth-svs\.svs: the stored JPEG tiles no longer"):
         write_tiles(plan, *plan.blocks[0])
 
@@ -222,12 +226,15 @@ def test_an_interrupted_kept_jpeg_slide_resumes_with_its_plan(
     np.testing.assert_array_equal(read_tile_pixels(job.store, 0, plan.n_tiles, job.path), whole)
 
 
-def _level(width: int, height: int, px: int) -> tuple[StoredJpeg, list[bytes], np.ndarray]:
+def _level(
+    width: int, height: int, px: int
+) -> tuple[StoredJpeg, list[bytes | bytearray], np.ndarray]:
     """A level of `px` stored JPEG tiles over a smooth image, and the image as decoded."""
     across, down = -(-width // px), -(-height // px)
     yy, xx = np.mgrid[0 : down * px, 0 : across * px]
     image = np.stack([xx * 2 % 256, yy * 3 % 256, (xx + yy) % 256], -1).astype(np.uint8)
-    blobs, decoded = [], np.empty_like(image)
+    blobs: list[bytes | bytearray] = []
+    decoded = np.empty_like(image)
     for ty in range(down):
         for tx in range(across):
             part = (slice(ty * px, (ty + 1) * px), slice(tx * px, (tx + 1) * px))
@@ -255,7 +262,7 @@ def test_a_mosaic_assembles_tiles_and_leaves_the_outside_white() -> None:
     out = np.empty((len(coords), 48, 48, 3), np.uint8)
     for start in (0, 3):
         part = coords[start : start + 3]
-        block = gather_block(spec, part, lambda i: blobs[i], "level.tiff")
+        block = gather_block(spec, part, lambda i: bytes(blobs[i]), "level.tiff")
         assert len(block.index) == spec.block_rows  # every block has its rows, padded
         decode_block(spec, block, part, out[start : start + 3], "level.tiff")
     white = np.full((70 + 48, 100 + 48, 3), 255, np.uint8)

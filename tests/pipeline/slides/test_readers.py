@@ -120,7 +120,9 @@ def test_strip_reads_equal_per_tile_reads(
         y = int(origin(grid.rows[i : i + 1], stride0)[0])
         ref = reader.read_region((x, y), choice.level, (size, size))
         if size != tile_px:
-            ref = np.asarray(Image.fromarray(ref).resize((tile_px, tile_px), Image.BILINEAR))
+            ref = np.asarray(
+                Image.fromarray(ref).resize((tile_px, tile_px), Image.Resampling.BILINEAR)
+            )
         diff = np.abs(tiles[i].astype(int) - ref.astype(int))
         if size == tile_px and overlap == 0:
             assert diff.max() == 0

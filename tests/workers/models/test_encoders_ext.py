@@ -54,9 +54,10 @@ class UserEncoder(nn.Module):
         return self.proj(y.mean(dim=(2, 3)))
 
 
-def user_module() -> nn.Module:
+def user_module() -> UserEncoder:
     torch.manual_seed(7)
     module = UserEncoder()
+    assert module.bn.running_mean is not None and module.bn.running_var is not None
     with torch.no_grad():  # non-trivial running stats, so a lost buffer would show
         module.bn.running_mean.uniform_(-0.5, 0.5)
         module.bn.running_var.uniform_(0.5, 2.0)
