@@ -59,8 +59,8 @@ class NannyEnv(_Config):
         description="MALLOC_MMAP_THRESHOLD_ in bytes: glibc allocates blocks above this with "
         "mmap, and each such block page-faults afresh. glibc's own threshold grows to at most "
         "32 MiB, below an encoder batch's tensors (64 × 256² × 3 float32 = 50 MiB). slidemill's "
-        "256 MiB keeps them in the heap: the tiny encoder went from 4.1 to 1.5-1.8 ms per "
-        "256-px tile on one core here. null leaves it unset.",
+        "256 MiB keeps them in the heap, so each batch reuses pages already mapped instead of "
+        "faulting in a fresh mapping. null leaves it unset.",
     )
     malloc_trim_threshold: int | None = Field(
         default=MALLOC_THRESHOLD,

@@ -330,7 +330,7 @@ def run_bench(
     if not bundle.exists():
         init_bundle(bundle, encoder="tiny_cnn", tile_px=256, mpp=0.5, seed=0)
     # 1 and 2 workers alternate, PAIRS times over a slide of more than one block: the machine's
-    # speed drifts by ±10% between runs here, and a ratio of sums over pairs run side by side
+    # speed drifts between runs, and a ratio of sums over pairs run side by side
     # drifts less than one pair's
     runs: list[PipelineRun] = []
     for slide in slides:

@@ -1,4 +1,4 @@
-"""The benchmark's large slide: ≥ 1 gigapixel, JPEG-tiled, pyramidal, generated in about a minute.
+"""The benchmark's large slide: ≥ 1 gigapixel, JPEG-tiled, pyramidal, quick to generate.
 
 Rendering a gigapixel of texture pixel by pixel would take far longer than the benchmark, so level
 0 reuses a pool of pre-rendered tissue tiles (cut per pixel by the tissue outline, so the outline

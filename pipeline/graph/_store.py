@@ -50,11 +50,9 @@ from slidemill.schemas.layout import (
     StoreArray,
 )
 
-# Tiles are a cache of the slide, not an archive: write speed first. Measured on 256-px H&E tiles
-# (2 cores, before `write_empty_chunks`): zstd-1 in 1-tile chunks 1.09 ms/tile (2.77× smaller),
-# zstd-1 in 16-tile chunks 0.82 ms, blosc-lz4 in 16-tile chunks 0.61 ms (2.46× smaller). With
-# `write_empty_chunks` (below) lz4 in 16-tile chunks inside one shard per block took 0.28 ms/tile
-# on the sample slide's tiles; one chunk per block, no shard, 0.21 ms at the same 2.2× ratio.
+# Tiles are a cache of the slide, not an archive: write speed first. Of the layouts tried (zstd-1
+# and blosc-lz4; 1-tile, 16-tile and whole-block chunks; with and without a shard per block),
+# lz4 in one chunk per block, no shard, writes fastest, compressing a little less than zstd.
 # Every reader of `tiles` reads whole blocks, so nothing is lost by the coarser chunk.
 TILE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle=BloscShuffle.noshuffle)
 PARTIAL = PARTIAL_DIR  # TODO(layout): _batch still imports this name
@@ -145,7 +143,8 @@ def create_store(
             compressors=TILE_CODEC,
         )
         stored.attrs.update(jpeg.attrs())
-        # one array for both: each read of a small array costs ~1 ms of zarr overhead per block
+        # one array for both: each array read pays zarr's fixed per-read overhead, which for an
+        # array this small outweighs the data
         root.create_array(
             StoreArray.TILE_JPEG_ROWS, shape=(rows, 2), dtype="int64", chunks=(per_chunk, 2)
         )
@@ -179,9 +178,8 @@ def write_array(path: Path, name: str, data: NDArray[np.generic]) -> None:
         shape=data.shape,
         dtype=data.dtype,
         fill_value=np.nan if data.dtype.kind == "f" else 0,
-        # one lz4 chunk, not zarr's default zstd in ~64 chunks: these are read whole, and the
-        # plan writes a gigapixel slide's 12 MB thumbnail on the critical path (55 against
-        # 122 ms measured)
+        # one lz4 chunk, not zarr's default zstd in many chunks: these are read whole, and the
+        # plan writes a slide's thumbnail on the critical path
         chunks=tuple(max(1, n) for n in data.shape),
         compressors=TILE_CODEC,
         overwrite=True,
@@ -190,16 +188,16 @@ def write_array(path: Path, name: str, data: NDArray[np.generic]) -> None:
 
 
 # zarr's default (write_empty_chunks False) compares every chunk and every shard with the fill
-# value before encoding it: two full passes over the block, 30-40% of the time a 256-tile shard
-# takes to write. Every block is written whole, so "empty" chunks are simply data.
+# value before encoding it: two full passes over the block before any of it is encoded. Every
+# block is written whole, so "empty" chunks are simply data.
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
-# Arrays opened, by folder and mode. Opening one reads and validates its zarr.json (~0.9 ms, as
-# long as reading a block of a small array), and a worker opens the same few arrays block after
+# Arrays opened, by folder and mode. Opening one reads and validates its zarr.json, which costs
+# as much as reading a block of a small array, and a worker opens the same few arrays block after
 # block. An Array holds only its metadata and path, so a cached one is right while zarr.json says
-# the same; reading the file back (~20 µs) catches an array rebuilt under the same path (a slide
-# planned again), which file times are too coarse to.
+# the same; reading the file back, far cheaper than validating it, catches an array rebuilt under
+# the same path (a slide planned again), which file times are too coarse to.
 _OPENED: OrderedDict[tuple[str, bool], tuple[bytes, zarr.Array]] = OrderedDict()
 _OPENED_MAX = 64
 _opened_lock = threading.Lock()
@@ -233,8 +231,9 @@ def read_block(path: Path, name: str, start: int, stop: int) -> NDArray[np.gener
 
 
 def drop_tiles(path: Path) -> None:
-    """Remove the tile pixels from a store (coordinates, features and scores stay): at ~1-3 GB
-    per gigapixel of tissue, a night's batch of kept tiles would fill a disk."""
+    """Remove the tile pixels from a store (coordinates, features and scores stay): they grow
+    with the tissue area (3 bytes per pixel as RGB, before compression), and a night's batch of
+    kept tiles would fill a disk."""
     for name in TILE_ARRAYS:
         shutil.rmtree(path / name, ignore_errors=True)
 
@@ -262,7 +261,7 @@ def read_tile_pixels(
     spec = jpeg_layout(path)
     if spec is None:
         return np.asarray(read_block(path, StoreArray.TILES, start, stop), dtype=np.uint8)
-    # zarr costs ~1 ms per array read here, against ~25 ms of decoding per 100 tiles: each is
+    # every array read pays zarr's fixed per-read overhead on top of the decoding: each is
     # read once for the whole range, and coordinates only where a mosaic needs them
     stop = min(stop, spec.n_tiles)  # as slicing `tiles` would
     shape = (max(stop - start, 0), spec.tile_px, spec.tile_px, 3)

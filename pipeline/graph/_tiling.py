@@ -1,6 +1,6 @@
 """Read a block of planned tiles from a slide at the target resolution.
 
-OpenSlide's cost is per call (~2 ms), not per pixel, so a block is read as a few wide strips, one
+OpenSlide's cost is mostly per call, not per pixel, so a block is read as a few wide strips, one
 per run of neighbouring tiles in a grid row, each resized once and then sliced into tiles. A
 reader with no per-call cost (`read_region_into`) fills each tile of the block in place when no
 resizing is needed.

@@ -1,9 +1,9 @@
 """Tiles kept as the slide's own JPEG data.
 
 When tiles are read from a pyramid level stored as JPEG tiles without resizing, tiling can copy
-the stored bytes into the Zarr store instead of decoding them and writing raw RGB (the sample
-slide's stored tiles: 1.1 MB against 18.7 MB), and leave the decode to the encoder side. Both
-sides decode through `decode_stored`, so the pixels are bit-identical to decoding at tiling time.
+the stored bytes into the Zarr store instead of decoding them and writing raw RGB (compressed
+JPEG, many times smaller), and leave the decode to the encoder side. Both sides decode through
+`decode_stored`, so the pixels are bit-identical to decoding at tiling time.
 
 Two layouts, both plain Zarr v3 arrays of JPEG streams zero-padded to the level's largest stored
 tile (`slot_bytes`), with each stream's length and stored-tile index beside it:

@@ -349,8 +349,8 @@ def _weights(coords: F64, spacing: float, smooth: bool) -> tuple[F32, NDArray[np
 
 def _matmul(a: F32, b: F32) -> F32:
     """a @ b in row chunks small enough that OpenBLAS stays on one thread: above ~2.6e5
-    multiply-adds it hands the product to a thread pool, which on a busy machine costs up to
-    several hundred times the work."""
+    multiply-adds it hands the product to a thread pool, which on a busy machine costs far more
+    than the work itself."""
     rows = max(1, 2**17 // max(1, a.shape[1] * b.shape[1]))
     if a.shape[0] <= rows:
         out: F32 = a @ b
@@ -551,7 +551,8 @@ def _nucleus_params(
 
 def _expand(a: F32, index: NDArray[np.int64], axis: int) -> F32:
     """`np.take(a, index, axis)` for an `index` made of runs of equal values (cells along a
-    row of samples): a take of one element per run, then a repeat, 4x faster than the take."""
+    row of samples): a take of one element per run, then a repeat, which copies contiguous
+    runs where the take gathers element by element."""
     starts = np.flatnonzero(np.diff(index)) + 1
     bounds = np.concatenate([[0], starts, [index.size]])
     out: F32 = np.repeat(np.take(a, index[bounds[:-1]], axis=axis), np.diff(bounds), axis=axis)

@@ -43,7 +43,7 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, arch: str) -> None:
         super().__init__()
-        import torchvision  # here, not at import: it costs ~1.3 s and only ResNets need it
+        import torchvision  # here, not at import: it is slow to import and only ResNets need it
 
         net = getattr(torchvision.models, arch)(weights=None)
         self.feature_dim = int(net.fc.in_features)
@@ -141,7 +141,7 @@ class TimmEncoder(nn.Module):
 
     def __init__(self, model_name: str, **kwargs: int | float | str | bool) -> None:
         super().__init__()
-        import timm  # here, not at import: it costs ~2.5 s and only timm encoders need it
+        import timm  # here, not at import: it is slow to import and only timm encoders need it
 
         if ":" in model_name:  # "hf-hub:…", "local-dir:…": timm would fetch weights
             raise UnknownComponentError(
