@@ -7,9 +7,12 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import slidemill
 
 
+@pytest.mark.slow
 def test_synth_features_train_run_evaluate(tmp_path: Path) -> None:
     def ok(*args: str | Path) -> str:
         proc = slidemill(*args)

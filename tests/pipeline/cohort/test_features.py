@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from slidemill.pipeline.graph import read_tile_pixels
 from slidemill.workers import encode_tiles, load_bundle
 from tests.helpers import StoreView, slidemill
 
 
+@pytest.mark.slow
 def test_features_are_the_saved_encoders_output_and_reused(
     slides_dir: Path, tmp_path: Path
 ) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from slidemill.pipeline.demo import HEADS, DemoSettings, run_demo
 
 
+@pytest.mark.slow
 def test_demo_writes_every_step_and_resumes(tmp_path: Path, sample_slide: Path) -> None:
     settings = DemoSettings(
         n_train=8, n_test=2, size=(2048, 1536), pretrain_steps=2, tile_mpp=2.0, tile_px=64,
