@@ -207,3 +207,15 @@ def test_installed_wheel_imports_as_slidemill_and_not_as_bare_folders(
             [python, "-c", f"import {bare}"], cwd=tmp_path, env=env, capture_output=True
         )
         assert gone.returncode != 0, f"`import {bare}` works outside the checkout"
+
+
+def test_the_readmes_map_names_every_room_and_subpackage() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    tops = {line.split()[0] for line in block.splitlines() if line and not line[0].isspace()}
+    subs = {line.split()[0] for line in block.splitlines() if line.startswith("  ")}
+    subs |= {word for line in block.splitlines() for word in line.split() if word.endswith("/")}
+    for room in ROOMS:
+        assert f"{room}/" in tops
+        for init in sorted((REPO / room).glob("*/__init__.py")):
+            assert f"{init.parent.name}/" in subs, f"{room}/{init.parent.name}/ is not on the map"
