@@ -113,6 +113,27 @@ class SlideJob:
     def store(self) -> Path:
         return self.work / SLIDE_STORE
 
+    def provenance(
+        self,
+        *,
+        slide_mpp: float | None = None,
+        mpp_source: Literal["slide", "fallback"] | None = None,
+        level: int | None = None,
+    ) -> Provenance:
+        """What produces this slide's result: the job's inputs, plus what planning found out
+        about the slide (absent when it failed before)."""
+        return Provenance(
+            slidemill_version=slidemill_version(),
+            model_sha256=self.model_sha256,
+            tiling=self.tiling,
+            slide_mpp=slide_mpp,
+            mpp_source=mpp_source,
+            fallback_mpp=self.fallback_mpp,
+            level=level,
+            file_size=self.key.file_size if self.key else None,
+            file_mtime_ns=self.key.file_mtime_ns if self.key else None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SlidePlan:
@@ -229,17 +250,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
     base_mpp, source, thumb, mask = layout.base_mpp, layout.mpp_source, layout.thumb, layout.mask
     width, height = layout.dimensions
     stride_level0 = layout.stride_level0
-    provenance = Provenance(
-        slidemill_version=slidemill_version(),
-        model_sha256=job.model_sha256,
-        tiling=spec,
-        slide_mpp=base_mpp,
-        mpp_source=source,
-        fallback_mpp=job.fallback_mpp,
-        level=choice.level,
-        file_size=job.key.file_size if job.key else None,
-        file_mtime_ns=job.key.file_mtime_ns if job.key else None,
-    )
+    provenance = job.provenance(slide_mpp=base_mpp, mpp_source=source, level=choice.level)
     attrs = SlideStoreAttrs(
         slide_id=job.slide_id,
         slide_dimensions=(width, height),
