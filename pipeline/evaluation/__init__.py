@@ -1,10 +1,24 @@
-"""Scoring runs and trainings against labels: the evaluation report (JSON, plots, HTML) and the
-`slidemill evaluate` run."""
+"""Scoring runs and trainings against labels: the evaluation of test folds, the report (JSON,
+plots, HTML) and the `slidemill evaluate` run. The metrics themselves live in
+`slidemill.workers.metrics` (training uses them too) and are re-exported here."""
 
 from slidemill.pipeline.evaluation._evaluate import (
-    REPORT_FILES,
-    EvaluationError,
+    Evaluation,
     FoldPredictions,
+    classification_metrics,
+    evaluate,
+)
+from slidemill.pipeline.evaluation._html import REPORT_FILES, render_html, render_report
+from slidemill.pipeline.evaluation._plots import calibration_figure, roc_figure
+from slidemill.pipeline.evaluation._run import EvaluationRun, run_evaluation, synth_truth
+from slidemill.workers.metrics import (
+    BootstrapInterval,
+    CalibrationCurve,
+    EvaluationError,
+    LocalisationResult,
+    OneVsRestAuroc,
+    RocCurve,
+    Threshold,
     UndefinedMetricError,
     auroc,
     average_ranks,
@@ -14,25 +28,29 @@ from slidemill.pipeline.evaluation._evaluate import (
     calibration_curve,
     choose_threshold,
     confusion_matrix,
-    evaluate,
     expected_calibration_error,
     f1_score,
     localisation_auroc,
     macro_f1,
     one_vs_rest_auroc,
     predict_labels,
-    render_report,
     roc_curve,
     slide_auroc,
     slide_calibration,
 )
-from slidemill.pipeline.evaluation._run import EvaluationRun, run_evaluation, synth_truth
 
 __all__ = [
     "REPORT_FILES",
+    "BootstrapInterval",
+    "CalibrationCurve",
+    "Evaluation",
     "EvaluationError",
     "EvaluationRun",
     "FoldPredictions",
+    "LocalisationResult",
+    "OneVsRestAuroc",
+    "RocCurve",
+    "Threshold",
     "UndefinedMetricError",
     "auroc",
     "average_ranks",
@@ -40,7 +58,9 @@ __all__ = [
     "bootstrap_auroc_ci",
     "brier_score",
     "calibration_curve",
+    "calibration_figure",
     "choose_threshold",
+    "classification_metrics",
     "confusion_matrix",
     "evaluate",
     "expected_calibration_error",
@@ -49,8 +69,10 @@ __all__ = [
     "macro_f1",
     "one_vs_rest_auroc",
     "predict_labels",
+    "render_html",
     "render_report",
     "roc_curve",
+    "roc_figure",
     "run_evaluation",
     "slide_auroc",
     "slide_calibration",

@@ -1,4 +1,4 @@
-"""`slidemill evaluate`: the I/O shell around `pipeline._evaluate`.
+"""`slidemill evaluate`: the I/O shell around `evaluate` and `render_report`.
 
 Two sources of predictions, both scored against labels the model did not train on:
 - a `slidemill train` folder: its out-of-fold predictions, one test fold per CV fold;
@@ -17,18 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from slidemill.pipeline.evaluation._evaluate import (
-    Evaluation,
-    EvaluationError,
-    FoldPredictions,
-    LocalisationResult,
-    evaluate,
-    localisation_auroc,
-    render_report,
-)
+from slidemill.pipeline.evaluation._evaluate import Evaluation, FoldPredictions, evaluate
+from slidemill.pipeline.evaluation._html import render_report
 from slidemill.pipeline.graph import read_all, read_attrs
 from slidemill.schemas import SlideResult
+from slidemill.schemas.layout import OOF_CSV, RESULT_JSON, SLIDE_STORE, TRAINING_JSON, StoreArray
 from slidemill.workers import manifest_sha256, read_manifest, resolve_model_dir
+from slidemill.workers.metrics import EvaluationError, LocalisationResult, localisation_auroc
+from slidemill.workers.training import LabelRow, match_labels, read_label_csv
 
 # lesion fraction of a level-0 box (x, y, width, height) of one slide, from its ground truth
 LesionFraction = Callable[[float, float, float, float], float]
@@ -48,11 +44,11 @@ class EvaluationRun:
 
 def training_folds(model_dir: Path) -> tuple[list[FoldPredictions], tuple[str, ...], str]:
     """The out-of-fold predictions of a training folder, its class names and ensemble id."""
-    training = json.loads((model_dir / "training.json").read_text())
+    training = json.loads((model_dir / TRAINING_JSON).read_text())
     class_names = tuple(training["class_names"])
     index = {c: i for i, c in enumerate(class_names)}
     rows: dict[int, list[dict[str, str]]] = {}
-    with (model_dir / "oof_predictions.csv").open(newline="") as fh:
+    with (model_dir / OOF_CSV).open(newline="") as fh:
         for row in csv.DictReader(fh):
             rows.setdefault(int(row["fold"]), []).append(row)
     by_fold = {f["fold"]: f for f in training["folds"]}
@@ -72,52 +68,60 @@ def training_folds(model_dir: Path) -> tuple[list[FoldPredictions], tuple[str, .
     return folds, class_names, training["ensemble"]["model_sha256"]
 
 
-def read_labels(path: Path) -> dict[str, str]:
-    """Labels CSV → {key: label}, keyed by slide_id, absolute path and file stem."""
-    out: dict[str, str] = {}
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "label" not in reader.fieldnames:
-            raise EvaluationError(f"{path}: needs a 'label' column")
-        for row in reader:
-            label = row["label"].strip()
-            for key in (row.get("slide_id"), row.get("path")):
-                if key:
-                    out[key.strip()] = label
-            if row.get("path"):
-                out.setdefault(Path(row["path"]).stem, label)
-    return out
+@dataclass(frozen=True, slots=True)
+class _RunSlide:
+    """A slide of the run outputs, as label matching sees it."""
+
+    path: str
+    """The slide file's path, from its `result.json`."""
+    reason: str | None
+    """Why it cannot be scored (not done); None when it can."""
 
 
 def held_out_fold(
-    run_dirs: Sequence[Path], labels: dict[str, str], class_names: tuple[str, ...]
+    run_dirs: Sequence[Path],
+    rows: Sequence[LabelRow],
+    class_names: tuple[str, ...],
+    *,
+    base: Path | None = None,
 ) -> tuple[FoldPredictions, list[tuple[Path, SlideResult, str]], list[str]]:
     """Done results of `slidemill run` folders that have a label, as one fold; also returns the
     (folder, result, label) of each slide used and a line per slide left out (no label, or not
-    done)."""
+    done).
+
+    Labels come from `rows` (`read_label_csv`) matched as training matches them
+    (`match_labels`: slide id, then path, a relative one from `base`, then stem); a slide given
+    two different labels is a `LabelError` naming it and both lines."""
     index = {c: i for i, c in enumerate(class_names)}
+    found: dict[str, tuple[Path, SlideResult]] = {}
+    for run_dir in run_dirs:
+        for result_file in sorted(run_dir.glob(f"*/{RESULT_JSON}")):
+            result = SlideResult.model_validate_json(result_file.read_bytes())
+            if result.slide_id in found:
+                raise EvaluationError(
+                    f"slide {result.slide_id} has results in both {found[result.slide_id][0]} "
+                    f"and {result_file}; give each held-out slide once"
+                )
+            found[result.slide_id] = (result_file, result)
+    slides = {
+        sid: _RunSlide(r.path, None if r.status == "done" else f"status {r.status}")
+        for sid, (_, r) in found.items()
+    }
+    labels = match_labels(rows, slides, classes=class_names, base=base).labels
     used: list[tuple[Path, SlideResult, str]] = []
     left_out: list[str] = []
-    for run_dir in run_dirs:
-        for result_file in sorted(run_dir.glob("*/result.json")):
-            result = SlideResult.model_validate_json(result_file.read_bytes())
-            label = (
-                labels.get(result.slide_id)
-                or labels.get(result.path)
-                or labels.get(Path(result.path).stem)
+    for sid, (result_file, result) in found.items():
+        label = labels.get(sid)
+        if result.status != "done":
+            left_out.append(f"{sid}: {result.status} ({result.error})")
+        elif label is None:
+            left_out.append(f"{sid}: no label")
+        elif result.class_names != class_names:
+            raise EvaluationError(
+                f"{result_file}: classes {result.class_names} are not the model's {class_names}"
             )
-            if result.status != "done":
-                left_out.append(f"{result.slide_id}: {result.status} ({result.error})")
-            elif label is None:
-                left_out.append(f"{result.slide_id}: no label")
-            elif label not in index:
-                raise EvaluationError(f"{result.slide_id}: label {label!r} is not a model class")
-            elif result.class_names != class_names:
-                raise EvaluationError(
-                    f"{result_file}: classes {result.class_names} are not the model's {class_names}"
-                )
-            else:
-                used.append((result_file.parent, result, label))
+        else:
+            used.append((result_file.parent, result, label))
     if not used:
         raise EvaluationError("no done, labelled slides in " + ", ".join(map(str, run_dirs)))
     fold = FoldPredictions(
@@ -140,9 +144,9 @@ def synth_truth(path: str) -> LesionFraction | None:
 
 def tile_lesion_fractions(folder: Path, fraction: LesionFraction) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile scores of the last class and per-tile lesion fractions of one slide's outputs."""
-    store = folder / "slide.zarr"
-    coords = np.asarray(read_all(store, "coords"))
-    scores = np.asarray(read_all(store, "scores"))[:, -1]
+    store = folder / SLIDE_STORE
+    coords = np.asarray(read_all(store, StoreArray.COORDS))
+    scores = np.asarray(read_all(store, StoreArray.SCORES))[:, -1]
     size = read_attrs(store).tile_size_level0
     fractions = np.array([fraction(float(x), float(y), size, size) for x, y in coords])
     return scores, fractions
@@ -169,7 +173,10 @@ def run_evaluation(
         if labels is None:
             raise EvaluationError("held-out results need --labels")
         manifest = read_manifest(model_dir)
-        fold, used, left_out = held_out_fold(results, read_labels(labels), manifest.class_names)
+        rows = read_label_csv(labels)
+        fold, used, left_out = held_out_fold(
+            results, rows, manifest.class_names, base=labels.parent
+        )
         folds, class_names, model_sha = [fold], manifest.class_names, manifest_sha256(manifest)
         positive = class_names[-1]
         tiles = {}
@@ -179,7 +186,7 @@ def run_evaluation(
                 tiles[r.slide_id] = tile_lesion_fractions(folder, fraction)
         if tiles:
             localisation = localisation_auroc(tiles)
-    elif (model / "training.json").is_file():
+    elif (model / TRAINING_JSON).is_file():
         folds, class_names, model_sha = training_folds(model)
     else:
         raise EvaluationError(

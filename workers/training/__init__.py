@@ -1,6 +1,33 @@
-"""Learning from feature folders: splits, the training loop, labels, cross-validation and the
-writers of a model folder; self-supervised encoder pretraining."""
+"""Learning from features folders, and self-supervised encoder pretraining.
 
+Bottom up: `_config` (settings and results), `_splits` (folds, class weights, the bag loss),
+`_loop` (reproducibility, `train_fold`, `cross_validate`; no I/O), `_features` (the features
+folder), `_labels` (the one labels-CSV reader and matcher, also used by `slidemill evaluate`),
+`_run` (`train_from_features` and the training folder it writes); `_pretrain` beside them.
+"""
+
+from slidemill.workers.training._config import (
+    CrossValidation,
+    EpochReport,
+    FoldResult,
+    TrainConfig,
+    TrainedHead,
+)
+from slidemill.workers.training._features import (
+    FeatureBags,
+    FeatureFolder,
+    FeatureSlide,
+    scan_features,
+)
+from slidemill.workers.training._labels import (
+    LabelMatch,
+    LabelRow,
+    SlideRef,
+    Unmatched,
+    match_labels,
+    read_label_csv,
+)
+from slidemill.workers.training._loop import cross_validate, predict_probabilities, train_fold
 from slidemill.workers.training._pretrain import (
     PretrainConfig,
     PretrainReport,
@@ -9,31 +36,16 @@ from slidemill.workers.training._pretrain import (
     nt_xent,
     pretrain_encoder,
 )
-from slidemill.workers.training._train import (
-    CrossValidation,
-    EpochReport,
-    FeatureBags,
-    FeatureFolder,
-    FeatureSlide,
-    FoldResult,
-    LabelMatch,
-    LabelRow,
-    TrainConfig,
-    TrainedHead,
+from slidemill.workers.training._run import (
     TrainingReport,
-    Unmatched,
+    resolve_model_dir,
+    train_from_features,
+)
+from slidemill.workers.training._splits import (
     bag_loss,
     class_weights,
-    cross_validate,
-    match_labels,
-    predict_probabilities,
-    read_label_csv,
-    resolve_model_dir,
-    scan_features,
     stratified_folds,
     stratified_split,
-    train_fold,
-    train_from_features,
 )
 
 __all__ = [
@@ -47,6 +59,7 @@ __all__ = [
     "LabelRow",
     "PretrainConfig",
     "PretrainReport",
+    "SlideRef",
     "TrainConfig",
     "TrainedHead",
     "TrainingReport",

@@ -6,7 +6,7 @@ loss through a small projection head). Stain jitter is what matters for patholog
 cannot tell tiles apart by colour, so it learns structure (nuclear size and crowding, fibres,
 glands), and scanner and stain differences between slides stop dominating the features.
 
-Pure torch on in-memory uint8 tiles; `pipeline._pretrain` samples the tiles from slides.
+Pure torch on in-memory uint8 tiles; `slidemill.pipeline.cohort` samples the tiles from slides.
 """
 
 from __future__ import annotations

@@ -26,8 +26,7 @@ import zarr
 from numpy.typing import NDArray
 from typer.testing import CliRunner
 
-from slidemill.cli._app import app
-from slidemill.pipeline.evaluation import auroc
+from slidemill.cli import app
 from slidemill.schemas import Provenance, SlideResult
 from slidemill.workers import (
     EnsembleMIL,
@@ -50,6 +49,7 @@ from slidemill.workers import (
     train_fold,
     train_from_features,
 )
+from slidemill.workers.metrics import auroc
 from slidemill.workers.training import bag_loss, predict_probabilities
 
 D = 16  # tiny_cnn of width 16: the encoder bundle's feature_dim

@@ -1,0 +1,138 @@
+"""Calibration: reliability bins, expected calibration error, and the Brier score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from slidemill.schemas import ReliabilityBin
+from slidemill.workers.errors import EvaluationError, UndefinedMetricError
+from slidemill.workers.metrics._checks import (
+    FloatArray,
+    IntArray,
+    check_binary_labels,
+    check_class_labels,
+    check_probabilities,
+    check_scores,
+    clamp_unit,
+    frozen_array,
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CalibrationCurve:
+    """Reliability diagram: equal-width bins over [0, 1] (`eq=False`: arrays).
+
+    Bin i holds probabilities p with floor(p · n_bins) = i, i.e. [edges[i], edges[i+1]); the
+    last bin also holds 1.0.
+    """
+
+    edges: FloatArray
+    """Bin edges. Shape: n_bins + 1, from 0 to 1."""
+    counts: IntArray
+    """Samples per bin. Shape: n_bins."""
+    mean_predicted: FloatArray
+    """Mean predicted probability per bin, NaN where the bin is empty. Shape: n_bins."""
+    fraction_positive: FloatArray
+    """Observed fraction of positives per bin, NaN where the bin is empty. Shape: n_bins."""
+    ece: float
+    """Expected calibration error: Σ_i counts[i]/n · |fraction_positive[i] − mean_predicted[i]|."""
+
+    def __post_init__(self) -> None:
+        for name in ("edges", "counts", "mean_predicted", "fraction_positive"):
+            object.__setattr__(self, name, frozen_array(getattr(self, name)))
+
+    def bins(self) -> tuple[ReliabilityBin, ...]:
+        """The bins as report entries (empty bins without means)."""
+        out = []
+        for i, count in enumerate(self.counts.tolist()):
+            empty = count == 0
+            out.append(
+                ReliabilityBin(
+                    lower=float(self.edges[i]),
+                    upper=float(self.edges[i + 1]),
+                    count=count,
+                    mean_predicted=None if empty else clamp_unit(self.mean_predicted[i]),
+                    fraction_positive=None if empty else clamp_unit(self.fraction_positive[i]),
+                )
+            )
+        return tuple(out)
+
+
+def calibration_curve(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> CalibrationCurve:
+    """Reliability bins and expected calibration error of a probability of a binary event.
+
+    y_true: (n,) 0/1 or bool, whether the event happened; prob: (n,) its predicted probability
+    in [0, 1]. Equal-width bins, p in bin floor(p · n_bins) (1.0 in the last);
+    ECE = Σ_i (n_i / n) · |observed_i − predicted_i|.
+    """
+    if n_bins < 1:
+        raise EvaluationError(f"n_bins must be at least 1, got {n_bins}")
+    p = check_scores(prob, "prob")
+    y = check_binary_labels(y_true, p.shape[0])
+    if p.shape[0] == 0:
+        raise UndefinedMetricError("calibration is undefined without samples")
+    if p.min() < 0.0 or p.max() > 1.0:
+        raise EvaluationError("prob must lie in [0, 1]")
+    edges = np.arange(n_bins + 1) / n_bins  # exact decimals: 7/10 is the float nearest 0.7
+    # floor(p · n_bins), so 0.7 lands in [0.7, 0.8) (bisecting linspace edges puts it lower)
+    idx = np.minimum(np.floor(p * n_bins).astype(np.int64), n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins).astype(np.int64)
+    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y.astype(np.float64), minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.where(counts > 0, sum_p / counts, np.nan)
+        fraction_positive = np.where(counts > 0, sum_y / counts, np.nan)
+    ece = float(np.sum(np.abs(sum_y - sum_p)) / p.shape[0])
+    return CalibrationCurve(
+        edges=edges,
+        counts=counts,
+        mean_predicted=mean_predicted,
+        fraction_positive=fraction_positive,
+        ece=clamp_unit(ece),
+    )
+
+
+def expected_calibration_error(y_true: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> float:
+    """ECE of `calibration_curve` (equal-width bins)."""
+    return calibration_curve(y_true, prob, n_bins).ece
+
+
+def slide_calibration(y_true: ArrayLike, probs: ArrayLike, n_bins: int = 10) -> CalibrationCurve:
+    """Calibration of slide predictions. probs: (n, C).
+
+    Two classes: P(class 1) against the slide being class 1. More: the top class's probability
+    (the confidence) against the prediction being right (top-label calibration).
+    """
+    p = check_probabilities(probs)
+    y = check_class_labels(y_true, p.shape[1], p.shape[0])
+    if p.shape[1] == 2:
+        return calibration_curve(y == 1, p[:, 1], n_bins)
+    top = np.argmax(p, axis=1)
+    return calibration_curve(top == y, p[np.arange(p.shape[0]), top], n_bins)
+
+
+def brier_score(y_true: ArrayLike, probs: ArrayLike) -> float:
+    """Brier score. probs: (n,) P(positive) with y_true 0/1 → mean (p − y)², in [0, 1];
+    or (n, C) with y_true class indices → two classes, the binary score of column 1; more,
+    mean over samples of Σ_c (p_c − [y = c])², in [0, 2].
+    """
+    p_in = np.asarray(probs)
+    if p_in.ndim == 1:
+        p1 = check_scores(p_in, "probs")
+        y1 = check_binary_labels(y_true, p1.shape[0])
+        if p1.size and (p1.min() < 0.0 or p1.max() > 1.0):
+            raise EvaluationError("probabilities must lie in [0, 1]")
+        if p1.shape[0] == 0:
+            raise UndefinedMetricError("the Brier score is undefined without samples")
+        return float(np.mean((p1 - y1) ** 2))
+    p = check_probabilities(p_in)
+    y = check_class_labels(y_true, p.shape[1], p.shape[0])
+    if p.shape[0] == 0:
+        raise UndefinedMetricError("the Brier score is undefined without samples")
+    if p.shape[1] == 2:
+        return float(np.mean((p[:, 1] - (y == 1)) ** 2))
+    onehot = np.eye(p.shape[1])[y]
+    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))

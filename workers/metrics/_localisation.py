@@ -1,0 +1,113 @@
+"""Lesion localisation: how well tile scores find the annotated lesion on positive slides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from slidemill.schemas import LocalisationMetrics
+from slidemill.workers.errors import EvaluationError, UndefinedMetricError
+from slidemill.workers.metrics._checks import BoolArray, FloatArray, check_scores
+from slidemill.workers.metrics._ranking import _auroc_unchecked, auroc
+
+
+@dataclass(frozen=True, slots=True)
+class LocalisationResult:
+    """Tile-level AUROC of heatmap scores against annotated lesion tiles, over positive slides."""
+
+    pooled_auroc: float
+    """AUROC over all tiles of all slides together."""
+    per_slide_auroc: Mapping[str, float]
+    """Slide id → AUROC of that slide's tiles, for slides with both tile classes."""
+    per_slide_mean_auroc: float | None
+    """Mean of `per_slide_auroc`; None when every slide was skipped."""
+    skipped: Mapping[str, str]
+    """Slide id → why the slide has no AUROC of its own (all its tiles one class)."""
+    n_tiles: int
+    """Tiles over all slides."""
+    n_lesion_tiles: int
+    """Tiles whose lesion fraction is at least `lesion_fraction_threshold`."""
+    lesion_fraction_threshold: float
+    """A tile counts as lesion when its lesion fraction is at least this."""
+
+    def to_metrics(self) -> LocalisationMetrics:
+        """The report entry."""
+        return LocalisationMetrics(
+            lesion_fraction_threshold=self.lesion_fraction_threshold,
+            n_slides=len(self.per_slide_auroc) + len(self.skipped),
+            n_tiles=self.n_tiles,
+            n_lesion_tiles=self.n_lesion_tiles,
+            pooled_auroc=self.pooled_auroc,
+            per_slide_mean_auroc=self.per_slide_mean_auroc,
+            per_slide_auroc=dict(self.per_slide_auroc),
+            skipped=dict(self.skipped),
+        )
+
+
+def localisation_auroc(
+    slides: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    *,
+    lesion_fraction_threshold: float = 0.5,
+) -> LocalisationResult:
+    """How well tile scores find the annotated lesion on positive slides.
+
+    slides: slide id → (tile scores (n_tiles,), lesion fraction of each tile (n_tiles,) in
+    [0, 1]); give only positive slides with lesion annotations. A tile is lesion when its
+    fraction is >= `lesion_fraction_threshold`. Returns the AUROC over all tiles pooled, and per
+    slide (with their mean); a slide whose tiles are all one class is skipped with its reason.
+    Raises `UndefinedMetricError` when the pooled tiles are all one class.
+    """
+    if not 0.0 < lesion_fraction_threshold <= 1.0:
+        raise EvaluationError(
+            f"lesion_fraction_threshold must lie in (0, 1], got {lesion_fraction_threshold}"
+        )
+    if not slides:
+        raise EvaluationError("localisation needs at least one slide")
+    all_scores: list[FloatArray] = []
+    all_lesion: list[BoolArray] = []
+    per_slide: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for slide_id, (scores, fractions) in slides.items():
+        s = check_scores(scores, f"{slide_id}: tile scores")
+        f = check_scores(fractions, f"{slide_id}: lesion fractions")
+        if f.shape != s.shape:
+            raise EvaluationError(
+                f"{slide_id}: {s.shape[0]} tile scores but {f.shape[0]} lesion fractions"
+            )
+        if s.shape[0] == 0:
+            raise EvaluationError(f"{slide_id}: no tiles")
+        if f.min() < 0.0 or f.max() > 1.0:
+            raise EvaluationError(f"{slide_id}: lesion fractions must lie in [0, 1]")
+        lesion = f >= lesion_fraction_threshold
+        n_lesion = int(lesion.sum())
+        if n_lesion == 0:
+            skipped[slide_id] = (
+                f"no lesion tile: all {s.shape[0]} tiles have lesion fraction "
+                f"< {lesion_fraction_threshold:g}"
+            )
+        elif n_lesion == s.shape[0]:
+            skipped[slide_id] = (
+                f"no non-lesion tile: all {s.shape[0]} tiles have lesion fraction "
+                f">= {lesion_fraction_threshold:g}"
+            )
+        else:
+            per_slide[slide_id] = _auroc_unchecked(lesion, s)
+        all_scores.append(s)
+        all_lesion.append(lesion)
+    pooled_lesion = np.concatenate(all_lesion)
+    try:
+        pooled = auroc(pooled_lesion, np.concatenate(all_scores))
+    except UndefinedMetricError as err:
+        raise UndefinedMetricError(f"localisation AUROC: {err}") from err
+    return LocalisationResult(
+        pooled_auroc=pooled,
+        per_slide_auroc=per_slide,
+        per_slide_mean_auroc=float(np.mean(list(per_slide.values()))) if per_slide else None,
+        skipped=skipped,
+        n_tiles=int(pooled_lesion.shape[0]),
+        n_lesion_tiles=int(pooled_lesion.sum()),
+        lesion_fraction_threshold=lesion_fraction_threshold,
+    )
