@@ -1,9 +1,10 @@
 """The evaluation report (`slidemill evaluate`): slide-level figures per fold and pooled, and the
 lesion localisation figure, written as `evaluation.json`.
 
-The numbers are computed by `pipeline._evaluate`; these models are the contract other lab systems
-read. Every float is finite (NaN and infinity are refused): a figure that is undefined is either
-absent (`None`, with the reason documented on the field) or the evaluation fails with a typed error.
+The numbers are computed by `slidemill.workers.metrics` and `slidemill.pipeline.evaluation`;
+these models are the contract other lab systems read. Every float is finite (NaN and infinity
+are refused): a figure that is undefined is either absent (`None`, with the reason documented on
+the field) or the evaluation fails with a typed error.
 """
 
 from __future__ import annotations

@@ -25,10 +25,11 @@ def staged(path: Path, *, suffix: str = "") -> Iterator[Path]:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    """Write `data` (text as UTF-8) to `path` so that readers see the old file or the whole new
+    one."""
     with staged(path) as tmp:
         if isinstance(data, str):
-            tmp.write_text(data)
+            tmp.write_text(data, encoding="utf-8")
         else:
             tmp.write_bytes(data)
 

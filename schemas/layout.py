@@ -49,6 +49,9 @@ TRAINING_JSON: Final = "training.json"
 OOF_CSV: Final = "oof_predictions.csv"
 ENSEMBLE_DIR: Final = "ensemble"
 
+# A features folder (`slidemill features`): a run folder plus the encoder the features came from
+ENCODER_BUNDLE: Final = "encoder-bundle"
+
 
 class StoreArray(StrEnum):
     """The arrays of a slide store (`<slide_id>/slide.zarr`); N tiles, C classes, T tile px."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from slidemill.pipeline.errors import InvalidInputError
+from slidemill.schemas.layout import ENCODER_BUNDLE, MANIFEST_JSON
 from slidemill.workers import file_sha256, init_bundle, read_manifest
 
-ENCODER_BUNDLE = "encoder-bundle"
 PLACEHOLDER_CLASSES = ("placeholder-a", "placeholder-b")
 
 
@@ -44,7 +44,7 @@ def encoder_bundle(
     elif encoder_file is None:
         notes.append(f"random encoder, seed {seed}")
     weights_note = "; ".join(notes)
-    if (bundle / "manifest.json").is_file():
+    if (bundle / MANIFEST_JSON).is_file():
         m = read_manifest(bundle)
         wanted = (encoder, tile_mpp, tile_px)
         if (m.encoder, m.input_mpp, m.tile_px) != wanted or weights_note not in m.description:

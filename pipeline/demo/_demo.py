@@ -22,6 +22,7 @@ from slidemill.pipeline.evaluation import EvaluationRun, run_evaluation, synth_t
 from slidemill.pipeline.graph import run_batch
 from slidemill.pipeline.synth import write_benchmark_set
 from slidemill.schemas import RunSpec
+from slidemill.schemas.layout import TRAINING_JSON
 from slidemill.workers import PretrainConfig, TrainConfig, train_from_features
 
 HEADS = ("abmil_gated", "mean_pool")
@@ -104,7 +105,7 @@ def run_demo(
     result = DemoResult({}, {})
     for head in HEADS:
         model = out / f"model-{head}"
-        if not (model / "training.json").is_file():
+        if not (model / TRAINING_JSON).is_file():
             console.print(f"[bold]train[/bold] {head}, {s.folds} folds → {model}")
             config = TrainConfig(
                 head=head, n_folds=s.folds, seed=s.seed, lr=5e-4, weight_decay=1e-2,

@@ -12,11 +12,16 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from slidemill.schemas import ModelManifest, SlideResult
-from slidemill.schemas.layout import MANIFEST_JSON, RESULT_JSON, SLIDE_STORE, StoreArray
+from slidemill.schemas.layout import (
+    ENCODER_BUNDLE,
+    MANIFEST_JSON,
+    RESULT_JSON,
+    SLIDE_STORE,
+    StoreArray,
+)
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.models import read_manifest
 
-ENCODER_BUNDLE = "encoder-bundle"
 """The folder of a features folder that holds the encoder the features were computed with."""
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from slidemill.cli._app import app
+from slidemill.cli import app
 from slidemill.pipeline.cohort import REPORT_FILE, WEIGHTS_FILE, pretrain, sample_tiles
 from slidemill.pipeline.errors import InvalidInputError
 from slidemill.pipeline.synth import write_benchmark_set
@@ -90,6 +90,7 @@ def _retrieval(encoder: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> float:
     return float(((fa @ fb.T).argmax(1) == torch.arange(len(a))).float().mean())
 
 
+@pytest.mark.slow
 def test_pretraining_makes_features_stain_invariant(unlabelled: Path) -> None:
     """What pretraining is for: the same tissue under another stain maps to the same features.
     A random net is colour-driven; after a few dozen steps retrieval across stains improves."""
