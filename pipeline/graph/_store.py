@@ -7,7 +7,7 @@ Layout of `<out>/<slide_id>/slide.zarr` (N tiles, C classes, D feature dims, T t
     tissue_fraction (N,)   float32
     tiles           (N, T, T, 3) uint8   one task's block per chunk (lz4)
   or, when tiles are cut from a level stored as JPEG tiles without resizing
-  (`pipeline._jpegtiles`), the stored tiles themselves, M of them:
+  (`JpegTiles`), the stored tiles themselves, M of them:
     tile_jpeg       (M, S) uint8    stored JPEG streams, zero-padded to S bytes; the layout and
                                     decode parameters in its attributes; one block per chunk
     tile_jpeg_rows  (M, 2) int64    the stored tile each row holds (-1 = unused row) and the

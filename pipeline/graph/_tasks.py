@@ -156,7 +156,7 @@ class SlidePlan:
     seconds: float
     """Time spent planning."""
     jpeg: JpegTiles | None = None
-    """Set when tiles are kept as the slide's stored JPEG streams (`pipeline._jpegtiles`)."""
+    """Set when tiles are kept as the slide's stored JPEG streams (`JpegTiles`)."""
 
 
 PLAN_FILE = "plan.json"

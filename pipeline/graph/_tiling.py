@@ -91,7 +91,7 @@ def keepable_jpeg(
     block_tiles: int,
 ) -> JpegTiles | None:
     """How to keep tiles at level-0 `coords` as the slide's stored JPEG streams, when they are
-    read from a level stored as JPEG tiles without resizing (`pipeline._jpegtiles`); else None."""
+    read from a level stored as JPEG tiles without resizing (`choose_layout`); else None."""
     if not hasattr(reader, "jpeg_tiles"):
         return None
     stored = cast(_StoredJpeg, reader)

@@ -106,7 +106,7 @@ class JpegTiles:
         return block * self.block_rows, (block + 1) * self.block_rows
 
 
-# the same validation the saved plan gets (`pipeline._tasks.SlidePlan`), for the store's copy
+# the same validation the saved plan gets (the graph's `SlidePlan`), for the store's copy
 _JPEG_TILES: TypeAdapter[JpegTiles] = TypeAdapter(JpegTiles)
 
 
@@ -278,7 +278,7 @@ def decode_rows(
 
 
 # Per thread: the last mosaic's decoded stored tiles, whose memory the next block reuses (a fresh
-# array costs a page fault per 4 KiB; see `pipeline._tiffdirect.SPARE_BYTES`).
+# array costs a page fault per 4 KiB; see `_tiffdirect.SPARE_BYTES`).
 _scratch = threading.local()
 
 
