@@ -1,0 +1,66 @@
+"""Errors to exit codes, in one place: slidemill's own errors are one line and a status; a bug
+keeps its traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from slidemill.cli import EXIT_CODES, EXIT_FAILED, EXIT_USAGE, app, exit_code
+from slidemill.cluster import ClusterConfigError, ClusterError
+from slidemill.pipeline.errors import NoTissueError, PipelineError
+from slidemill.schemas import InvalidInputError, SlidemillError
+from slidemill.workers import LabelError, ModelBundleError
+
+runner = CliRunner()
+
+
+def test_no_entry_is_shadowed_by_an_earlier_base() -> None:
+    for i, (cls, _) in enumerate(EXIT_CODES):
+        for earlier, _ in EXIT_CODES[:i]:
+            assert not issubclass(cls, earlier), f"{cls.__name__} is caught as {earlier.__name__}"
+    assert EXIT_CODES[-1][0] is SlidemillError
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidInputError("x"), EXIT_USAGE),
+        (ClusterConfigError("x"), EXIT_USAGE),
+        (ModelBundleError("x"), EXIT_USAGE),
+        (LabelError("x"), EXIT_USAGE),
+        (ClusterError("x"), EXIT_FAILED),
+        (NoTissueError("x"), EXIT_FAILED),
+        (PipelineError("x"), EXIT_FAILED),
+    ],
+)
+def test_each_family_has_its_status(error: SlidemillError, code: int) -> None:
+    assert exit_code(error) == code
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def test_our_error_is_one_line_and_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "slidemill.schemas.write_json_schemas",
+        lambda out: _raise(ModelBundleError(f"{out}: broken\nsecond line")),
+    )
+    res = runner.invoke(app, ["schemas", "--out", str(tmp_path)])
+    assert res.exit_code == EXIT_USAGE
+    assert f"error: {tmp_path}: broken" in res.output and "second line" not in res.output
+
+
+def test_a_bug_is_not_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "slidemill.schemas.write_json_schemas", lambda out: _raise(KeyError("slide_id"))
+    )
+    res = runner.invoke(app, ["schemas", "--out", str(tmp_path)])
+    assert res.exit_code != EXIT_USAGE
+    assert isinstance(res.exception, KeyError)  # propagated with its traceback
+    assert "error:" not in res.output
