@@ -13,7 +13,7 @@ from slidemill.cluster._config import (
     example_names,
     load_cluster_config,
 )
-from slidemill.cluster._connect import connect, gpu_workers
+from slidemill.cluster._connect import connect, gpu_workers, register_worker_plugin
 from slidemill.cluster._kubernetes import KubernetesSpec, kubernetes_spec
 from slidemill.cluster._preview import preview
 from slidemill.cluster._registry import BACKENDS
@@ -37,5 +37,6 @@ __all__ = [
     "kubernetes_spec",
     "load_cluster_config",
     "preview",
+    "register_worker_plugin",
     "slurm_pools",
 ]

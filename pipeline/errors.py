@@ -52,6 +52,7 @@ __all__ = [
     "NoWorkersError",
     "OutputLockedError",
     "PipelineError",
+    "SchedulerLostError",
     "SlideError",
     "UnreadableSlideError",
     "UnsupportedSlideError",
@@ -65,3 +66,7 @@ class OutputLockedError(PipelineError):
 
 class NoWorkersError(PipelineError):
     """The cluster had no workers for longer than the run waits; unfinished slides fail."""
+
+
+class SchedulerLostError(PipelineError):
+    """The client lost its scheduler, and with it every task; unfinished slides fail."""

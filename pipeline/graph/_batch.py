@@ -4,16 +4,23 @@ The client only submits tasks and collects small results. Each slide is planned 
 and tile grid on a worker); when its plan arrives the rest of its graph is submitted: tiling
 tasks → encoding tasks (on GPU workers when there are any) → one MIL task → one reduce task.
 A slide whose task fails ends as a failed result; the others go on.
+
+Before any cluster starts the model bundle is checked and the output folder locked (one run per
+folder). Workers may come and go at any time; with none at all for `worker_timeout_s`, or when
+anything else stops the batch, every unfinished slide fails with that one-line reason and
+`results.csv` is still written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +29,14 @@ from distributed import Client, Future, as_completed
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from slidemill.cluster import connect, gpu_workers, load_cluster_config
-from slidemill.pipeline.errors import InvalidInputError
+from slidemill.cluster import connect, gpu_workers, load_cluster_config, register_worker_plugin
+from slidemill.pipeline.errors import (
+    InvalidInputError,
+    NoWorkersError,
+    SchedulerLostError,
+    one_line,
+)
+from slidemill.pipeline.graph._lock import hold_output
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide
 from slidemill.pipeline.graph._store import PARTIAL, final_dir, publish
 from slidemill.pipeline.graph._tasks import (
@@ -39,20 +52,24 @@ from slidemill.pipeline.graph._tasks import (
     tile_block,
     write_result,
 )
+from slidemill.pipeline.graph._watch import WorkerWatch
 from slidemill.pipeline.slides import assign_ids, expand
 from slidemill.schemas import (
     ModelManifest,
     Provenance,
     RunSpec,
+    SlidemillError,
     SlideResult,
     TilingSpec,
     slidemill_version,
 )
-from slidemill.workers import ModelPlugin, manifest_sha256, read_manifest, resolve_model_dir
+from slidemill.workers import ModelPlugin, check_bundle, manifest_sha256, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
 GPU = "GPU"
+POLL_S = 1.0
+"""How often the batch asks the scheduler how many workers it has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,8 @@ class BatchReport:
     """The Dask dashboard used (None when every slide was already done)."""
     kept: tuple[str, ...] = ()
     """Slides whose earlier result was still valid and kept without running."""
+    stopped: str | None = None
+    """Why the batch stopped before every slide finished (one line); None when it did not."""
 
     @property
     def n_failed(self) -> int:
@@ -85,9 +104,15 @@ def tiling_for(manifest: ModelManifest, spec: RunSpec) -> TilingSpec:
 
 
 def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) -> BatchReport:
-    """Run every slide of `spec` and write `results.csv`; never raises for one slide's error."""
+    """Run every slide of `spec` and write `results.csv`; never raises for one slide's error.
+
+    Raises before any cluster starts for a bad bundle (`ModelBundleError`), no slides, or an
+    output folder another run holds (`OutputLockedError`). Once the cluster is up, whatever
+    stops the batch (no workers for `spec.worker_timeout_s`, a lost scheduler, a bug, Ctrl-C)
+    fails the unfinished slides with its one-line reason in `results.csv`; Ctrl-C is then
+    raised again."""
     model = resolve_model_dir(spec.model)  # a `slidemill train` folder means its ensemble
-    manifest = read_manifest(model)
+    manifest = check_bundle(model)  # the workers' own check, before anything starts
     model_sha = manifest_sha256(manifest)
     tiling = tiling_for(manifest, spec)
     entries = assign_ids(expand(spec.slides))
@@ -117,6 +142,13 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
         )
         for e in entries
     ]
+    with hold_output(out):  # from the first read of earlier results to the last write
+        return _run_locked(spec, out, jobs, on_dashboard)
+
+
+def _run_locked(
+    spec: RunSpec, out: Path, jobs: list[SlideJob], on_dashboard: Callable[[str], None] | None
+) -> BatchReport:
     results: list[SlideResult] = []
     to_run: list[SlideJob] = []
     for job in jobs:
@@ -127,21 +159,81 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
             to_run.append(job)
     kept = tuple(r.slide_id for r in results)
     dashboard = None
+    stopped: str | None = None
+    interrupt: BaseException | None = None
     if to_run:  # a batch that is all done starts no cluster
         cluster = spec.cluster or load_cluster_config(
             scheduler=spec.scheduler, n_workers=spec.n_workers
         )
-        with connect(cluster) as client:
-            dashboard = client.dashboard_link
-            if on_dashboard is not None:
-                on_dashboard(dashboard)
-            results += _run_on(client, to_run, spec.show_progress, spec.retries, cluster.gpu_pool)
+        started = False
+        try:
+            with _quiet_cancellations(), connect(cluster) as client:
+                started = True
+                dashboard = client.dashboard_link
+                if on_dashboard is not None:
+                    on_dashboard(dashboard)
+                _run_on(client, to_run, spec, cluster.gpu_pool, results)
+        except BaseException as err:
+            if not started and isinstance(err, SlidemillError):
+                raise  # the cluster did not start: the user's to fix, and no slide ran
+            stopped = _stop_reason(err)
+            if not isinstance(err, Exception):
+                interrupt = err
+        if stopped is not None:
+            _fail_unfinished(to_run, results, stopped)
     by_id = {r.slide_id: r for r in results}
-    ordered = tuple(by_id[e.slide_id] for e in entries)
-    class_names = () if spec.stages == "features" else manifest.class_names
+    ordered = tuple(by_id[job.slide_id] for job in jobs)
+    class_names = jobs[0].class_names
     csv_path = write_results_csv(out, ordered, class_names)
     _remove_if_empty(out / PARTIAL)
-    return BatchReport(ordered, csv_path, dashboard, kept)
+    if interrupt is not None:
+        raise interrupt
+    return BatchReport(ordered, csv_path, dashboard, kept, stopped)
+
+
+class _Cancelled(logging.Filter):
+    """Drops records of a task that was cancelled: closing a client whose scheduler is gone
+    cancels its reconnection, which distributed logs as an error with a traceback, though it
+    says no more than the batch's one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+@contextlib.contextmanager
+def _quiet_cancellations() -> Iterator[None]:
+    logger = logging.getLogger("distributed.client")
+    quiet = _Cancelled()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _stop_reason(err: BaseException) -> str:
+    """The one line a stopped batch gives its unfinished slides, logged as it is decided. A
+    cause that is neither ours nor a lost connection is a bug: its traceback is logged too."""
+    if isinstance(err, KeyboardInterrupt):
+        reason = "interrupted"
+    elif isinstance(err, SlidemillError):
+        reason = one_line(err)
+    else:
+        reason = f"the batch stopped: {one_line(err)}"
+    bug = not isinstance(err, SlidemillError | OSError) and isinstance(err, Exception)
+    log.error(
+        "%s; every unfinished slide fails with this reason", reason, exc_info=err if bug else None
+    )
+    return reason
+
+
+def _fail_unfinished(jobs: list[SlideJob], results: list[SlideResult], reason: str) -> None:
+    finished = {r.slide_id for r in results}
+    for job in jobs:
+        if job.slide_id not in finished:
+            result = _failure(job, Refusal("failed", reason))
+            _record_failure(job, result)
+            results.append(result)
 
 
 def resume_key(
@@ -182,24 +274,35 @@ def keep_jpeg(requested: bool | None, gpus: bool) -> bool:
 
 
 def _run_on(
-    client: Client, jobs: list[SlideJob], show_progress: bool, retries: int, gpu_pool: bool
-) -> list[SlideResult]:
+    client: Client, jobs: list[SlideJob], spec: RunSpec, gpu_pool: bool, results: list[SlideResult]
+) -> None:
+    """Run `jobs` on the cluster, appending each slide's result to `results` as it arrives (so
+    a batch stopped halfway still has them); raises `NoWorkersError` when the cluster has had
+    no workers for `spec.worker_timeout_s`, `SchedulerLostError` when the scheduler is gone."""
     token = uuid.uuid4().hex[:8]
+    address = getattr(client.scheduler, "address", "")  # named when it is gone
     job0 = jobs[0]
     # a batch backend's GPU jobs may still be queued: trust the config, not who has joined yet
     gpus = gpu_pool or bool(gpu_workers(client))
     inference_resources = {GPU: 1} if gpus else None
     jobs = [replace(j, keep_jpeg=keep_jpeg(j.keep_jpeg, gpus)) for j in jobs]
-    client.register_plugin(ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None))
+    register_worker_plugin(
+        client, ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None)
+    )
 
     def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:
         return client.submit(
-            fn, *args, key=f"{key}-{token}", priority=priority, pure=False, retries=retries, **kw
+            fn,
+            *args,
+            key=f"{key}-{token}",
+            priority=priority,
+            pure=False,
+            retries=spec.retries,
+            **kw,
         )
 
     pending: dict[Future, tuple[str, SlideJob]] = {}
     slide_futures: dict[str, list[Future]] = {}
-    results: list[SlideResult] = []
     for i, job in enumerate(jobs):
         # earlier slides first, so results arrive steadily rather than all at the end
         fut = submit(plan_or_refuse, job, key=f"plan-{job.slide_id}", priority=len(jobs) - i)
@@ -213,16 +316,29 @@ def _run_on(
         MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} failed"),
         TimeElapsedColumn(),
-        disable=not show_progress,
+        disable=not spec.show_progress,
     )
+    watch = WorkerWatch(spec.worker_timeout_s)
+    next_poll = time.monotonic()
     with progress:
         bar = progress.add_task("slides", total=len(jobs), failed=0)
         failed = 0
         queue = as_completed(list(pending))
-        for fut in queue:
-            stage, job = pending.pop(fut)
+        while not queue.is_empty():
+            done = _next_done(queue, POLL_S)
+            if client.status != "running":  # its futures went with the connection
+                raise SchedulerLostError(f"lost the connection to the scheduler {address}")
+            now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + POLL_S
+                watch = watch.observe(client.scheduler_info(n_workers=0)["n_workers"], now)
+                if watch.expired(now):
+                    raise NoWorkersError(f"no workers for {watch.timeout_s:g} s")
+            if done is None:
+                continue
+            stage, job = pending.pop(done)
             try:
-                value = fut.result()
+                value = done.result()
             except Exception as err:  # a task raised: the slide fails, the batch goes on
                 value = refusal_for(err)
             if isinstance(value, Refusal):
@@ -250,7 +366,22 @@ def _run_on(
                 result.status,
                 f" ({result.error})" if result.error else "",
             )
-    return results
+
+
+def _next_done(queue: as_completed, timeout: float) -> Future | None:
+    """The next finished future of `queue`, or None when none finishes within `timeout`.
+
+    `as_completed` has no per-item timeout; this waits on the condition it notifies, as its own
+    `__next__` does, so the batch can look at its workers while nothing finishes."""
+    deadline = time.monotonic() + timeout
+    while not queue.has_ready():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or queue.is_empty():
+            return None
+        with queue.thread_condition:
+            queue.thread_condition.wait(timeout=min(remaining, 0.1))
+    fut: Future = next(queue)
+    return fut
 
 
 def _submit_slide(
