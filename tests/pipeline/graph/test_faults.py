@@ -79,8 +79,8 @@ def test_interrupted_run_resumes_only_unfinished_chunks(
     tmp_path: Path, big_slides: Path, fine_bundle: Path, clean_run: Path
 ) -> None:
     out = tmp_path / "run"
-    args = (big_slides, "--model", fine_bundle, "--out", out, "--tiles-per-task", "32")
-    args += ("--keep-tiles",)  # the chunks written before the kill are compared afterwards
+    args: tuple[str | Path, ...] = (big_slides, "--model", fine_bundle, "--out", out)
+    args += ("--tiles-per-task", "32", "--keep-tiles")  # kept: chunks are compared afterwards
     # the whole command, its LocalCluster and workers die at once, as on a power cut
     proc = subprocess.Popen(
         cli(*args, "--workers", "1"),
@@ -125,7 +125,8 @@ def test_done_slides_are_kept_and_changes_redo_them(
     for src, name in (("synth-svs.svs", "one.svs"), ("synth-tiff.tiff", "two.tiff")):
         shutil.copy(slides_dir / src, slides / name)
     out = tmp_path / "run"
-    args = [slides, "--model", tiny_bundle, "--out", out, "--tiles-per-task", "16"]
+    args: list[str | Path] = [slides, "--model", tiny_bundle, "--out", out]
+    args += ["--tiles-per-task", "16"]
     first = subprocess.run(
         cli(*args, "--workers", "2"), capture_output=True, text=True, check=False
     )
@@ -215,6 +216,7 @@ def test_failing_task_is_retried_a_bounded_number_of_times_then_its_slide_fails_
         fh.seek(offset)
         fh.write(b"\0" * count)
     counter = AttemptCounter()
+    assert local_cluster.scheduler is not None
     local_cluster.scheduler.add_plugin(counter)
     spec = RunSpec(
         slides=(bad, slides_dir / "synth-svs.svs"),
