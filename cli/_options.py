@@ -53,6 +53,15 @@ Force = Annotated[
     bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
 ]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+WorkerTimeout = Annotated[
+    float,
+    typer.Option(
+        "--worker-timeout",
+        min=0.001,
+        help="Seconds to wait while the cluster has no workers at all (preempted nodes, jobs at "
+        "their time limit) before every unfinished slide fails.",
+    ),
+]
 KeepTiles = Annotated[
     bool,
     typer.Option(

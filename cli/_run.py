@@ -25,6 +25,7 @@ from slidemill.cli._options import (
     Scheduler,
     TilesPerTask,
     Workers,
+    WorkerTimeout,
 )
 from slidemill.schemas import RunSpec, TissueMethod, validated
 
@@ -48,6 +49,8 @@ def _run_and_report(
             f"kept {len(report.kept)} slide(s) already done with the same inputs "
             "(--force redoes them)"
         )
+    if report.stopped:
+        console.print(f"[red]stopped:[/red] {report.stopped}", highlight=False, soft_wrap=True)
     console.print(f"results: {report.results_csv}")
     if report.n_failed:
         raise typer.Exit(EXIT_FAILED)
@@ -70,6 +73,7 @@ def run(
     force: Force = False,
     keep_tiles: KeepTiles = False,
     keep_jpeg: KeepJpeg = None,
+    worker_timeout: WorkerTimeout = 300.0,
     progress: Progress = True,
 ) -> None:
     """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
@@ -93,6 +97,7 @@ def run(
         force=force,
         keep_tiles=keep_tiles,
         keep_jpeg=keep_jpeg,
+        worker_timeout_s=worker_timeout,
         show_progress=progress,
     )
 
@@ -120,6 +125,7 @@ def features(
     force: Force = False,
     keep_tiles: KeepTiles = False,
     keep_jpeg: KeepJpeg = None,
+    worker_timeout: WorkerTimeout = 300.0,
     progress: Progress = True,
 ) -> None:
     """Tile slides and run the encoder only, keeping features for `slidemill train`."""
@@ -151,5 +157,6 @@ def features(
         force=force,
         keep_tiles=keep_tiles,
         keep_jpeg=keep_jpeg,
+        worker_timeout_s=worker_timeout,
         show_progress=progress,
     )

@@ -6,7 +6,13 @@ a `distributed.Client` either way; nothing else in slidemill knows which. CPU po
 GPU pools declare a `GPU` resource and run inference.
 """
 
-from slidemill.cluster._backend import GPU_RESOURCE, Backend
+from slidemill.cluster._backend import (
+    GPU_RESOURCE,
+    PRE_SPAWN_ENVIRON,
+    PRE_SPAWN_ENVIRON_VAR,
+    Backend,
+    nanny_environ,
+)
 from slidemill.cluster._config import (
     ClusterSettings,
     example_config,
@@ -17,12 +23,15 @@ from slidemill.cluster._connect import connect, gpu_workers, register_worker_plu
 from slidemill.cluster._kubernetes import KubernetesSpec, kubernetes_spec
 from slidemill.cluster._preview import preview
 from slidemill.cluster._registry import BACKENDS
-from slidemill.cluster._slurm import SlurmPools, slurm_pools
+from slidemill.cluster._slurm import CUDA_WORKER, SlurmPools, gpu_job_kwargs, slurm_pools
 from slidemill.cluster.errors import ClusterConfigError, ClusterError, MissingExtraError
 
 __all__ = [
     "BACKENDS",
+    "CUDA_WORKER",
     "GPU_RESOURCE",
+    "PRE_SPAWN_ENVIRON",
+    "PRE_SPAWN_ENVIRON_VAR",
     "Backend",
     "ClusterConfigError",
     "ClusterError",
@@ -33,9 +42,11 @@ __all__ = [
     "connect",
     "example_config",
     "example_names",
+    "gpu_job_kwargs",
     "gpu_workers",
     "kubernetes_spec",
     "load_cluster_config",
+    "nanny_environ",
     "preview",
     "register_worker_plugin",
     "slurm_pools",

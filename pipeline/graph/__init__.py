@@ -9,7 +9,7 @@ from slidemill.pipeline.graph._batch import (
     tiling_for,
 )
 from slidemill.pipeline.graph._heatmap import rasterise
-from slidemill.pipeline.graph._lock import LOCK_NAME, LockHolder, hold_output, is_stale
+from slidemill.pipeline.graph._lock import LockHolder, hold_output, is_stale
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
     fresh_work_dir,
@@ -35,7 +35,6 @@ from slidemill.pipeline.graph._tiling import read_tiles, runs
 from slidemill.pipeline.graph._watch import WorkerWatch
 
 __all__ = [
-    "LOCK_NAME",
     "Action",
     "BatchReport",
     "LockHolder",

@@ -29,7 +29,13 @@ from distributed import Client, Future, as_completed
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from slidemill.cluster import connect, gpu_workers, load_cluster_config, register_worker_plugin
+from slidemill.cluster import (
+    GPU_RESOURCE,
+    connect,
+    gpu_workers,
+    load_cluster_config,
+    register_worker_plugin,
+)
 from slidemill.pipeline.errors import (
     InvalidInputError,
     NoWorkersError,
@@ -38,7 +44,7 @@ from slidemill.pipeline.errors import (
 )
 from slidemill.pipeline.graph._lock import hold_output
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide
-from slidemill.pipeline.graph._store import PARTIAL, final_dir, publish
+from slidemill.pipeline.graph._store import final_dir, publish
 from slidemill.pipeline.graph._tasks import (
     Refusal,
     SlideJob,
@@ -56,18 +62,18 @@ from slidemill.pipeline.graph._watch import WorkerWatch
 from slidemill.pipeline.slides import assign_ids, expand
 from slidemill.schemas import (
     ModelManifest,
-    Provenance,
     RunSpec,
     SlidemillError,
     SlideResult,
     TilingSpec,
     slidemill_version,
 )
+from slidemill.schemas.files import write_atomic
+from slidemill.schemas.layout import PARTIAL_DIR, RESULT_JSON, RESULTS_CSV
 from slidemill.workers import ModelPlugin, check_bundle, manifest_sha256, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
-GPU = "GPU"
 POLL_S = 1.0
 """How often the batch asks the scheduler how many workers it has."""
 
@@ -185,7 +191,7 @@ def _run_locked(
     ordered = tuple(by_id[job.slide_id] for job in jobs)
     class_names = jobs[0].class_names
     csv_path = write_results_csv(out, ordered, class_names)
-    _remove_if_empty(out / PARTIAL)
+    _remove_if_empty(out / PARTIAL_DIR)
     if interrupt is not None:
         raise interrupt
     return BatchReport(ordered, csv_path, dashboard, kept, stopped)
@@ -259,7 +265,7 @@ def read_result(out: Path, slide_id: str) -> SlideResult | None:
     """The result of an earlier run, if there is a readable one."""
     try:
         return SlideResult.model_validate_json(
-            (final_dir(out, slide_id) / "result.json").read_bytes()
+            (final_dir(out, slide_id) / RESULT_JSON).read_bytes()
         )
     except (OSError, ValidationError):
         return None
@@ -284,10 +290,10 @@ def _run_on(
     job0 = jobs[0]
     # a batch backend's GPU jobs may still be queued: trust the config, not who has joined yet
     gpus = gpu_pool or bool(gpu_workers(client))
-    inference_resources = {GPU: 1} if gpus else None
+    inference_resources = {GPU_RESOURCE: 1} if gpus else None
     jobs = [replace(j, keep_jpeg=keep_jpeg(j.keep_jpeg, gpus)) for j in jobs]
     register_worker_plugin(
-        client, ModelPlugin(job0.model_bundle, job0.model_sha256, GPU if gpus else None)
+        client, ModelPlugin(job0.model_bundle, job0.model_sha256, GPU_RESOURCE if gpus else None)
     )
 
     def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:
@@ -428,14 +434,7 @@ def _failure(job: SlideJob, refusal: Refusal) -> SlideResult:
         path=job.path,
         status=refusal.status,
         error=message,
-        provenance=Provenance(
-            slidemill_version=slidemill_version(),
-            model_sha256=job.model_sha256,
-            tiling=job.tiling,
-            fallback_mpp=job.fallback_mpp,
-            file_size=job.key.file_size if job.key else None,
-            file_mtime_ns=job.key.file_mtime_ns if job.key else None,
-        ),
+        provenance=job.provenance(),
     )
 
 
@@ -446,7 +445,7 @@ def _record_failure(job: SlideJob, result: SlideResult) -> None:
     may still write into its work folder (cancelling does not stop them). What they finish stays
     there as resumable work for the next run."""
     out = Path(job.out)
-    staging = out / PARTIAL / f"{job.slide_id}.result-{uuid.uuid4().hex[:8]}"
+    staging = out / PARTIAL_DIR / f"{job.slide_id}.result-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     write_result(staging, result)
     publish(out, job.slide_id, staging)
@@ -479,8 +478,6 @@ def write_results_csv(
         writer.writerow(
             [r.slide_id, r.path, r.status, r.label or "", *probs, r.n_tiles, r.error or ""]
         )
-    path = out / "results.csv"
-    tmp = out / ".results.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
+    path = out / RESULTS_CSV
+    write_atomic(path, buf.getvalue())
     return path

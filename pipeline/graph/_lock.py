@@ -29,10 +29,10 @@ from pathlib import Path
 import psutil
 
 from slidemill.pipeline.errors import OutputLockedError
+from slidemill.schemas.layout import LOCK_FILE
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".slidemill.lock"
 HEARTBEAT_S = 30.0
 """How often the holder touches its lock file."""
 STALE_AFTER_S = 600.0
@@ -89,7 +89,7 @@ def hold_output(out: Path, *, wait_s: float = 0.0) -> Iterator[LockHolder]:
     """Hold `out`'s lock for the duration of the block, released on the way out (exceptions
     included); waits up to `wait_s` for another holder to finish, then raises
     `OutputLockedError` naming it. A stale lock is taken over."""
-    path = out / LOCK_NAME
+    path = out / LOCK_FILE
     me = _me()
     deadline = time.monotonic() + wait_s
     while not _try_take(path, me):

@@ -55,7 +55,6 @@ from slidemill.schemas.layout import (
 # lz4 in one chunk per block, no shard, writes fastest, compressing a little less than zstd.
 # Every reader of `tiles` reads whole blocks, so nothing is lost by the coarser chunk.
 TILE_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle=BloscShuffle.noshuffle)
-PARTIAL = PARTIAL_DIR  # TODO(layout): _batch still imports this name
 
 
 def work_dir(out: Path, slide_id: str) -> Path:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from slidemill.pipeline.errors import OutputLockedError
-from slidemill.pipeline.graph import LOCK_NAME, WorkerWatch, hold_output, run_batch
+from slidemill.pipeline.graph import WorkerWatch, hold_output, run_batch
 from slidemill.schemas import Provenance, RunSpec, SlideResult
+from slidemill.schemas.layout import LOCK_FILE
 from slidemill.workers import ModelBundleError, check_bundle
 
 
@@ -96,7 +97,7 @@ def test_a_bug_in_the_client_still_writes_every_slide_and_says_what_went_wrong(
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.getMessage().startswith(reason)
     assert record.exc_info is not None  # a bug keeps its traceback, after the one line
-    assert not (out / LOCK_NAME).exists()
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_ctrl_c_writes_the_table_then_stops(
@@ -111,7 +112,7 @@ def test_ctrl_c_writes_the_table_then_stops(
     with pytest.raises(KeyboardInterrupt):
         run_batch(spec(slides_dir, tiny_bundle, out))
     assert rows(out)["synth-tiff"]["error"].endswith(": interrupted")
-    assert not (out / LOCK_NAME).exists()
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_a_corrupt_bundle_stops_the_run_before_the_cluster(

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from slidemill.pipeline.errors import OutputLockedError
-from slidemill.pipeline.graph import LOCK_NAME, LockHolder, hold_output, is_stale
+from slidemill.pipeline.graph import LockHolder, hold_output, is_stale
+from slidemill.schemas.layout import LOCK_FILE
 from tests.pipeline.graph.conftest import wait_for
 
 HERE = socket.gethostname()
@@ -42,7 +43,7 @@ def test_a_lock_is_stale_only_when_its_holder_is_known_dead(
 
 
 def write_lock(out: Path, holder: LockHolder, age_s: float = 0.0) -> Path:
-    path = out / LOCK_NAME
+    path = out / LOCK_FILE
     path.write_text(json.dumps(asdict(holder)))
     then = time.time() - age_s
     os.utime(path, (then, then))
@@ -57,21 +58,21 @@ def me(**changes: object) -> LockHolder:
 
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path: Path) -> None:
     with hold_output(tmp_path) as first:
-        record = json.loads((tmp_path / LOCK_NAME).read_text())
+        record = json.loads((tmp_path / LOCK_FILE).read_text())
         assert (record["host"], record["pid"]) == (HERE, os.getpid())
         with pytest.raises(OutputLockedError) as refused, hold_output(tmp_path):
             pytest.fail("a second holder got the lock")
         message = str(refused.value)
         assert f"in use by another slidemill run ({first.describe()})" in message
         assert f"PID {os.getpid()} on {HERE}, since " in message and "\n" not in message
-        assert (tmp_path / LOCK_NAME).exists()  # the refusal left the holder's lock alone
-    assert not (tmp_path / LOCK_NAME).exists()
+        assert (tmp_path / LOCK_FILE).exists()  # the refusal left the holder's lock alone
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_the_lock_is_released_when_the_block_raises(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), hold_output(tmp_path):
         raise RuntimeError("boom")
-    assert not (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / LOCK_FILE).exists()
     with hold_output(tmp_path):
         pass
 
@@ -84,7 +85,7 @@ def test_the_lock_of_a_process_that_exited_is_taken_over(
     proc.wait()
     write_lock(tmp_path, LockHolder(HERE, proc.pid, started, time.time(), "dead"))
     with hold_output(tmp_path) as holder:
-        assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == holder.token
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == holder.token
     assert f"took over a stale lock (PID {proc.pid} on {HERE}" in caplog.text
 
 
@@ -105,7 +106,7 @@ def test_another_hosts_lock_is_kept_while_its_heartbeat_goes_on(tmp_path: Path) 
 
 
 def test_an_unreadable_lock_is_kept_until_abandoned(tmp_path: Path) -> None:
-    path = tmp_path / LOCK_NAME
+    path = tmp_path / LOCK_FILE
     path.write_text("")  # as between its holder's create and write
     with (
         pytest.raises(OutputLockedError, match="being written or unreadable"),
@@ -122,7 +123,7 @@ def test_the_holder_keeps_touching_its_lock(
 ) -> None:
     monkeypatch.setattr("slidemill.pipeline.graph._lock.HEARTBEAT_S", 0.01)
     with hold_output(tmp_path):
-        path = tmp_path / LOCK_NAME
+        path = tmp_path / LOCK_FILE
         os.utime(path, (0, 0))
         wait_for(lambda: path.stat().st_mtime > 0, "a heartbeat", deadline_s=30)
 

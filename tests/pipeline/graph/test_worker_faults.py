@@ -21,8 +21,9 @@ import pytest
 import zarr
 from distributed import Client
 
-from slidemill.pipeline.graph import LOCK_NAME, BatchReport, run_batch
+from slidemill.pipeline.graph import BatchReport, run_batch
 from slidemill.schemas import RunSpec
+from slidemill.schemas.layout import LOCK_FILE
 from slidemill.workers import manifest_sha256, read_manifest
 from tests.pipeline.graph.conftest import DEADLINE_S, DaskProcesses, wait_for
 
@@ -54,7 +55,7 @@ def assert_same_as(reference: Path, out: Path) -> None:
     for sid in SLIDE_IDS:
         assert rows[sid]["status"] == "done", rows[sid]["error"]
         np.testing.assert_array_equal(scores(out, sid), scores(reference, sid))
-    assert not (out / LOCK_NAME).exists()
+    assert not (out / LOCK_FILE).exists()
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +181,7 @@ def test_no_workers_for_the_timeout_fails_every_unfinished_slide(
         assert r.error == f"{r.path}: no workers for 1 s"
         assert rows[r.slide_id]["error"] == r.error
         assert (out / r.slide_id / "result.json").is_file()
-    assert not (out / LOCK_NAME).exists()
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_a_lost_scheduler_fails_every_unfinished_slide_with_one_line(
@@ -208,7 +209,7 @@ def test_a_lost_scheduler_fails_every_unfinished_slide_with_one_line(
     assert sorted(rows) == sorted(SLIDE_IDS)
     for row in rows.values():
         assert row["status"] == "failed" and row["error"] == f"{row['path']}: {reason}"
-    assert not (out / LOCK_NAME).exists()
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_a_second_run_on_the_same_folder_refuses_and_names_the_first(
