@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test postgres lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,24 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/slidemill demo --out $(DEMO) --sample $(SAMPLE)
 
-test: install
+test: install postgres
 	$(BIN)/python -m pytest
+
+# The ledger's tests start a real PostgreSQL server from Debian's `postgresql` package (its
+# binaries live off the PATH, in /usr/lib/postgresql/<major>/bin); installed here when missing.
+postgres:
+	@if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	  else \
+	    echo "PostgreSQL's server is missing, so the ledger's PostgreSQL tests are skipped;" \
+	      "install it (Debian: sudo apt-get install postgresql)"; \
+	  fi; \
+	fi
 
 # mypy cannot see through the editable install's import hook: it reads the folders through links
 # under their installed names (build/typecheck/slidemill/pipeline → pipeline/, …).
-ROOMS := schemas cluster workers pipeline cli
+ROOMS := schemas cluster workers pipeline service cli
 
 lint: install
 	mkdir -p build/typecheck/slidemill

@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import REPO
 
-ROOMS = ("schemas", "cluster", "workers", "pipeline", "cli")
+ROOMS = ("schemas", "cluster", "workers", "pipeline", "service", "cli")
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -181,6 +181,8 @@ def test_the_wheel_installs_only_the_slidemill_namespace(wheel: Path) -> None:
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"slidemill"}
     assert "slidemill/cluster/slurm.yaml" in names
+    assert "slidemill/service/ledger/migrations/env.py" in names
+    assert "slidemill/service/ledger/migrations/versions/0001_batches_and_slides.py" in names
     assert not any("/tests/" in n or n.startswith("tests/") for n in names)
 
 

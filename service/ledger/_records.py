@@ -1,0 +1,108 @@
+"""What the ledger hands out: statuses and frozen records, never ORM objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class BatchStatus(StrEnum):
+    """Where a batch stands. `queued` and `running` are open; the other three are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    """Every slide finished (some may have failed)."""
+    STOPPED = "stopped"
+    """The batch ended early with a reason (no workers, an error)."""
+    CANCELLED = "cancelled"
+    """A user cancelled it."""
+
+    @property
+    def final(self) -> bool:
+        """Whether the batch has ended (`done`, `stopped` or `cancelled`)."""
+        return self not in (BatchStatus.QUEUED, BatchStatus.RUNNING)
+
+
+class SlideState(StrEnum):
+    """Where one slide of a batch stands; `pending` until its result is published."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch as the ledger holds it. Datetimes are timezone-aware UTC."""
+
+    id: str
+    """32 hex digits (a uuid4)."""
+    origin: str
+    """Who submitted it: `api`, `schedule:<name>`, `retry:<batch id>`."""
+    status: BatchStatus
+    """Where it stands."""
+    priority: int
+    """Higher runs first; among equals, the oldest."""
+    out: str
+    """The output folder."""
+    request: dict[str, Any]
+    """The JSON the batch was submitted with."""
+    created_at: datetime
+    """When it was queued."""
+    updated_at: datetime
+    """When anything about it (its status, a slide, its counts) last changed."""
+    started_at: datetime | None
+    """When it first started running; kept when a restarted service resumes it."""
+    finished_at: datetime | None
+    """When it reached a final status."""
+    error: str | None
+    """Why it stopped or was cancelled, one line."""
+    n_slides: int
+    """Slides in the batch."""
+    n_done: int
+    """Slides done."""
+    n_failed: int
+    """Slides failed, each with its reason in its slide record."""
+    n_skipped: int
+    """Slides skipped."""
+    cancel_requested: bool = False
+    """A user asked to cancel it while it ran; the runner stops it."""
+
+    @property
+    def n_pending(self) -> int:
+        """Slides without a result yet."""
+        return self.n_slides - self.n_done - self.n_failed - self.n_skipped
+
+
+@dataclass(frozen=True, slots=True)
+class SlideRecord:
+    """One slide of a batch, as written when its result was published."""
+
+    batch_id: str
+    """The batch it belongs to."""
+    slide_id: str
+    """Its id within the batch (unique there)."""
+    path: str
+    """The slide file."""
+    state: SlideState
+    """Where it stands."""
+    label: str | None
+    """The predicted class, for a done slide."""
+    class_names: tuple[str, ...]
+    """The model's classes, in the order of `probabilities`."""
+    probabilities: tuple[float, ...]
+    """One per class name."""
+    n_tiles: int
+    """Tissue tiles the prediction used."""
+    error: str | None
+    """Why it failed or was skipped, one line."""
+    timings: dict[str, float]
+    """Seconds per stage."""
+    output: str | None
+    """Its published output folder."""
+    updated_at: datetime
+    """When it was last written (timezone-aware UTC)."""
