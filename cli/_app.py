@@ -9,7 +9,7 @@ from typing import ParamSpec
 
 import typer
 
-from slidemill.cli import _cluster, _learn, _model, _run, _tools
+from slidemill.cli import _cluster, _learn, _model, _run, _service, _tools
 from slidemill.cli._errors import report
 from slidemill.schemas import SlidemillError
 
@@ -44,6 +44,10 @@ app.command()(_command(_tools.demo))
 app.command()(_command(_tools.synth))
 app.command()(_command(_tools.bench))
 app.command()(_command(_tools.schemas))
+app.command()(_command(_service.serve))
+app.command()(_command(_service.submit))
+app.command()(_command(_service.status))
+app.command()(_command(_service.cancel))
 
 model_app = typer.Typer(no_args_is_help=True, help="Model bundles.")
 model_app.command("init")(_command(_model.model_init))

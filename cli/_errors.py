@@ -11,6 +11,7 @@ from rich.console import Console
 from slidemill.cluster import ClusterConfigError, MissingExtraError
 from slidemill.pipeline.errors import one_line
 from slidemill.schemas import InvalidInputError, LayoutError, SlidemillError
+from slidemill.service.errors import ServiceConfigError
 from slidemill.workers import (
     EvaluationError,
     ModelBundleError,
@@ -33,6 +34,7 @@ EXIT_CODES: tuple[tuple[type[SlidemillError], int], ...] = (
     (UnknownComponentError, EXIT_USAGE),
     (TrainingError, EXIT_USAGE),
     (EvaluationError, EXIT_USAGE),
+    (ServiceConfigError, EXIT_USAGE),
     (SlidemillError, EXIT_FAILED),
 )
 

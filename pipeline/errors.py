@@ -45,6 +45,7 @@ def one_line(err: BaseException) -> str:
 
 
 __all__ = [
+    "BatchCancelledError",
     "InvalidInputError",
     "MissingResolutionError",
     "MissingSlideError",
@@ -70,3 +71,8 @@ class NoWorkersError(PipelineError):
 
 class SchedulerLostError(PipelineError):
     """The client lost its scheduler, and with it every task; unfinished slides fail."""
+
+
+class BatchCancelledError(PipelineError):
+    """Someone cancelled the batch; unfinished slides fail as cancelled, their finished blocks
+    kept for a later run."""

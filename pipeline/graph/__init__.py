@@ -2,6 +2,7 @@
 resume decisions, heatmap rasterisation, and the output folder's lock."""
 
 from slidemill.pipeline.graph._batch import (
+    BatchHooks,
     BatchReport,
     keep_jpeg,
     resume_key,
@@ -36,6 +37,7 @@ from slidemill.pipeline.graph._watch import WorkerWatch
 
 __all__ = [
     "Action",
+    "BatchHooks",
     "BatchReport",
     "LockHolder",
     "ResumeKey",

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import io
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from slidemill.cluster import (
     register_worker_plugin,
 )
 from slidemill.pipeline.errors import (
+    BatchCancelledError,
     InvalidInputError,
     NoWorkersError,
     SchedulerLostError,
@@ -61,6 +63,7 @@ from slidemill.pipeline.graph._tasks import (
 from slidemill.pipeline.graph._watch import WorkerWatch
 from slidemill.pipeline.slides import assign_ids, expand
 from slidemill.schemas import (
+    AnyClusterConfig,
     ModelManifest,
     RunSpec,
     SlidemillError,
@@ -109,14 +112,37 @@ def tiling_for(manifest: ModelManifest, spec: RunSpec) -> TilingSpec:
     )
 
 
-def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) -> BatchReport:
+@dataclass(frozen=True, slots=True)
+class BatchHooks:
+    """How a long-lived caller (the lab service) shares its cluster with a batch and follows it.
+
+    The defaults are `slidemill run`'s: a cluster of its own, no callbacks."""
+
+    client: Client | None = None
+    """Run on this client's cluster instead of connecting to the spec's; left open afterwards."""
+    on_result: Callable[[SlideResult], None] | None = None
+    """Called with each slide's result once its folder is published (kept ones included)."""
+    cancel: threading.Event | None = None
+    """Set it to stop the batch: running tasks are cancelled, unfinished slides fail as
+    `cancelled` and keep their finished blocks for a later run."""
+    priority: int = 0
+    """Added to every task's Dask priority: a batch with a higher one goes first when several
+    share a cluster."""
+
+
+def run_batch(
+    spec: RunSpec,
+    on_dashboard: Callable[[str], None] | None = None,
+    hooks: BatchHooks | None = None,
+) -> BatchReport:
     """Run every slide of `spec` and write `results.csv`; never raises for one slide's error.
 
     Raises before any cluster starts for a bad bundle (`ModelBundleError`), no slides, or an
     output folder another run holds (`OutputLockedError`). Once the cluster is up, whatever
     stops the batch (no workers for `spec.worker_timeout_s`, a lost scheduler, a bug, Ctrl-C)
     fails the unfinished slides with its one-line reason in `results.csv`; Ctrl-C is then
-    raised again."""
+    raised again. `hooks` let the lab service share its cluster, follow and cancel."""
+    hooks = hooks or BatchHooks()
     model = resolve_model_dir(spec.model)  # a `slidemill train` folder means its ensemble
     manifest = check_bundle(model)  # the workers' own check, before anything starts
     model_sha = manifest_sha256(manifest)
@@ -149,11 +175,15 @@ def run_batch(spec: RunSpec, on_dashboard: Callable[[str], None] | None = None) 
         for e in entries
     ]
     with hold_output(out):  # from the first read of earlier results to the last write
-        return _run_locked(spec, out, jobs, on_dashboard)
+        return _run_locked(spec, out, jobs, on_dashboard, hooks)
 
 
 def _run_locked(
-    spec: RunSpec, out: Path, jobs: list[SlideJob], on_dashboard: Callable[[str], None] | None
+    spec: RunSpec,
+    out: Path,
+    jobs: list[SlideJob],
+    on_dashboard: Callable[[str], None] | None,
+    hooks: BatchHooks,
 ) -> BatchReport:
     results: list[SlideResult] = []
     to_run: list[SlideJob] = []
@@ -161,6 +191,7 @@ def _run_locked(
         previous = read_result(out, job.slide_id)
         if decide(previous, job.key, spec.force) is Action.REUSE and previous is not None:
             results.append(previous)
+            _notify(hooks, previous)
         else:
             to_run.append(job)
     kept = tuple(r.slide_id for r in results)
@@ -173,12 +204,12 @@ def _run_locked(
         )
         started = False
         try:
-            with _quiet_cancellations(), connect(cluster) as client:
+            with _quiet_cancellations(), _client(cluster, hooks) as client:
                 started = True
                 dashboard = client.dashboard_link
                 if on_dashboard is not None:
                     on_dashboard(dashboard)
-                _run_on(client, to_run, spec, cluster.gpu_pool, results)
+                _run_on(client, to_run, spec, cluster.gpu_pool, results, hooks)
         except BaseException as err:
             if not started and isinstance(err, SlidemillError):
                 raise  # the cluster did not start: the user's to fix, and no slide ran
@@ -186,7 +217,7 @@ def _run_locked(
             if not isinstance(err, Exception):
                 interrupt = err
         if stopped is not None:
-            _fail_unfinished(to_run, results, stopped)
+            _fail_unfinished(to_run, results, stopped, hooks)
     by_id = {r.slide_id: r for r in results}
     ordered = tuple(by_id[job.slide_id] for job in jobs)
     class_names = jobs[0].class_names
@@ -233,13 +264,34 @@ def _stop_reason(err: BaseException) -> str:
     return reason
 
 
-def _fail_unfinished(jobs: list[SlideJob], results: list[SlideResult], reason: str) -> None:
+@contextlib.contextmanager
+def _client(cluster: AnyClusterConfig, hooks: BatchHooks) -> Iterator[Client]:
+    """The caller's client when it gives one (left open), else a cluster of the batch's own."""
+    if hooks.client is not None:
+        yield hooks.client
+        return
+    with connect(cluster) as client:
+        yield client
+
+
+def _notify(hooks: BatchHooks, result: SlideResult) -> None:
+    if hooks.on_result is not None:
+        hooks.on_result(result)
+
+
+def _fail_unfinished(
+    jobs: list[SlideJob], results: list[SlideResult], reason: str, hooks: BatchHooks
+) -> None:
     finished = {r.slide_id for r in results}
     for job in jobs:
         if job.slide_id not in finished:
-            result = _failure(job, Refusal("failed", reason))
-            _record_failure(job, result)
+            # a slide published just before the stop, its result not yet collected, stays done
+            result = read_result(Path(job.out), job.slide_id)
+            if result is None or decide(result, job.key, force=False) is not Action.REUSE:
+                result = _failure(job, Refusal("failed", reason))
+                _record_failure(job, result)
             results.append(result)
+            _notify(hooks, result)
 
 
 def resume_key(
@@ -280,17 +332,20 @@ def keep_jpeg(requested: bool | None, gpus: bool) -> bool:
 
 
 def _run_on(
-    client: Client, jobs: list[SlideJob], spec: RunSpec, gpu_pool: bool, results: list[SlideResult]
+    client: Client,
+    jobs: list[SlideJob],
+    spec: RunSpec,
+    gpu_pool: bool,
+    results: list[SlideResult],
+    hooks: BatchHooks,
 ) -> None:
     """Run `jobs` on the cluster, appending each slide's result to `results` as it arrives (so
     a batch stopped halfway still has them); raises `NoWorkersError` when the cluster has had
     no workers for `spec.worker_timeout_s`, `SchedulerLostError` when the scheduler is gone."""
     token = uuid.uuid4().hex[:8]
-    address = getattr(client.scheduler, "address", "")  # named when it is gone
     job0 = jobs[0]
     # a batch backend's GPU jobs may still be queued: trust the config, not who has joined yet
     gpus = gpu_pool or bool(gpu_workers(client))
-    inference_resources = {GPU_RESOURCE: 1} if gpus else None
     jobs = [replace(j, keep_jpeg=keep_jpeg(j.keep_jpeg, gpus)) for j in jobs]
     register_worker_plugin(
         client, ModelPlugin(job0.model_bundle, job0.model_sha256, GPU_RESOURCE if gpus else None)
@@ -311,10 +366,35 @@ def _run_on(
     slide_futures: dict[str, list[Future]] = {}
     for i, job in enumerate(jobs):
         # earlier slides first, so results arrive steadily rather than all at the end
-        fut = submit(plan_or_refuse, job, key=f"plan-{job.slide_id}", priority=len(jobs) - i)
+        fut = submit(
+            plan_or_refuse, job, key=f"plan-{job.slide_id}", priority=hooks.priority + len(jobs) - i
+        )
         pending[fut] = ("plan", job)
         slide_futures[job.slide_id] = [fut]
-    priority_of = {job.slide_id: len(jobs) - i for i, job in enumerate(jobs)}
+    priority_of = {job.slide_id: hooks.priority + len(jobs) - i for i, job in enumerate(jobs)}
+    try:
+        _follow(client, pending, slide_futures, priority_of, spec, hooks, results, submit, gpus)
+    except BaseException:
+        # a shared cluster goes on: the stopped batch's tasks must not (its own cluster would
+        # have closed with it)
+        client.cancel([f for futures in slide_futures.values() for f in futures])
+        raise
+
+
+def _follow(
+    client: Client,
+    pending: dict[Future, tuple[str, SlideJob]],
+    slide_futures: dict[str, list[Future]],
+    priority_of: dict[str, int],
+    spec: RunSpec,
+    hooks: BatchHooks,
+    results: list[SlideResult],
+    submit: Callable[..., Future],
+    gpus: bool,
+) -> None:
+    """Collect the slides' results as they arrive, submitting each planned slide's graph."""
+    address = getattr(client.scheduler, "address", "")  # named when it is gone
+    inference_resources = {GPU_RESOURCE: 1} if gpus else None
 
     progress = Progress(
         TextColumn("[bold]slides"),
@@ -327,10 +407,12 @@ def _run_on(
     watch = WorkerWatch(spec.worker_timeout_s)
     next_poll = time.monotonic()
     with progress:
-        bar = progress.add_task("slides", total=len(jobs), failed=0)
+        bar = progress.add_task("slides", total=len(pending), failed=0)
         failed = 0
         queue = as_completed(list(pending))
         while not queue.is_empty():
+            if hooks.cancel is not None and hooks.cancel.is_set():
+                raise BatchCancelledError("cancelled")
             done = _next_done(queue, POLL_S)
             if client.status != "running":  # its futures went with the connection
                 raise SchedulerLostError(f"lost the connection to the scheduler {address}")
@@ -364,6 +446,7 @@ def _run_on(
                 result = value
                 slide_futures.pop(job.slide_id, None)
             results.append(result)
+            _notify(hooks, result)
             failed += result.status == "failed"
             progress.update(bar, advance=1, failed=failed)
             log.info(

@@ -1,0 +1,236 @@
+"""`slidemill serve` and its clients over HTTP: `submit`, `status`, `cancel`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from slidemill.cli._errors import EXIT_FAILED, console, fail
+from slidemill.cli._options import (
+    BatchSize,
+    ClusterFile,
+    FallbackMpp,
+    Force,
+    KeepJpeg,
+    KeepTiles,
+    MinTissue,
+    Overlap,
+    Retries,
+    Scheduler,
+    TilesPerTask,
+    Workers,
+    WorkerTimeout,
+)
+from slidemill.schemas import TissueMethod
+
+Server = Annotated[
+    str,
+    typer.Option(envvar="SLIDEMILL_SERVER", help="The service's URL ($SLIDEMILL_SERVER)."),
+]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(help="File holding the API token (else $SLIDEMILL_TOKEN)."),
+]
+_POLL_S = 1.0
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(help="Ledger URL, e.g. postgresql+psycopg://… (default: SQLite in --state)."),
+    ] = None,
+    allow_root: Annotated[
+        list[Path] | None,
+        typer.Option(help="A folder slides, models and outputs may come from (repeatable)."),
+    ] = None,
+    token_file: TokenFile = None,
+    max_running: Annotated[int | None, typer.Option(min=1, help="Batches run at once.")] = None,
+    state: Annotated[Path | None, typer.Option(help="State folder (the SQLite ledger).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Service config file (YAML or TOML), below env and flags.")
+    ] = None,
+    cluster_file: ClusterFile = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+) -> None:
+    """Run the lab service: the HTTP API (docs at /docs), the job ledger, and the batches on
+    one Dask cluster. Binds loopback unless told otherwise; elsewhere it needs a token."""
+    from slidemill.service import load_settings
+    from slidemill.service import serve as run_service
+
+    settings = load_settings(
+        config,
+        host=host,
+        port=port,
+        db=db,
+        allow_roots=tuple(p.absolute() for p in allow_root) if allow_root else None,
+        token_file=token_file,
+        max_running=max_running,
+        state_dir=state,
+        cluster_file=cluster_file,
+        scheduler=scheduler,
+        n_workers=workers,
+    )
+    run_service(settings)
+
+
+def submit(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
+    model: Annotated[Path, typer.Option(help="Model bundle, or a `slidemill train` folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+    wait: Annotated[bool, typer.Option(help="Follow the batch to its end; exit as `run`.")] = False,
+    mpp: FallbackMpp = None,
+    overlap: Overlap = 0,
+    min_tissue: MinTissue = 0.25,
+    tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
+    tiles_per_task: TilesPerTask = 256,
+    batch_size: BatchSize = 64,
+    retries: Retries = 2,
+    force: Force = False,
+    keep_tiles: KeepTiles = False,
+    keep_jpeg: KeepJpeg = None,
+    worker_timeout: WorkerTimeout = 300.0,
+) -> None:
+    """Submit a batch to the service and print its id; with --wait, follow it to the end."""
+    body = {
+        "slides": [str(s.absolute()) for s in slides],
+        "model": str(model.absolute()),
+        "out": str(out.absolute()),
+        "fallback_mpp": mpp,
+        "overlap_px": overlap,
+        "min_tissue_fraction": min_tissue,
+        "tissue_method": tissue_method.value,
+        "tiles_per_task": tiles_per_task,
+        "batch_size": batch_size,
+        "retries": retries,
+        "force": force,
+        "keep_tiles": keep_tiles,
+        "keep_jpeg": keep_jpeg,
+        "worker_timeout_s": worker_timeout,
+    }
+    batch = _call("POST", server, "/api/batches", token_file, json=body)
+    typer.echo(batch["id"])
+    if wait:
+        _follow(server, batch["id"], token_file)
+
+
+def status(
+    batch_id: Annotated[
+        str | None, typer.Argument(help="A batch id (default: the latest).")
+    ] = None,
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+) -> None:
+    """A batch's slides, or the latest batches."""
+    if batch_id is None:
+        table = Table("id", "status", "slides", "done", "failed", "created", "origin")
+        for b in _call("GET", server, "/api/batches?limit=20", token_file)["batches"]:
+            table.add_row(
+                b["id"], b["status"], str(b["n_slides"]), str(b["n_done"]), str(b["n_failed"]),
+                b["created_at"][:19], b["origin"],
+            )  # fmt: skip
+        console.print(table)
+        return
+    batch = _call("GET", server, f"/api/batches/{batch_id}", token_file)
+    _print_slides(batch)
+
+
+def cancel(
+    batch_id: Annotated[str, typer.Argument(help="The batch to cancel.")],
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+) -> None:
+    """Cancel a batch: queued, it never runs; running, its unfinished slides stop."""
+    batch = _call("POST", server, f"/api/batches/{batch_id}/cancel", token_file)
+    console.print(f"{batch['id']}: cancel requested ({batch['status']})")
+
+
+def _print_slides(batch: dict[str, Any]) -> None:
+    error = f": {batch['error']}" if batch["error"] else ""
+    table = Table(
+        "slide",
+        "state",
+        "label",
+        "tiles",
+        "error",
+        title=f"batch {batch['id']} {batch['status']}{error}",
+    )
+    for s in batch["slides"]:
+        table.add_row(
+            s["slide_id"], s["state"], s["label"] or "", str(s["n_tiles"]), s["error"] or ""
+        )
+    console.print(table)
+
+
+def _follow(server: str, batch_id: str, token_file: Path | None) -> None:
+    """Poll the batch with a progress bar until it ends; exit 1 when a slide failed."""
+    progress = Progress(
+        TextColumn("[bold]slides"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with progress:
+        bar = progress.add_task("slides", total=None, failed=0)
+        while True:
+            batch = _call("GET", server, f"/api/batches/{batch_id}", token_file)
+            finished = batch["n_done"] + batch["n_failed"] + batch["n_skipped"]
+            progress.update(
+                bar, total=batch["n_slides"], completed=finished, failed=batch["n_failed"]
+            )
+            if batch["status"] not in ("queued", "running"):
+                break
+            time.sleep(_POLL_S)
+    _print_slides(batch)
+    console.print(f"results: {batch['results_csv']}")
+    if batch["n_failed"] or batch["status"] != "done":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _token(token_file: Path | None) -> str | None:
+    if token_file is not None:
+        try:
+            return token_file.read_text().strip().splitlines()[0]
+        except (OSError, IndexError):
+            fail(f"{token_file}: cannot read a token from it")
+    return os.environ.get("SLIDEMILL_TOKEN") or None
+
+
+def _call(
+    method: str, server: str, path: str, token_file: Path | None, json: Any = None
+) -> dict[str, Any]:
+    """One request; a refusal is the service's one line and exit 2 (4xx) or 1."""
+    import httpx
+
+    token = _token(token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(
+            method, server.rstrip("/") + path, json=json, headers=headers, timeout=30
+        )
+    except httpx.HTTPError as err:
+        console.print(f"[red]error:[/red] {server}: {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from err
+    if response.is_error:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        console.print(
+            f"[red]error:[/red] {response.status_code}: {detail}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2 if response.status_code < 500 else EXIT_FAILED)
+    data: dict[str, Any] = response.json()
+    return data

@@ -1,0 +1,40 @@
+"""The lab service: an HTTP API (FastAPI under uvicorn) over a persistent job ledger (SQLAlchemy,
+Alembic) whose batches run on one Dask cluster, shared, surviving the service's restarts."""
+
+from slidemill.service._app import create_app
+from slidemill.service._contracts import BatchList, BatchRequest, BatchView, Health, SlideView
+from slidemill.service._paths import inside_roots
+from slidemill.service._runner import BatchRunner
+from slidemill.service._serve import serve
+from slidemill.service._settings import ServiceSettings, is_loopback, load_settings
+from slidemill.service.errors import (
+    ConflictError,
+    LedgerError,
+    NotFoundError,
+    PathNotAllowedError,
+    ServiceConfigError,
+    ServiceError,
+    UnauthorizedError,
+)
+
+__all__ = [
+    "BatchList",
+    "BatchRequest",
+    "BatchRunner",
+    "BatchView",
+    "ConflictError",
+    "Health",
+    "LedgerError",
+    "NotFoundError",
+    "PathNotAllowedError",
+    "ServiceConfigError",
+    "ServiceError",
+    "ServiceSettings",
+    "SlideView",
+    "UnauthorizedError",
+    "create_app",
+    "inside_roots",
+    "is_loopback",
+    "load_settings",
+    "serve",
+]

@@ -1,0 +1,147 @@
+"""The service's settings, in one typed place: flags over `SLIDEMILL_*` variables over a config
+file (YAML or TOML) over defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from slidemill.schemas import describe
+from slidemill.service.errors import ServiceConfigError
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("slidemill_service_config", default=None)
+
+INTERACTIVE_PRIORITY = 1_000_000
+"""Added to the Dask priority of every task of a batch submitted over the API, so that it runs
+ahead of a scheduled night of slides sharing the cluster (a batch's own tasks span less)."""
+
+
+def default_state_dir() -> Path:
+    """`$XDG_STATE_HOME/slidemill`, else `~/.local/state/slidemill`."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "slidemill"
+
+
+class ServiceSettings(BaseSettings):
+    """How `slidemill serve` runs."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIDEMILL_", extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    state_dir: Path = Field(
+        default_factory=default_state_dir, description="Where the default SQLite ledger lives."
+    )
+    db: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the ledger (postgresql+psycopg://…); default a SQLite "
+        "file in the state folder.",
+    )
+    allow_roots: tuple[Path, ...] = Field(
+        default=(),
+        description="Folders that slides, outputs and models may come from; every path in a "
+        "request must resolve inside one of them.",
+    )
+    token: SecretStr | None = Field(default=None, description="Bearer token of the API.")
+    token_file: Path | None = Field(default=None, description="A file holding the token.")
+    max_running: int = Field(default=2, ge=1, description="Batches run at once.")
+    max_slides: int = Field(default=10_000, ge=1, description="Slides per batch, at most.")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body, at most.")
+    cluster_file: Path | None = Field(default=None, description="Cluster config, as for `run`.")
+    scheduler: str | None = Field(default=None, description="An existing Dask scheduler.")
+    n_workers: int | None = Field(default=None, ge=1, description="Embedded cluster's workers.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.state_dir / 'ledger.sqlite'}"
+
+    def bearer_token(self) -> str | None:
+        """The API token: `token`, else the first line of `token_file`, else None."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text().strip()
+            except OSError as err:
+                raise ServiceConfigError(f"{self.token_file}: cannot read the token file") from err
+            if not text:
+                raise ServiceConfigError(f"{self.token_file}: the token file is empty")
+            return text.splitlines()[0]
+        return None
+
+    def check(self) -> None:
+        """Refuse settings a lab must not run with: off loopback without a token, no roots."""
+        if not self.allow_roots:
+            raise ServiceConfigError(
+                "no allowed roots: give the folders slides, models and outputs may come from "
+                "with --allow-root DIR (repeatable) or SLIDEMILL_ALLOW_ROOTS"
+            )
+        missing = [str(r) for r in self.allow_roots if not r.is_dir()]
+        if missing:
+            raise ServiceConfigError(f"allowed root(s) {', '.join(missing)}: not a folder")
+        if not is_loopback(self.host) and self.bearer_token() is None:
+            raise ServiceConfigError(
+                f"binding {self.host} (beyond loopback) needs a token: set SLIDEMILL_TOKEN or "
+                "--token-file"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config: Path | None = None, **flags: Any) -> ServiceSettings:
+    """Settings from `flags` (None means not given), the environment and `config`."""
+    token = _CONFIG_FILE.set(config)
+    try:
+        return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as err:
+        raise ServiceConfigError(f"service settings: {describe(err)}") from err
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """The config file named by `load_settings`, lowest of the sources."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _CONFIG_FILE.get()
+        if path is None:
+            return {}
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        except (OSError, tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+            raise ServiceConfigError(f"{path}: cannot read the service config: {err}") from err
+        if not isinstance(data, dict):
+            raise ServiceConfigError(f"{path}: the service config must be a mapping")
+        return data
