@@ -4,6 +4,7 @@ writes) or PostgreSQL through psycopg 3; the schema brought to Alembic's head on
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,27 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    _wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe with WAL
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _wal(cursor: sqlite3.Cursor) -> None:
+    """Write-ahead logging, so readers never wait for the writer. The mode is kept in the file;
+    switching to it takes a lock that SQLite's busy handler does not wait for, so two
+    connections opening a new file at once retry it until the busy timeout."""
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_begin(connection: Connection) -> None:

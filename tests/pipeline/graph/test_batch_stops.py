@@ -55,7 +55,9 @@ def spec(slides_dir: Path, model: Path, out: Path) -> RunSpec:
 def one_done_then(
     monkeypatch: pytest.MonkeyPatch, err: BaseException
 ) -> None:  # the first slide ends (skipped), then `err` stops the batch
-    def run_on(client: object, jobs: list, spec: RunSpec, gpu: bool, results: list) -> None:
+    def run_on(
+        client: object, jobs: list, spec: RunSpec, gpu: bool, results: list, hooks: object
+    ) -> None:
         job = jobs[0]
         results.append(
             SlideResult(
