@@ -20,8 +20,12 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/slidemill demo --out $(DEMO) --sample $(SAMPLE)
 
+# Two pytest processes, whole files each (module fixtures start once): the suite waits on
+# subprocesses and clusters as much as it computes.
+TEST_WORKERS ?= 2
+
 test: install postgres
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The ledger's tests start a real PostgreSQL server from Debian's `postgresql` package (its
 # binaries live off the PATH, in /usr/lib/postgresql/<major>/bin); installed here when missing.
