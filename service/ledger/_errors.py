@@ -30,16 +30,31 @@ class LedgerInputError(LedgerError, InvalidInputError):
     a request that is not JSON, probabilities that do not match the class names."""
 
 
+class UnknownScheduleError(LedgerError, NotFoundError):
+    """A change named a schedule the ledger does not hold."""
+
+
+class DuplicateScheduleError(LedgerError, ConflictError):
+    """A schedule of that name exists already; remove it first, or choose another name."""
+
+
+class UnknownInboxFileError(LedgerError, NotFoundError):
+    """A result for an inbox file the schedule has not taken."""
+
+
 class LedgerUnavailableError(LedgerError):
     """The database cannot be reached or stays locked; the message names it (password masked)."""
 
 
 __all__ = [
+    "DuplicateScheduleError",
     "InvalidTransitionError",
     "LedgerError",
     "LedgerInputError",
     "LedgerUnavailableError",
     "NotRetryableError",
     "UnknownBatchError",
+    "UnknownInboxFileError",
+    "UnknownScheduleError",
     "UnknownSlideError",
 ]

@@ -1,5 +1,6 @@
-"""The job ledger: batches and their slides in a database, each method one short transaction of
-its own, so the service's threads (and processes) share one `Ledger` without a lock."""
+"""The job ledger: batches and their slides, schedules and their inbox files, in a database,
+each method one short transaction of its own, so the service's threads (and processes) share
+one `Ledger` without a lock."""
 
 from __future__ import annotations
 
@@ -14,20 +15,31 @@ from types import TracebackType
 from typing import Any, Self
 from uuid import uuid4
 
-from sqlalchemy import Engine, func, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from slidemill.service.ledger._database import WRITE, create, migrate, parse_url, unavailable
 from slidemill.service.ledger._errors import (
+    DuplicateScheduleError,
     InvalidTransitionError,
     LedgerInputError,
     NotRetryableError,
     UnknownBatchError,
+    UnknownInboxFileError,
+    UnknownScheduleError,
     UnknownSlideError,
 )
-from slidemill.service.ledger._models import BatchRow, SlideRow
-from slidemill.service.ledger._records import BatchRecord, BatchStatus, SlideRecord, SlideState
+from slidemill.service.ledger._models import BatchRow, InboxFileRow, ScheduleRow, SlideRow
+from slidemill.service.ledger._records import (
+    BatchRecord,
+    BatchStatus,
+    InboxRecord,
+    ScheduleRecord,
+    SlideRecord,
+    SlideState,
+)
+from slidemill.service.schedules import CatchUp, InboxFile, InboxState, Schedule
 
 
 def _utcnow() -> datetime:
@@ -317,6 +329,175 @@ class Ledger:
             batch.n_skipped = counts[SlideState.SKIPPED.value]
             batch.updated_at = now
 
+    # -- schedules -------------------------------------------------------------------------
+
+    def add_schedule(self, schedule: Schedule) -> ScheduleRecord:
+        """Keep a new schedule; its first window is after now. A name taken already raises
+        `DuplicateScheduleError`."""
+        now = self._now()
+        row = ScheduleRow(
+            name=schedule.name,
+            cron=schedule.cron,
+            tz=schedule.tz,
+            catch_up=schedule.catch_up.value,
+            inbox=schedule.inbox,
+            model=schedule.model,
+            out_template=schedule.out_template,
+            options=dict(schedule.options),
+            paused=schedule.paused,
+            max_attempts=schedule.max_attempts,
+            settle_s=schedule.settle_s,
+            created_at=now,
+            updated_at=now,
+            last_fired=None,
+        )
+        try:
+            with self._session(write=True) as session:
+                if session.get(ScheduleRow, schedule.name) is not None:
+                    raise DuplicateScheduleError(
+                        f"a schedule named {schedule.name} exists already; remove it first "
+                        "or choose another name"
+                    )
+                session.add(row)
+                session.flush()
+                return _schedule_record(row)
+        except IntegrityError as err:  # added by another process between the get and the insert
+            raise DuplicateScheduleError(
+                f"a schedule named {schedule.name} exists already; remove it first or choose "
+                "another name"
+            ) from err
+
+    def schedules(self) -> builtins.list[ScheduleRecord]:
+        """Every schedule, by name."""
+        with self._session() as session:
+            rows = session.scalars(select(ScheduleRow).order_by(ScheduleRow.name))
+            return [_schedule_record(r) for r in rows]
+
+    def schedule(self, name: str) -> ScheduleRecord | None:
+        """The schedule, or None when the ledger has no such name."""
+        with self._session() as session:
+            row = session.get(ScheduleRow, name)
+            return None if row is None else _schedule_record(row)
+
+    def set_paused(self, name: str, paused: bool) -> ScheduleRecord:
+        """Pause or resume the schedule; returns it as it now stands."""
+        with self._session(write=True) as session:
+            row = self._schedule_locked(session, name)
+            if row.paused != paused:
+                row.paused = paused
+                row.updated_at = self._now()
+            session.flush()
+            return _schedule_record(row)
+
+    def remove_schedule(self, name: str) -> None:
+        """Remove the schedule and the record of its inbox files; its batches stay."""
+        with self._session(write=True) as session:
+            row = self._schedule_locked(session, name)
+            session.execute(delete(InboxFileRow).where(InboxFileRow.schedule == name))
+            session.delete(row)
+
+    def mark_fired(self, name: str, window: datetime) -> ScheduleRecord:
+        """Record `window` as fired (or passed over): `last_fired` becomes it, unless it is
+        later already (a window fired twice, or out of order, never moves it back)."""
+        window = _aware(window, "window")
+        with self._session(write=True) as session:
+            row = self._schedule_locked(session, name)
+            if row.last_fired is None or window > row.last_fired:
+                row.last_fired = window
+                row.updated_at = self._now()
+            session.flush()
+            return _schedule_record(row)
+
+    # -- inbox files -----------------------------------------------------------------------
+
+    def inbox_seen(self, name: str) -> builtins.list[InboxRecord]:
+        """The inbox files the schedule has taken, in the order first seen; empty for an
+        unknown schedule."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(InboxFileRow)
+                .where(InboxFileRow.schedule == name)
+                .order_by(InboxFileRow.first_seen, InboxFileRow.id)
+            )
+            return [_inbox_record(r) for r in rows]
+
+    def inbox_taken(
+        self, name: str, files: Sequence[InboxFile], batch_id: str | None
+    ) -> builtins.list[InboxRecord]:
+        """`files` go to batch `batch_id`: each is `taken` and one attempt more (a new one is
+        added at its first). A hash a file carries is kept."""
+        with self._session(write=True) as session:
+            self._schedule_locked(session, name)  # one writer per schedule
+            now = self._now()
+            out = []
+            for f in files:
+                row = self._inbox_row(session, name, f.path, f.size, f.mtime_ns)
+                if row is None:
+                    row = InboxFileRow(
+                        schedule=name,
+                        path=f.path,
+                        size=f.size,
+                        mtime_ns=f.mtime_ns,
+                        sha256=f.sha256,
+                        state=InboxState.TAKEN.value,
+                        attempts=1,
+                        last_error=None,
+                        batch_id=batch_id,
+                        first_seen=now,
+                        updated_at=now,
+                    )
+                    session.add(row)
+                else:
+                    row.state = InboxState.TAKEN.value
+                    row.attempts += 1
+                    row.batch_id = batch_id
+                    row.sha256 = f.sha256 or row.sha256
+                    row.updated_at = now
+                session.flush()
+                out.append(_inbox_record(row))
+            return out
+
+    def inbox_result(
+        self,
+        name: str,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        state: InboxState,
+        error: str | None = None,
+    ) -> InboxRecord:
+        """What became of a taken file: `done`, `failed` (with `error`) or `held` (with its
+        reason). An unknown file raises `UnknownInboxFileError`."""
+        state = InboxState(state)
+        if state is InboxState.TAKEN:
+            raise LedgerInputError(f"inbox file {path}: a result is done, failed or held")
+        with self._session(write=True) as session:
+            self._schedule_locked(session, name)
+            row = self._inbox_row(session, name, path, size, mtime_ns)
+            if row is None:
+                raise UnknownInboxFileError(
+                    f"schedule {name} has not taken {path} ({size} bytes, mtime {mtime_ns} ns)"
+                )
+            row.state = state.value
+            row.last_error = error if state is not InboxState.DONE else None
+            row.updated_at = self._now()
+            session.flush()
+            return _inbox_record(row)
+
+    def inbox_moved(self, name: str, old: tuple[str, int, int], new: InboxFile) -> InboxRecord:
+        """A seen file found at a new path (`take`'s `Moved`): its row follows it, keeping its
+        state and attempts."""
+        with self._session(write=True) as session:
+            self._schedule_locked(session, name)
+            row = self._inbox_row(session, name, *old)
+            if row is None:
+                raise UnknownInboxFileError(f"schedule {name} has not seen {old[0]}")
+            row.path, row.size, row.mtime_ns = new.path, new.size, new.mtime_ns
+            row.sha256 = new.sha256 or row.sha256
+            row.updated_at = self._now()
+            session.flush()
+            return _inbox_record(row)
+
     # -- inside ----------------------------------------------------------------------------
 
     def _now(self) -> datetime:
@@ -342,6 +523,26 @@ class Ledger:
         if row is None:
             raise UnknownBatchError(f"no batch {batch_id} in the ledger")
         return row
+
+    @staticmethod
+    def _schedule_locked(session: Session, name: str) -> ScheduleRow:
+        row = session.get(ScheduleRow, name, with_for_update=True)
+        if row is None:
+            raise UnknownScheduleError(f"no schedule named {name} in the ledger")
+        return row
+
+    @staticmethod
+    def _inbox_row(
+        session: Session, name: str, path: str, size: int, mtime_ns: int
+    ) -> InboxFileRow | None:
+        return session.scalar(
+            select(InboxFileRow).where(
+                InboxFileRow.schedule == name,
+                InboxFileRow.path == path,
+                InboxFileRow.size == size,
+                InboxFileRow.mtime_ns == mtime_ns,
+            )
+        )
 
     def _insert_batch(
         self,
@@ -447,5 +648,42 @@ def _slide_record(row: SlideRow) -> SlideRecord:
         error=row.error,
         timings={k: float(v) for k, v in row.timings.items()},
         output=row.output,
+        updated_at=row.updated_at,
+    )
+
+
+def _schedule_record(row: ScheduleRow) -> ScheduleRecord:
+    return ScheduleRecord(
+        schedule=Schedule(
+            name=row.name,
+            cron=row.cron,
+            tz=row.tz,
+            inbox=row.inbox,
+            model=row.model,
+            out_template=row.out_template,
+            catch_up=CatchUp(row.catch_up),
+            options=dict(row.options),
+            paused=row.paused,
+            max_attempts=row.max_attempts,
+            settle_s=row.settle_s,
+        ),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_fired=row.last_fired,
+    )
+
+
+def _inbox_record(row: InboxFileRow) -> InboxRecord:
+    return InboxRecord(
+        schedule=row.schedule,
+        path=row.path,
+        size=row.size,
+        mtime_ns=row.mtime_ns,
+        sha256=row.sha256,
+        state=InboxState(row.state),
+        attempts=row.attempts,
+        last_error=row.last_error,
+        batch_id=row.batch_id,
+        first_seen=row.first_seen,
         updated_at=row.updated_at,
     )

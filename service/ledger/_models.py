@@ -9,9 +9,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     MetaData,
@@ -23,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from slidemill.service.ledger._records import BatchStatus, SlideState
+from slidemill.service.schedules import CatchUp, InboxState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -55,7 +58,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _one_of(column: str, values: type[BatchStatus] | type[SlideState]) -> str:
+def _one_of(
+    column: str, values: type[BatchStatus] | type[SlideState] | type[CatchUp] | type[InboxState]
+) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -119,4 +124,48 @@ class SlideRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, float]]
     output: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class ScheduleRow(Base):
+    __tablename__ = "schedules"
+    __table_args__ = (CheckConstraint(_one_of("catch_up", CatchUp), name="catch_up"),)
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cron: Mapped[str] = mapped_column(Text)
+    tz: Mapped[str] = mapped_column(Text)
+    catch_up: Mapped[str] = mapped_column(String(16))
+    inbox: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    out_template: Mapped[str] = mapped_column(Text)
+    options: Mapped[dict[str, Any]]
+    paused: Mapped[bool]
+    max_attempts: Mapped[int]
+    settle_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_fired: Mapped[datetime | None]
+    """The latest window fired; never moves back."""
+
+
+class InboxFileRow(Base):
+    __tablename__ = "inbox_files"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", InboxState), name="state"),
+        UniqueConstraint("schedule", "path", "size", "mtime_ns"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    schedule: Mapped[str] = mapped_column(
+        String(64), ForeignKey("schedules.name", ondelete="CASCADE")
+    )
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    batch_id: Mapped[str | None] = mapped_column(String(32))
+    first_seen: Mapped[datetime]
     updated_at: Mapped[datetime]

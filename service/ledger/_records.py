@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from slidemill.service.schedules import InboxState, Schedule
+
 
 class BatchStatus(StrEnum):
     """Where a batch stands. `queued` and `running` are open; the other three are final."""
@@ -106,3 +108,50 @@ class SlideRecord:
     """Its published output folder."""
     updated_at: datetime
     """When it was last written (timezone-aware UTC)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A schedule as the ledger holds it. Datetimes are timezone-aware UTC."""
+
+    schedule: Schedule
+    """Its definition (with `paused`)."""
+    created_at: datetime
+    """When it was added: the first window is after it."""
+    updated_at: datetime
+    """When it was last changed or fired."""
+    last_fired: datetime | None
+    """The latest window fired (or passed over); the next windows are after it."""
+
+    @property
+    def name(self) -> str:
+        """The schedule's name."""
+        return self.schedule.name
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRecord:
+    """An inbox file a schedule has seen, keyed by (schedule, path, size, mtime_ns)."""
+
+    schedule: str
+    """The schedule's name."""
+    path: str
+    """Where the file is (after a move, its new path)."""
+    size: int
+    """Bytes."""
+    mtime_ns: int
+    """Modification time, ns since the epoch."""
+    sha256: str | None
+    """Its content's hash, when it was computed."""
+    state: InboxState
+    """Where it stands."""
+    attempts: int
+    """How many times a batch took it."""
+    last_error: str | None
+    """Why it last failed (or was held), one line."""
+    batch_id: str | None
+    """The batch that last took it."""
+    first_seen: datetime
+    """When a run first took it."""
+    updated_at: datetime
+    """When it last changed."""

@@ -9,16 +9,19 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from importlib.resources import files
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Connection, create_engine, inspect, text
 
 from slidemill.service.errors import ConflictError, LedgerError, NotFoundError
 from slidemill.service.ledger import (
     BatchRecord,
     BatchStatus,
+    DuplicateScheduleError,
     InvalidTransitionError,
     Ledger,
     LedgerInputError,
@@ -26,8 +29,11 @@ from slidemill.service.ledger import (
     NotRetryableError,
     SlideState,
     UnknownBatchError,
+    UnknownInboxFileError,
+    UnknownScheduleError,
     UnknownSlideError,
 )
+from slidemill.service.schedules import CatchUp, InboxFile, InboxState, Schedule, take
 
 REQUEST = {"model": "/models/prostate", "out": "/out/today", "options": {"tile_size": 224}}
 T = TypeVar("T")
@@ -485,3 +491,165 @@ def test_the_errors_say_how_the_api_answers_them() -> None:
     )
     assert issubclass(NotRetryableError, ConflictError)
     assert issubclass(InvalidTransitionError, ConflictError)
+
+
+# -- schedules and their inbox -------------------------------------------------------------
+
+
+def _nightly(name: str = "nightly", **changes: Any) -> Schedule:
+    fields: dict[str, Any] = {
+        "name": name,
+        "cron": "0 22 * * *",
+        "tz": "Europe/Berlin",
+        "inbox": "/lab/inbox",
+        "model": "/models/prostate",
+        "out_template": "/lab/out/{date}",
+        "options": {"batch_size": 32},
+        "catch_up": CatchUp.ALL,
+        "max_attempts": 2,
+        "settle_s": 30.0,
+    }
+    return Schedule(**(fields | changes))
+
+
+def _alembic(conn: Connection) -> Config:
+    """Alembic over `conn`, as `Ledger.open` configures it (in code, no alembic.ini)."""
+    config = Config()
+    config.set_main_option("script_location", str(files("slidemill.service.ledger") / "migrations"))
+    config.attributes["connection"] = conn
+    return config
+
+
+def test_migrating_a_0001_database_keeps_its_batches_and_adds_schedules(ledger_url: str) -> None:
+    engine = create_engine(ledger_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic(conn), "0001")
+            conn.execute(
+                text(
+                    "INSERT INTO batches (id, origin, status, priority, out, request, created_at,"
+                    " updated_at, cancel_requested, n_slides, n_done, n_failed, n_skipped)"
+                    " VALUES ('" + "a" * 32 + "', 'api', 'done', 0, '/out', '{}',"
+                    " :t, :t, false, 0, 0, 0, 0)"
+                ),
+                {"t": datetime(2026, 1, 1, tzinfo=UTC)},
+            )
+        assert "schedules" not in inspect(engine).get_table_names()
+        with Ledger.open(ledger_url) as ledger:
+            old = ledger.get("a" * 32)
+            assert old is not None and old.status is BatchStatus.DONE
+            assert ledger.add_schedule(_nightly()).name == "nightly"
+        assert {"schedules", "inbox_files"} <= set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+            # the models and the migrations agree: autogenerate finds nothing to add
+            command.check(_alembic(conn))
+    finally:
+        engine.dispose()
+
+
+def test_add_list_get_pause_and_remove_a_schedule(ledger: Ledger, clock: Clock) -> None:
+    added = ledger.add_schedule(_nightly())
+    assert added.schedule == _nightly() and added.last_fired is None
+    assert added.created_at == added.updated_at and added.created_at.tzinfo is not None
+    ledger.add_schedule(_nightly("a-first", catch_up=CatchUp.SKIP, paused=True))
+    assert [r.name for r in ledger.schedules()] == ["a-first", "nightly"]
+    assert ledger.schedule("nightly") == added
+    assert ledger.schedule("missing") is None
+    with pytest.raises(DuplicateScheduleError, match="nightly exists already") as caught:
+        ledger.add_schedule(_nightly(cron="0 23 * * *"))
+    assert isinstance(caught.value, ConflictError) and isinstance(caught.value, LedgerError)
+    paused = ledger.set_paused("nightly", True)
+    assert paused.schedule.paused and paused.updated_at > added.updated_at
+    assert ledger.set_paused("nightly", False).schedule.paused is False
+    ledger.remove_schedule("a-first")
+    assert [r.name for r in ledger.schedules()] == ["nightly"]
+    for change in (
+        lambda: ledger.set_paused("a-first", True),
+        lambda: ledger.remove_schedule("a-first"),
+        lambda: ledger.mark_fired("a-first", datetime(2026, 1, 1, tzinfo=UTC)),
+        lambda: ledger.inbox_taken("a-first", [], None),
+    ):
+        with pytest.raises(UnknownScheduleError) as unknown:
+            change()
+        assert isinstance(unknown.value, NotFoundError)
+
+
+def test_mark_fired_never_moves_back(ledger: Ledger) -> None:
+    ledger.add_schedule(_nightly())
+    first = datetime(2026, 3, 29, 20, 0, tzinfo=UTC)
+    later = first + timedelta(days=1)
+    assert ledger.mark_fired("nightly", first).last_fired == first
+    assert ledger.mark_fired("nightly", later).last_fired == later
+    assert ledger.mark_fired("nightly", first).last_fired == later
+    record = ledger.schedule("nightly")
+    assert record is not None and record.last_fired == later
+    # the same instant given in another zone is the same window
+    berlin = later.astimezone(timezone(timedelta(hours=2)))
+    assert ledger.mark_fired("nightly", berlin).last_fired == later
+    with pytest.raises(LedgerInputError, match="no time zone"):
+        ledger.mark_fired("nightly", datetime(2026, 4, 1))
+
+
+def test_threads_adding_one_name_at_once_add_it_once(ledger: Ledger) -> None:
+    def add() -> str:
+        try:
+            ledger.add_schedule(_nightly())
+            return "added"
+        except DuplicateScheduleError:
+            return "refused"
+
+    assert sorted(_in_threads(4, add)) == ["added", "refused", "refused", "refused"]
+
+
+def test_the_inbox_record_drives_take_across_runs(ledger: Ledger) -> None:
+    ledger.add_schedule(_nightly())
+    now = datetime(2026, 3, 29, 20, 0, tzinfo=UTC)
+    old = int((now - timedelta(hours=1)).timestamp()) * 1_000_000_000
+    big = 5 * 2**32  # sizes and mtimes past 32 bits
+    a, b = InboxFile("/lab/inbox/a.svs", big, old), InboxFile("/lab/inbox/b.svs", 10, old)
+
+    first = take([a, b], ledger.inbox_seen("nightly"), now, 30, 2)
+    assert first.take == (a, b)
+    taken = ledger.inbox_taken("nightly", first.take, "1" * 32)
+    assert [(r.state, r.attempts, r.batch_id) for r in taken] == [
+        (InboxState.TAKEN, 1, "1" * 32)
+    ] * 2
+    assert take([a, b], ledger.inbox_seen("nightly"), now, 30, 2).take == ()  # in flight
+    ledger.inbox_result("nightly", a.path, a.size, a.mtime_ns, InboxState.DONE)
+    failed = ledger.inbox_result("nightly", *b.key, InboxState.FAILED, "unreadable")
+    assert failed.state is InboxState.FAILED and failed.last_error == "unreadable"
+
+    second = take([a, b], ledger.inbox_seen("nightly"), now, 30, 2)
+    assert second.take == (b,) and second.retry == (b,)
+    ledger.inbox_taken("nightly", second.take, "2" * 32)
+    ledger.inbox_result("nightly", *b.key, InboxState.FAILED, "unreadable again")
+
+    third = take([a, b], ledger.inbox_seen("nightly"), now, 30, 2)
+    assert third.take == () and [h.reason for h in third.hold] == ["unreadable again"]
+    for held in third.hold:
+        ledger.inbox_result("nightly", *held.file.key, InboxState.HELD, held.reason)
+    seen = {r.path: r for r in ledger.inbox_seen("nightly")}
+    assert (seen[a.path].state, seen[a.path].attempts, seen[a.path].size) == ("done", 1, big)
+    assert (seen[b.path].state, seen[b.path].attempts, seen[b.path].batch_id) == (
+        "held",
+        2,
+        "2" * 32,
+    )
+    assert seen[b.path].last_error == "unreadable again"
+
+    # a moved: its row follows it, and it is not taken again
+    moved_a = InboxFile("/lab/inbox/sub/a.svs", a.size, a.mtime_ns)
+    fourth = take([moved_a, b], ledger.inbox_seen("nightly"), now, 30, 2)
+    assert fourth.take == () and [m.new for m in fourth.moved] == [moved_a]
+    for m in fourth.moved:
+        ledger.inbox_moved("nightly", m.old, m.new)
+    assert {r.path for r in ledger.inbox_seen("nightly")} == {moved_a.path, b.path}
+    assert take([moved_a, b], ledger.inbox_seen("nightly"), now, 30, 2).moved == ()
+
+    with pytest.raises(UnknownInboxFileError):
+        ledger.inbox_result("nightly", "/lab/inbox/never.svs", 1, 1, InboxState.DONE)
+    with pytest.raises(LedgerInputError):
+        ledger.inbox_result("nightly", *b.key, InboxState.TAKEN)
+    ledger.remove_schedule("nightly")
+    assert ledger.inbox_seen("nightly") == []
