@@ -232,5 +232,86 @@ def _call(
             f"[red]error:[/red] {response.status_code}: {detail}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(2 if response.status_code < 500 else EXIT_FAILED)
+    if response.status_code == 204:
+        return {}
     data: dict[str, Any] = response.json()
     return data
+
+
+def schedule_add(
+    name: Annotated[str, typer.Argument(help="The schedule's name.")],
+    cron: Annotated[str, typer.Option(help='Five-field cron, e.g. "0 22 * * *".')],
+    inbox: Annotated[Path, typer.Option(help="Folder whose new slides each run takes.")],
+    model: Annotated[Path, typer.Option(help="Model bundle, or a `slidemill train` folder.")],
+    out: Annotated[str, typer.Option(help="Output folder of a run, e.g. /data/out/{date}.")],
+    tz: Annotated[str, typer.Option(help="IANA time zone of the cron.")] = "UTC",
+    catch_up: Annotated[
+        str, typer.Option(help="After downtime: latest (once), all (each window), or skip.")
+    ] = "latest",
+    max_attempts: Annotated[int, typer.Option(min=1, help="Runs a failing slide gets.")] = 3,
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+) -> None:
+    """Add a nightly schedule: at each cron window, the slides new in the inbox run."""
+    body = {
+        "name": name, "cron": cron, "tz": tz, "inbox": str(inbox.absolute()),
+        "model": str(model.absolute()),
+        "out": out if out.startswith("/") else str(Path(out).absolute()),
+        "catch_up": catch_up, "max_attempts": max_attempts,
+    }  # fmt: skip
+    view = _call("POST", server, "/api/schedules", token_file, json=body)
+    console.print(f"{view['name']}: next run {view['next_window']}", highlight=False)
+
+
+def schedule_list(server: Server = "http://127.0.0.1:8000", token_file: TokenFile = None) -> None:
+    """The schedules, with their last and next runs."""
+    table = Table("name", "cron", "tz", "inbox", "out", "paused", "last", "next")
+    for s in _call("GET", server, "/api/schedules", token_file)["schedules"]:
+        table.add_row(
+            s["name"], s["cron"], s["tz"], s["inbox"], s["out"], "yes" if s["paused"] else "",
+            (s["last_fired"] or "")[:16], (s["next_window"] or "")[:16],
+        )  # fmt: skip
+    console.print(table)
+
+
+def schedule_pause(
+    name: Annotated[str, typer.Argument()],
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+) -> None:
+    """Pause a schedule: its windows pass without running (resume with `schedule resume`)."""
+    _call("POST", server, f"/api/schedules/{name}/pause", token_file)
+    console.print(f"{name}: paused")
+
+
+def schedule_resume(
+    name: Annotated[str, typer.Argument()],
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+) -> None:
+    """Resume a paused schedule from its next window."""
+    _call("POST", server, f"/api/schedules/{name}/resume", token_file)
+    console.print(f"{name}: resumed")
+
+
+def schedule_remove(
+    name: Annotated[str, typer.Argument()],
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+) -> None:
+    """Remove a schedule (its batches stay in the ledger)."""
+    _call("DELETE", server, f"/api/schedules/{name}", token_file)
+    console.print(f"{name}: removed")
+
+
+def schedule_run_now(
+    name: Annotated[str, typer.Argument()],
+    server: Server = "http://127.0.0.1:8000",
+    token_file: TokenFile = None,
+) -> None:
+    """Run a schedule once now; prints the batch id, or says the inbox had nothing new."""
+    batch = _call("POST", server, f"/api/schedules/{name}/run-now", token_file)["batch"]
+    if batch is None:
+        console.print(f"{name}: nothing new in the inbox")
+    else:
+        typer.echo(batch)

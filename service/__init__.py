@@ -5,6 +5,7 @@ from slidemill.service._app import create_app
 from slidemill.service._contracts import BatchList, BatchRequest, BatchView, Health, SlideView
 from slidemill.service._paths import inside_roots
 from slidemill.service._runner import BatchRunner
+from slidemill.service._scheduler import Scheduler
 from slidemill.service._serve import serve
 from slidemill.service._settings import ServiceSettings, is_loopback, load_settings
 from slidemill.service.errors import (
@@ -27,6 +28,7 @@ __all__ = [
     "LedgerError",
     "NotFoundError",
     "PathNotAllowedError",
+    "Scheduler",
     "ServiceConfigError",
     "ServiceError",
     "ServiceSettings",

@@ -20,9 +20,20 @@ from slidemill.pipeline.errors import one_line
 from slidemill.pipeline.slides import assign_ids, expand
 from slidemill.schemas import InvalidInputError, SlidemillError
 from slidemill.schemas.layout import RESULTS_CSV
-from slidemill.service._contracts import BatchList, BatchRequest, BatchView, Health, SlideView
+from slidemill.service._contracts import (
+    BatchList,
+    BatchRequest,
+    BatchView,
+    Health,
+    RunNow,
+    ScheduleList,
+    ScheduleRequest,
+    ScheduleView,
+    SlideView,
+)
 from slidemill.service._paths import inside_roots
 from slidemill.service._runner import BatchRunner
+from slidemill.service._scheduler import Scheduler
 from slidemill.service._settings import INTERACTIVE_PRIORITY, ServiceSettings
 from slidemill.service.errors import (
     ConflictError,
@@ -31,7 +42,8 @@ from slidemill.service.errors import (
     ServiceError,
     UnauthorizedError,
 )
-from slidemill.service.ledger import BatchRecord, BatchStatus, Ledger, SlideRecord
+from slidemill.service.ledger import BatchRecord, BatchStatus, Ledger, ScheduleRecord, SlideRecord
+from slidemill.service.schedules import CatchUp, Schedule, next_window, output_folder
 from slidemill.workers import ModelBundleError, check_bundle, resolve_model_dir
 
 _STATUS: tuple[tuple[type[SlidemillError], int], ...] = (
@@ -96,16 +108,20 @@ class _TooLargeError(Exception):
     """Raised inside `BodyLimit` when a streamed body passes the limit."""
 
 
-def create_app(settings: ServiceSettings, ledger: Ledger, runner: BatchRunner) -> FastAPI:
-    """The API over `ledger` and `runner`; the runner is started and stopped with the app."""
+def create_app(
+    settings: ServiceSettings, ledger: Ledger, runner: BatchRunner, scheduler: Scheduler
+) -> FastAPI:
+    """The API over `ledger`, `runner` and `scheduler`, which start and stop with the app."""
     token = settings.bearer_token()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runner.start()
+        scheduler.start()
         try:
             yield
         finally:
+            scheduler.stop()
             runner.stop()
 
     def authorised(request: Request) -> None:
@@ -201,7 +217,70 @@ def create_app(settings: ServiceSettings, ledger: Ledger, runner: BatchRunner) -
         runner.wake()
         return _view(record)
 
+    @app.post("/api/schedules", status_code=201)
+    def add_schedule(body: ScheduleRequest) -> ScheduleView:
+        """Keep a schedule; it fires at its first window after now."""
+        roots = settings.allow_roots
+        schedule = Schedule(
+            name=body.name,
+            cron=body.cron,
+            tz=body.tz,
+            inbox=str(inside_roots(body.inbox, roots, "inbox")),
+            model=str(inside_roots(body.model, roots, "model")),
+            out_template=body.out,
+            catch_up=CatchUp(body.catch_up),
+            options=body.options,
+            max_attempts=body.max_attempts,
+            settle_s=body.settle_s,
+        )
+        # the output folder of any window must be inside a root too: check one now
+        inside_roots(output_folder(schedule, datetime.now(UTC)), roots, "output folder")
+        return _schedule_view(ledger.add_schedule(schedule))
+
+    @app.get("/api/schedules")
+    def schedules() -> ScheduleList:
+        return ScheduleList(schedules=[_schedule_view(r) for r in ledger.schedules()])
+
+    @app.post("/api/schedules/{name}/pause")
+    def pause(name: str) -> ScheduleView:
+        return _schedule_view(ledger.set_paused(name, True))
+
+    @app.post("/api/schedules/{name}/resume")
+    def resume(name: str) -> ScheduleView:
+        return _schedule_view(ledger.set_paused(name, False))
+
+    @app.delete("/api/schedules/{name}", status_code=204)
+    def remove(name: str) -> None:
+        ledger.remove_schedule(name)
+
+    @app.post("/api/schedules/{name}/run-now", status_code=202)
+    def run_now(name: str) -> RunNow:
+        """Run the schedule once now; its windows are unchanged."""
+        return RunNow(batch=scheduler.run_now(name))
+
     return app
+
+
+def _schedule_view(record: ScheduleRecord) -> ScheduleView:
+    s = record.schedule
+    now = datetime.now(UTC)
+    after = max(record.last_fired, now) if record.last_fired else now
+    return ScheduleView(
+        name=s.name,
+        cron=s.cron,
+        tz=s.tz,
+        inbox=s.inbox,
+        model=s.model,
+        out=s.out_template,
+        catch_up=s.catch_up.value,
+        options=dict(s.options),
+        max_attempts=s.max_attempts,
+        settle_s=s.settle_s,
+        paused=s.paused,
+        created_at=record.created_at,
+        last_fired=record.last_fired,
+        next_window=None if s.paused else next_window(s, after),
+    )
 
 
 def _checked_paths(

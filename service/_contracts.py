@@ -78,3 +78,53 @@ class Health(BaseModel):
     status: Literal["ok"]
     workers: int
     running: int
+
+
+class ScheduleRequest(BaseModel):
+    """A nightly schedule: when (cron in a time zone), what (an inbox folder, a model), where
+    (an output folder per run, `{date}` filled with the window's local date)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Unique; letters, digits, - and _.")
+    cron: str = Field(description='Five-field cron, e.g. "0 22 * * *".')
+    tz: str = Field(default="UTC", description="IANA time zone the cron is read in.")
+    inbox: str = Field(description="Folder whose new slides each run takes.")
+    model: str = Field(description="A model bundle, or a `slidemill train` folder.")
+    out: str = Field(description="Output folder of a run, e.g. /data/out/{date}.")
+    catch_up: Literal["latest", "all", "skip"] = Field(
+        default="latest",
+        description="After downtime: run the latest missed window once, every one, or none.",
+    )
+    options: dict[str, object] = Field(
+        default_factory=dict, description="`run` options of each batch (as in BatchRequest)."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Runs a failing slide is tried in.")
+    settle_s: float = Field(
+        default=60.0, ge=0, description="A file changed more recently waits for the next run."
+    )
+
+
+class ScheduleView(BaseModel):
+    name: str
+    cron: str
+    tz: str
+    inbox: str
+    model: str
+    out: str
+    catch_up: str
+    options: dict[str, object]
+    max_attempts: int
+    settle_s: float
+    paused: bool
+    created_at: datetime
+    last_fired: datetime | None
+    next_window: datetime | None
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleView]
+
+
+class RunNow(BaseModel):
+    batch: str | None = Field(description="The batch queued; None when the inbox had nothing new.")

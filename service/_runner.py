@@ -17,9 +17,12 @@ from slidemill.pipeline.errors import one_line
 from slidemill.pipeline.graph import BatchHooks, run_batch
 from slidemill.schemas import AnyClusterConfig, RunSpec, SlidemillError, SlideResult
 from slidemill.service.ledger import BatchRecord, BatchStatus, Ledger, SlideState
+from slidemill.service.schedules import InboxState
 
 log = logging.getLogger(__name__)
 
+SCHEDULE_ORIGIN = "schedule:"
+"""A scheduled batch's origin is this and the schedule's name."""
 _IDLE_S = 1.0
 """How long an idle runner thread sleeps between looks at the ledger (a submission wakes it)."""
 
@@ -117,6 +120,18 @@ class BatchRunner:
         self._ledger.finish(record.id, status, error)
         log.info("batch %s: %s%s", record.id, status, f" ({error})" if error else "")
 
+    def _inbox_result(self, record: BatchRecord, result: SlideResult) -> None:
+        """A scheduled batch's slide came from its inbox: record there whether it is done (a
+        slide without tissue is done too) or failed, to be retried up to the schedule's
+        limit."""
+        name = record.origin.removeprefix(SCHEDULE_ORIGIN)
+        state = InboxState.FAILED if result.status == "failed" else InboxState.DONE
+        for seen in self._ledger.inbox_seen(name):
+            if seen.batch_id == record.id and Path(seen.path).resolve() == Path(result.path):
+                self._ledger.inbox_result(
+                    name, seen.path, seen.size, seen.mtime_ns, state, result.error
+                )
+
     def _run_batch(
         self, record: BatchRecord, cancel: threading.Event
     ) -> tuple[BatchStatus, str | None]:
@@ -137,6 +152,8 @@ class BatchRunner:
                 timings=result.timings.model_dump(),
                 output=str(Path(record.out) / result.slide_id),
             )
+            if record.origin.startswith(SCHEDULE_ORIGIN):
+                self._inbox_result(record, result)
 
         hooks = BatchHooks(
             client=self.client, on_result=on_result, cancel=cancel, priority=record.priority

@@ -9,6 +9,7 @@ import uvicorn
 from slidemill.cluster import load_cluster_config
 from slidemill.service._app import create_app
 from slidemill.service._runner import BatchRunner
+from slidemill.service._scheduler import Scheduler
 from slidemill.service._settings import ServiceSettings
 from slidemill.service.ledger import Ledger
 
@@ -26,7 +27,9 @@ def serve(settings: ServiceSettings) -> None:
     )
     ledger = Ledger.open(settings.db_url)
     try:
-        app = create_app(settings, ledger, BatchRunner(ledger, cluster, settings.max_running))
+        runner = BatchRunner(ledger, cluster, settings.max_running)
+        scheduler = Scheduler(ledger, settings.allow_roots, runner)
+        app = create_app(settings, ledger, runner, scheduler)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level="info", access_log=False
         )

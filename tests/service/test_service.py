@@ -189,3 +189,45 @@ def test_a_service_killed_mid_batch_resumes_it_with_nothing_lost_or_doubled(
     for sid, stamp in stamps.items():
         assert (out / sid / "result.json").stat().st_mtime_ns == stamp
     assert not (out / ".partial").exists() and not (out / ".slidemill.lock").exists()
+
+
+def test_schedules_over_http_and_the_cli(
+    service: Service, slides_dir: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("synth-svs.svs", "synth-tiff.tiff"):
+        (inbox / name).write_bytes((slides_dir / name).read_bytes())
+        os.utime(inbox / name, (1_700_000_000, 1_700_000_000))  # settled long ago
+    added = _cli(
+        "schedule", "add", "nightly", "--cron", "0 22 * * *", "--tz", "Europe/Berlin",
+        "--inbox", inbox, "--model", tiny_bundle, "--out", f"{tmp_path}/out/{{date}}",
+        "--server", service.url,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    listed = service.get("/api/schedules")["schedules"]
+    assert [s["name"] for s in listed] == ["nightly"] and listed[0]["next_window"]
+    with service.client() as c:
+        assert c.post("/api/schedules", json={**_schedule_body(inbox, tiny_bundle, tmp_path),
+                      "inbox": "/etc"}).status_code == 403  # fmt: skip
+        assert c.post("/api/schedules", json={**_schedule_body(inbox, tiny_bundle, tmp_path),
+                      "cron": "every night"}).status_code == 422  # fmt: skip
+        duplicate = c.post("/api/schedules", json=_schedule_body(inbox, tiny_bundle, tmp_path))
+        assert duplicate.status_code == 409
+    run = _cli("schedule", "run-now", "nightly", "--server", service.url)
+    assert run.returncode == 0, run.stderr
+    batch = service.wait_for(run.stdout.strip(), _ended)
+    assert batch["origin"] == "schedule:nightly" and batch["n_done"] == 2
+    nothing = _cli("schedule", "run-now", "nightly", "--server", service.url)
+    assert "nothing new" in nothing.stderr  # each inbox file is taken once
+    assert _cli("schedule", "pause", "nightly", "--server", service.url).returncode == 0
+    assert service.get("/api/schedules")["schedules"][0]["paused"] is True
+    assert _cli("schedule", "remove", "nightly", "--server", service.url).returncode == 0
+    assert service.get("/api/schedules")["schedules"] == []
+
+
+def _schedule_body(inbox: Path, model: Path, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "name": "nightly", "cron": "0 22 * * *", "tz": "Europe/Berlin", "inbox": str(inbox),
+        "model": str(model), "out": f"{tmp_path}/out/{{date}}",
+    }  # fmt: skip

@@ -1,0 +1,1 @@
+"""The ledger's Alembic environment and migration scripts, applied by `Ledger.open`."""

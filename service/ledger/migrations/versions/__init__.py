@@ -1,0 +1,1 @@
+"""One script per schema change, in order (Alembic revisions)."""
