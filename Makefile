@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres lint bench clean
+.PHONY: install demo test postgres lint bench bench-service clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ lint: install
 
 bench: install
 	$(BIN)/slidemill bench --slide $(SAMPLE)
+
+bench-service: install
+	$(BIN)/slidemill bench-service
 
 clean:
 	rm -rf $(DEMO) build .pytest_cache .mypy_cache .ruff_cache

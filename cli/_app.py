@@ -48,6 +48,7 @@ app.command()(_command(_service.serve))
 app.command()(_command(_service.submit))
 app.command()(_command(_service.status))
 app.command()(_command(_service.cancel))
+app.command("bench-service")(_command(_service.bench_service))
 
 model_app = typer.Typer(no_args_is_help=True, help="Model bundles.")
 model_app.command("init")(_command(_model.model_init))

@@ -2,6 +2,7 @@
 Alembic) whose batches run on one Dask cluster, shared, surviving the service's restarts."""
 
 from slidemill.service._app import create_app
+from slidemill.service._bench import LoadReport, load_benchmark
 from slidemill.service._contracts import BatchList, BatchRequest, BatchView, Health, SlideView
 from slidemill.service._paths import inside_roots
 from slidemill.service._runner import BatchRunner
@@ -26,6 +27,7 @@ __all__ = [
     "ConflictError",
     "Health",
     "LedgerError",
+    "LoadReport",
     "NotFoundError",
     "PathNotAllowedError",
     "Scheduler",
@@ -37,6 +39,7 @@ __all__ = [
     "create_app",
     "inside_roots",
     "is_loopback",
+    "load_benchmark",
     "load_settings",
     "serve",
 ]
