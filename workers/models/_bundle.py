@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from slidemill.schemas import ModelManifest
+from slidemill.schemas.files import staged_dir
+from slidemill.schemas.layout import ENCODER_TORCHSCRIPT, MANIFEST_JSON, WEIGHTS_FILE
 from slidemill.workers.errors import ModelBundleError
 from slidemill.workers.models._device import default_device, inference_settings
 from slidemill.workers.models._encoders import ENCODERS, TorchScriptEncoder
 from slidemill.workers.models._heads import HEADS
 from slidemill.workers.models._weights import load_encoder_weights
 
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
-ENCODER_FILE = "encoder.torchscript.pt"
 TORCHSCRIPT = "torchscript"
 
 
@@ -50,9 +48,9 @@ def manifest_sha256(manifest: ModelManifest) -> str:
 
 def read_manifest(bundle: Path) -> ModelManifest:
     """Read and validate a bundle's manifest (cheap: does not touch the weights)."""
-    path = bundle / MANIFEST
+    path = bundle / MANIFEST_JSON
     if not path.is_file():
-        raise ModelBundleError(f"{bundle}: not a model bundle (no {MANIFEST})")
+        raise ModelBundleError(f"{bundle}: not a model bundle (no {MANIFEST_JSON})")
     try:
         return ModelManifest.model_validate_json(path.read_bytes())
     except ValidationError as err:
@@ -114,16 +112,19 @@ def _torchscript_kwargs(manifest: ModelManifest, bundle: Path | None) -> dict[st
 
 def _torchscript_file(manifest: ModelManifest, bundle: Path) -> tuple[Path, str]:
     """The bundle's TorchScript file and the sha256 its manifest records for it."""
-    path = bundle / ENCODER_FILE
+    path = bundle / ENCODER_TORCHSCRIPT
     kwargs = dict(manifest.encoder_kwargs)
     expected = kwargs.pop("file_sha256", None)
     if kwargs or not isinstance(expected, str):
         raise ModelBundleError(
-            f"{bundle / MANIFEST}: a torchscript encoder's encoder_kwargs hold file_sha256 only; "
+            f"{bundle / MANIFEST_JSON}: a torchscript encoder's encoder_kwargs hold file_sha256 "
+            "only; "
             f"found {', '.join(sorted(manifest.encoder_kwargs)) or 'none'}"
         )
     if not path.is_file():
-        raise ModelBundleError(f"{bundle}: no {ENCODER_FILE} (the torchscript encoder's file)")
+        raise ModelBundleError(
+            f"{bundle}: no {ENCODER_TORCHSCRIPT} (the torchscript encoder's file)"
+        )
     return path, expected
 
 
@@ -151,9 +152,9 @@ def check_bundle(bundle: Path) -> ModelManifest:
     check; the batch runs it in the client too, so a corrupt bundle stops a run before any
     cluster starts."""
     manifest = read_manifest(bundle)
-    weights = bundle / WEIGHTS
+    weights = bundle / WEIGHTS_FILE
     if not weights.is_file():
-        raise ModelBundleError(f"{bundle}: no {WEIGHTS}")
+        raise ModelBundleError(f"{bundle}: no {WEIGHTS_FILE}")
     _check_sha256(weights, manifest.weights_sha256, "weights")
     if manifest.encoder == TORCHSCRIPT:
         _check_sha256(*_torchscript_file(manifest, bundle), "encoder file")
@@ -173,7 +174,7 @@ def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel
     """Load a bundle once `check_bundle` passes; on CUDA the encoder is put in channels_last
     for `encode_tiles`."""
     manifest = check_bundle(bundle)
-    weights = bundle / WEIGHTS
+    weights = bundle / WEIGHTS_FILE
     encoder, head = build_modules(manifest, bundle)
     state = load_file(str(weights))
     for prefix, module in (("encoder.", encoder), ("head.", head)):
@@ -210,25 +211,17 @@ def save_bundle(
             f"{out}: encoder {type(encoder).__name__} saved under the name "
             f"{manifest_fields.get('encoder')!r}; a TorchScriptEncoder is {TORCHSCRIPT!r}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         fields = dict(manifest_fields)
         if isinstance(encoder, TorchScriptEncoder):
             fields["encoder_kwargs"] = _copy_encoder_file(encoder, tmp, fields)
         state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
         state |= {f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS))
+        save_file(state, str(tmp / WEIGHTS_FILE))
         manifest = ModelManifest.model_validate(
-            {**fields, "weights_sha256": file_sha256(tmp / WEIGHTS)}
+            {**fields, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
         )
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    tmp.replace(out)
+        (tmp / MANIFEST_JSON).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
 
 
@@ -236,8 +229,8 @@ def _copy_encoder_file(
     encoder: TorchScriptEncoder, tmp: Path, fields: Mapping[str, object]
 ) -> dict[str, object]:
     """Copy the encoder's TorchScript file into a bundle being written; its encoder_kwargs."""
-    shutil.copyfile(encoder.source, tmp / ENCODER_FILE)
-    actual = file_sha256(tmp / ENCODER_FILE)
+    shutil.copyfile(encoder.source, tmp / ENCODER_TORCHSCRIPT)
+    actual = file_sha256(tmp / ENCODER_TORCHSCRIPT)
     given = fields.get("encoder_kwargs") or {}
     kwargs = dict(given) if isinstance(given, Mapping) else {}
     recorded = kwargs.get("file_sha256")
