@@ -4,10 +4,13 @@ read an output folder can too.
 
     OUT/                        a run's output folder
       results.csv               one row per slide of the last batch
+      report.html               the last batch's report: self-contained, opens without a server
       .partial/<slide_id>/      a slide being built; renamed to OUT/<slide_id>/ when whole
       <slide_id>/
         result.json             SlideResult
         heatmap.png
+        heatmap.ome.zarr/       the heatmap as OME-Zarr (NGFF 0.5), one channel per class, µm
+        qupath.geojson          tiles (detections) and lesion regions (annotations), level-0 px
         slide.zarr/             Zarr v3 group, attributes["slidemill"] = SlideStoreAttrs
     BUNDLE/                     a model bundle
       manifest.json             ModelManifest
@@ -27,6 +30,8 @@ LAYOUT_VERSION: Final = 1
 
 # A run's output folder
 RESULTS_CSV: Final = "results.csv"
+REPORT_HTML: Final = "report.html"
+"""The batch report, rewritten with `results.csv` (`slidemill.pipeline.export`)."""
 PARTIAL_DIR: Final = ".partial"
 """Slides are built under OUT/.partial/<slide_id>/ and renamed into place when complete."""
 LOCK_FILE: Final = ".slidemill.lock"
@@ -35,6 +40,10 @@ LOCK_FILE: Final = ".slidemill.lock"
 # One slide's folder
 RESULT_JSON: Final = "result.json"
 HEATMAP_PNG: Final = "heatmap.png"
+HEATMAP_OME_ZARR: Final = "heatmap.ome.zarr"
+"""The `heatmap` array as an NGFF multiscale image, for napari and other OME-Zarr readers."""
+QUPATH_GEOJSON: Final = "qupath.geojson"
+"""Tiles and lesion regions as QuPath objects (File → Import objects)."""
 SLIDE_STORE: Final = "slide.zarr"
 STORE_ATTRS_KEY: Final = "slidemill"
 """The key of `SlideStoreAttrs` in the slide store's root attributes."""

@@ -44,6 +44,7 @@ from slidemill.pipeline.errors import (
     SchedulerLostError,
     one_line,
 )
+from slidemill.pipeline.export import write_batch_report
 from slidemill.pipeline.graph._lock import hold_output
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide
 from slidemill.pipeline.graph._store import final_dir, publish
@@ -222,6 +223,7 @@ def _run_locked(
     ordered = tuple(by_id[job.slide_id] for job in jobs)
     class_names = jobs[0].class_names
     csv_path = write_results_csv(out, ordered, class_names)
+    write_batch_report(out, ordered, stopped=stopped)
     _remove_if_empty(out / PARTIAL_DIR)
     if interrupt is not None:
         raise interrupt

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from pydantic import TypeAdapter, ValidationError
 
 from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
+from slidemill.pipeline.export import export_slide
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
 from slidemill.pipeline.graph._resume import ResumeKey, partial_is_valid
 from slidemill.pipeline.graph._store import (
@@ -442,6 +443,8 @@ def reduce_slide(
         cell_px=attrs.stride_level0 * thumb.shape[1] / attrs.slide_dimensions[0],
         title=f"{job.slide_id}: {label} (p={mil.probabilities[label_index]:.2f})",
     )
+    # the files QuPath and napari open, inside the work folder so they publish with the rest
+    export_slide(work, threshold=job.threshold)
     result = SlideResult(
         slide_id=job.slide_id,
         path=job.path,
