@@ -27,22 +27,29 @@ from slidemill.cli._options import (
     Workers,
     WorkerTimeout,
 )
-from slidemill.schemas import RunSpec, TissueMethod, validated
+from slidemill.schemas import QCMode, RunSpec, TissueMethod, validated
 
 
 def _run_and_report(
-    cluster_file: Path | None, scheduler: str | None, workers: int | None, **spec: Any
+    cluster_file: Path | None,
+    scheduler: str | None,
+    workers: int | None,
+    fail_on_flags: bool = False,
+    **spec: Any,
 ) -> None:
-    """Build the RunSpec, run the batch, print its table; exit 1 when a slide failed."""
+    """Build the RunSpec, run the batch, print its table; exit 1 when a slide failed (or, with
+    `fail_on_flags`, was flagged)."""
     from slidemill.cluster import load_cluster_config
     from slidemill.pipeline.graph import run_batch
 
     cluster_config = load_cluster_config(cluster_file, scheduler=scheduler, n_workers=workers)
     run_spec = validated(RunSpec, cluster=cluster_config, **spec)
     report = run_batch(run_spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"))
-    table = Table("slide", "status", "label", "tiles", "error")
+    table = Table("slide", "status", "label", "tiles", "flags", "error")
     for r in report.results:
-        table.add_row(r.slide_id, r.status, r.label or "", str(r.n_tiles), r.error or "")
+        flags = ";".join(r.flag_codes)
+        table.add_row(r.slide_id, r.status, r.label or "", str(r.n_tiles), flags, r.error or "")
+    flagged = [r.slide_id for r in report.results if r.flag_codes]
     console.print(table)
     if report.kept:
         console.print(
@@ -52,7 +59,12 @@ def _run_and_report(
     if report.stopped:
         console.print(f"[red]stopped:[/red] {report.stopped}", highlight=False, soft_wrap=True)
     console.print(f"results: {report.results_csv}")
-    if report.n_failed:
+    if flagged:
+        console.print(
+            f"{len(flagged)} slide(s) flagged by QC: a person should look before trusting "
+            "their diagnosis (result.json's qc says why)"
+        )
+    if report.n_failed or (fail_on_flags and flagged):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -75,15 +87,29 @@ def run(
     keep_jpeg: KeepJpeg = None,
     worker_timeout: WorkerTimeout = 300.0,
     progress: Progress = True,
+    qc: Annotated[
+        QCMode,
+        typer.Option(
+            help="Slide QC: flag slides (blur, ink, not brightfield, out of distribution), "
+            "also exclude failing tiles from the MIL head, or off."
+        ),
+    ] = QCMode.FLAG,
+    fail_on_flags: Annotated[
+        bool,
+        typer.Option("--fail-on-flags", help="Exit with status 1 when any slide is flagged by QC."),
+    ] = False,
 ) -> None:
     """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
 
-    Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count).
+    Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count),
+    and with --fail-on-flags also when any slide is flagged; a flagged slide keeps its label.
     """
     _run_and_report(
         cluster_file,
         scheduler,
         workers,
+        fail_on_flags,
+        qc=qc,
         slides=tuple(slides),
         model=model,
         out=out,

@@ -75,13 +75,24 @@ def synth(
     size: Annotated[
         str, typer.Option(help="Level-0 size WIDTHxHEIGHT in pixels, at 0.5 µm/px.")
     ] = "6000x4000",
+    degrade: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also write degraded copies into OUT/degraded (repeatable): blur, blur_part, "
+            "pen, fluorescence; ground truth for slide QC in degradations.csv."
+        ),
+    ] = None,
 ) -> None:
     """Generate a labelled benchmark with ground truth: pyramidal SVS slides (JPEG tiles,
     0.5/2/8 µm/px) with planted lesions and look-alikes, `<stem>.mask.png` (lesions at 8 µm/px)
-    and `<stem>.truth.json` beside each, and `labels.csv`."""
+    and `<stem>.truth.json` beside each, and `labels.csv`; with --degrade, degraded copies."""
     import time
 
-    from slidemill.pipeline.synth import write_benchmark_set
+    from slidemill.pipeline.synth import DEGRADATIONS, write_benchmark_set, write_degraded_set
+
+    for kind in degrade or ():
+        if kind not in DEGRADATIONS:
+            fail(f"--degrade {kind}: choose from {', '.join(DEGRADATIONS)}")
 
     start = time.perf_counter()
     slides = write_benchmark_set(
@@ -89,6 +100,9 @@ def synth(
     )
     for s in slides:
         console.print(f"{s.path}  {s.label}", highlight=False)
+    if degrade:
+        copies = write_degraded_set([s.path for s in slides], out / "degraded", degrade, seed)
+        console.print(f"{len(copies)} degraded copies in {out / 'degraded'}", highlight=False)
     positives = sum(s.label == "positive" for s in slides)
     console.print(
         f"{len(slides)} slides ({positives} positive), labels in {out / 'labels.csv'}, "

@@ -28,6 +28,7 @@ from slidemill.schemas._evaluation import (
     FoldMetrics,
     LocalisationMetrics,
     ReliabilityBin,
+    TemperatureScaling,
 )
 from slidemill.schemas._export import write_json_schemas
 from slidemill.schemas._models import (
@@ -44,6 +45,15 @@ from slidemill.schemas._models import (
     TissueMethod,
     slidemill_version,
 )
+from slidemill.schemas._qc import (
+    REFERENCE_FORMAT,
+    Calibration,
+    FeatureReference,
+    Flag,
+    FlagCode,
+    QCMode,
+    SlideQC,
+)
 from slidemill.schemas._validate import describe, validated
 from slidemill.schemas.errors import InvalidInputError, LayoutError, SlidemillError
 
@@ -53,15 +63,20 @@ SCHEMA_MODELS["evaluation_report"] = EvaluationReport
 
 __all__ = [
     "BACKEND_NAMES",
+    "REFERENCE_FORMAT",
     "SCHEMA_MODELS",
     "Adapt",
     "AnyClusterConfig",
+    "Calibration",
     "ClassificationMetrics",
     "ClusterConfig",
     "ConfidenceInterval",
     "CudaClusterConfig",
     "EvaluationReport",
     "ExistingClusterConfig",
+    "FeatureReference",
+    "Flag",
+    "FlagCode",
     "FoldMetrics",
     "InvalidInputError",
     "KubernetesClusterConfig",
@@ -74,8 +89,10 @@ __all__ = [
     "NannyEnv",
     "Normalisation",
     "Provenance",
+    "QCMode",
     "ReliabilityBin",
     "RunSpec",
+    "SlideQC",
     "SlideResult",
     "SlideStatus",
     "SlideStoreAttrs",
@@ -84,6 +101,7 @@ __all__ = [
     "SlurmCpuPool",
     "SlurmGpuPool",
     "StageTimings",
+    "TemperatureScaling",
     "TilingSpec",
     "TissueMethod",
     "describe",

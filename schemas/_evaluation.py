@@ -185,6 +185,19 @@ class LocalisationMetrics(Frozen):
         return self
 
 
+class TemperatureScaling(Frozen):
+    """The bundle's temperature scaling, judged on the slides evaluated: the same figures of the
+    head's own probabilities (before) and of the calibrated ones the runs report (after)."""
+
+    temperature: float = Field(gt=0, description="Logits divided by this.")
+    ece_before: Unit
+    ece_after: Unit
+    brier_before: float = Field(ge=0)
+    brier_after: float = Field(ge=0)
+    auroc_before: Unit = Field(description="Unchanged by a temperature (same ranking).")
+    auroc_after: Unit
+
+
 class EvaluationReport(Frozen):
     """`evaluation.json`: a model's slide-level and localisation figures on held-out slides."""
 
@@ -204,6 +217,11 @@ class EvaluationReport(Frozen):
     )
     localisation: LocalisationMetrics | None = Field(
         default=None, description="Lesion localisation; None when no lesion annotations were given."
+    )
+    temperature_scaling: TemperatureScaling | None = Field(
+        default=None,
+        description="Calibration before and after the bundle's temperature; None when it has "
+        "none. The figures above are after it (what `slidemill run` reports).",
     )
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from slidemill.schemas._base import Frozen
 from slidemill.schemas._cluster import AnyClusterConfig
+from slidemill.schemas._qc import Calibration, FeatureReference, QCMode, SlideQC
 
 
 @cache
@@ -76,7 +77,11 @@ class Normalisation(Frozen):
 class ModelManifest(Frozen):
     """The JSON half of a model bundle; the other half is `weights.safetensors`."""
 
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = Field(
+        default=1,
+        description="1: encoder and head; 2 adds the training reference and the calibration "
+        "(`reference`, `calibration`), written by `slidemill train`.",
+    )
     encoder: str = Field(
         description="Registered encoder name, e.g. 'resnet18', 'histo_cnn', 'timm:<name>' or "
         "'torchscript' (the file in the bundle as encoder.torchscript.pt)."
@@ -99,6 +104,22 @@ class ModelManifest(Frozen):
         description="decision threshold on P(positive class), chosen on validation data; "
         "None = argmax",
     )
+    reference: FeatureReference | None = Field(
+        default=None,
+        description="Format 2: the training features' reference (`reference.safetensors`) for "
+        "the out-of-distribution score; None: no reference, no score.",
+    )
+    calibration: Calibration | None = Field(
+        default=None,
+        description="Format 2: temperature scaling of the slide probabilities; None: the "
+        "probabilities are the head's own.",
+    )
+
+    @model_validator(mode="after")
+    def _versioned(self) -> ModelManifest:
+        if self.format_version == 1 and (self.reference or self.calibration):
+            raise ValueError("a reference or a calibration needs format_version 2")
+        return self
 
 
 class RunSpec(Frozen):
@@ -154,6 +175,11 @@ class RunSpec(Frozen):
         "it had some: preempted nodes, a job that hit its time limit) before every unfinished "
         "slide fails with 'no workers for N s'. A cluster still starting is waited for.",
     )
+    qc: QCMode = Field(
+        default=QCMode.FLAG,
+        description="Slide QC: 'flag' measures and flags, 'exclude' also leaves tiles failing "
+        "QC out of the MIL head, 'off' neither.",
+    )
     show_progress: bool = True
     stages: Literal["all", "features"] = Field(
         default="all", description="'features' stops after the encoder (no MIL, no heatmap)."
@@ -201,6 +227,16 @@ class SlideResult(Frozen):
     n_tiles: int = 0
     timings: StageTimings = StageTimings()
     provenance: Provenance
+    qc: SlideQC | None = Field(
+        default=None,
+        description="QC measurements, distribution shift and flags (None: --qc off, or no "
+        "diagnosis). A flagged slide keeps its label; the flags say why a person should look.",
+    )
+
+    @property
+    def flag_codes(self) -> tuple[str, ...]:
+        """The QC flags' short codes (empty without QC)."""
+        return self.qc.codes if self.qc is not None else ()
 
     @model_validator(mode="after")
     def _consistent(self) -> SlideResult:

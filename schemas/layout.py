@@ -16,6 +16,7 @@ read an output folder can too.
       manifest.json             ModelManifest
       weights.safetensors       keys encoder.* and head.*
       encoder.torchscript.pt    only for the torchscript encoder
+      reference.safetensors     format 2 (`slidemill train`): the training features' reference
     TRAINING/                   a `slidemill train` folder
       training.json, oof_predictions.csv, fold-*/ (bundles), ensemble/ (a bundle)
 """
@@ -52,6 +53,8 @@ STORE_ATTRS_KEY: Final = "slidemill"
 MANIFEST_JSON: Final = "manifest.json"
 WEIGHTS_FILE: Final = "weights.safetensors"
 ENCODER_TORCHSCRIPT: Final = "encoder.torchscript.pt"
+REFERENCE_FILE: Final = "reference.safetensors"
+"""The training features' reference (manifest format 2): keys `mean` (D,) and `precision` (D, D)."""
 
 # A training folder
 TRAINING_JSON: Final = "training.json"
@@ -89,6 +92,13 @@ class StoreArray(StrEnum):
     """(h, w, 3) uint8: the pyramid at 8 µm/px, what tissue detection saw."""
     TISSUE_MASK = "tissue_mask"
     """(h, w) bool."""
+    QC_BLUR = "qc_blur"
+    """(N,) float32: variance of the Laplacian of the tile's grey tissue pixels (0..1 scale); NaN
+    for a tile that is nearly all glass. Low means out of focus."""
+    QC_PEN = "qc_pen"
+    """(N,) float32: share of the tile's pixels that is ink."""
+    QC_BACKGROUND = "qc_background"
+    """(N,) float32: share of the tile's pixels that is glass."""
 
 
 TILE_ARRAYS: Final = (StoreArray.TILES, StoreArray.TILE_JPEG, StoreArray.TILE_JPEG_ROWS)

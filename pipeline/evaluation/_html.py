@@ -107,6 +107,14 @@ def render_html(report: EvaluationReport) -> str:
         "<h2>Pooled confusion matrix</h2>",
         cm,
     ]
+    ts = r.temperature_scaling
+    if ts is not None:
+        parts.append(
+            f"<h2>Calibration</h2><p>Temperature scaling (T = {_num(ts.temperature, 2)}): ECE "
+            f"{_num(ts.ece_before)} → <b>{_num(ts.ece_after)}</b>, Brier {_num(ts.brier_before)}"
+            f" → <b>{_num(ts.brier_after)}</b>, AUROC {_num(ts.auroc_before)} → "
+            f"{_num(ts.auroc_after)}.</p>"
+        )
     loc = r.localisation
     if loc is not None:
         parts += [
@@ -130,6 +138,7 @@ def render_report(
     roc_curves: Mapping[str, RocCurve],
     calibration: CalibrationCurve,
     out_dir: Path,
+    before: CalibrationCurve | None = None,
 ) -> dict[str, Path]:
     """Write `evaluation.json`, `roc.png`, `calibration.png` and `report.html` into `out_dir`,
     each under a temporary name then renamed; the page last, so the images it names exist.
@@ -141,7 +150,7 @@ def render_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in REPORT_FILES}
     write_atomic(paths["roc.png"], _png(roc_figure(roc_curves)))
-    write_atomic(paths["calibration.png"], _png(calibration_figure(calibration)))
+    write_atomic(paths["calibration.png"], _png(calibration_figure(calibration, before)))
     write_atomic(paths["evaluation.json"], (report.model_dump_json(indent=2) + "\n").encode())
     write_atomic(paths["report.html"], render_html(report).encode())
     return paths

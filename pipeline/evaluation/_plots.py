@@ -46,12 +46,25 @@ def roc_figure(roc_curves: Mapping[str, RocCurve]) -> Any:
     return fig
 
 
-def calibration_figure(calibration: CalibrationCurve) -> Any:
+def calibration_figure(
+    calibration: CalibrationCurve, before: CalibrationCurve | None = None
+) -> Any:
     """Reliability diagram (observed against predicted, with the diagonal, counts on the points)
-    above a bar chart of slides per bin."""
+    above a bar chart of slides per bin; `before`, the head's own probabilities before
+    temperature scaling, drawn in grey beside them."""
     fig = _new_figure(6.0, 6.5)
     top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     top.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfectly calibrated")
+    if before is not None:
+        shown = before.counts > 0
+        top.plot(
+            before.mean_predicted[shown],
+            before.fraction_positive[shown],
+            marker="s",
+            color="0.55",
+            linewidth=1,
+            label=f"before temperature scaling (ECE {before.ece:.3f})",
+        )
     filled = calibration.counts > 0
     x = calibration.mean_predicted[filled]
     y = calibration.fraction_positive[filled]

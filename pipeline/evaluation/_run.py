@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,15 @@ import numpy as np
 from slidemill.pipeline.evaluation._evaluate import Evaluation, FoldPredictions, evaluate
 from slidemill.pipeline.evaluation._html import render_report
 from slidemill.pipeline.graph import read_all, read_attrs
-from slidemill.schemas import SlideResult
+from slidemill.schemas import SlideResult, TemperatureScaling
 from slidemill.schemas.layout import OOF_CSV, RESULT_JSON, SLIDE_STORE, TRAINING_JSON, StoreArray
 from slidemill.workers import manifest_sha256, read_manifest, resolve_model_dir
-from slidemill.workers.metrics import EvaluationError, LocalisationResult, localisation_auroc
+from slidemill.workers.metrics import (
+    EvaluationError,
+    LocalisationResult,
+    apply_temperature,
+    localisation_auroc,
+)
 from slidemill.workers.training import LabelRow, match_labels, read_label_csv
 
 # lesion fraction of a level-0 box (x, y, width, height) of one slide, from its ground truth
@@ -192,9 +197,48 @@ def run_evaluation(
         raise EvaluationError(
             f"{model}: not a training folder; give held-out run outputs with --results"
         )
+    calibration = read_manifest(model_dir).calibration
+    before = None
+    if calibration is not None:
+        t = calibration.temperature
+        if not results:  # out-of-fold predictions are the heads' own: calibrate them
+            before, folds = folds, [_with_temperature(f, t) for f in folds]
+        else:  # runs report calibrated probabilities: undo it for the figures before
+            before = [_with_temperature(f, 1.0 / t) for f in folds]
     evaluation = evaluate(
         folds, class_names, model_sha, localisation=localisation, bootstrap_resamples=bootstrap
     )
+    before_curve = None
+    if before is not None and calibration is not None:
+        was = evaluate(before, class_names, model_sha, bootstrap_resamples=0)
+        before_curve = was.calibration
+        now, then = evaluation.report.pooled, was.report.pooled
+        scaling = TemperatureScaling(
+            temperature=calibration.temperature,
+            ece_before=then.ece,
+            ece_after=now.ece,
+            brier_before=then.brier,
+            brier_after=now.brier,
+            auroc_before=then.auroc,
+            auroc_after=now.auroc,
+        )
+        report = evaluation.report.model_copy(update={"temperature_scaling": scaling})
+        evaluation = replace(evaluation, report=report)
     out.mkdir(parents=True, exist_ok=True)
-    files = render_report(evaluation.report, evaluation.roc_curves, evaluation.calibration, out)
+    files = render_report(
+        evaluation.report, evaluation.roc_curves, evaluation.calibration, out, before_curve
+    )
     return EvaluationRun(evaluation, files, tuple(left_out))
+
+
+def _with_temperature(fold: FoldPredictions, temperature: float) -> FoldPredictions:
+    """A fold's predictions with logits divided by `temperature`; a two-class threshold moves
+    with them, so every slide keeps its predicted class."""
+    threshold = fold.threshold
+    if threshold is not None and fold.probabilities.shape[1] == 2:
+        threshold = float(apply_temperature([1.0 - threshold, threshold], temperature)[1])
+    return replace(
+        fold,
+        probabilities=apply_temperature(fold.probabilities, temperature),
+        threshold=threshold,
+    )

@@ -172,6 +172,7 @@ def run_batch(
             threshold=manifest.threshold,
             keep_jpeg=spec.keep_jpeg,  # None: settled in `_run_on`, once GPUs are known
             keep_tiles=spec.keep_tiles,
+            qc=spec.qc,
         )
         for e in entries
     ]
@@ -544,7 +545,8 @@ def _remove_if_empty(folder: Path) -> None:
 def write_results_csv(
     out: Path, results: tuple[SlideResult, ...], class_names: tuple[str, ...]
 ) -> Path:
-    """`results.csv`: slide_id, path, status, label, prob_<class>…, n_tiles, error."""
+    """`results.csv`: slide_id, path, status, label, prob_<class>…, n_tiles, flags, error;
+    `flags` holds the QC flags' codes separated by semicolons, empty when there are none."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(
@@ -555,13 +557,23 @@ def write_results_csv(
             "label",
             *[f"prob_{c}" for c in class_names],
             "n_tiles",
+            "flags",
             "error",
         ]
     )
     for r in results:
         probs = [f"{p:.6f}" for p in r.probabilities] or [""] * len(class_names)
         writer.writerow(
-            [r.slide_id, r.path, r.status, r.label or "", *probs, r.n_tiles, r.error or ""]
+            [
+                r.slide_id,
+                r.path,
+                r.status,
+                r.label or "",
+                *probs,
+                r.n_tiles,
+                ";".join(r.flag_codes),
+                r.error or "",
+            ]
         )
     path = out / RESULTS_CSV
     write_atomic(path, buf.getvalue())

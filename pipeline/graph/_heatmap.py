@@ -36,11 +36,13 @@ def render_png(
     class_names: tuple[str, ...],
     cell_px: float,
     title: str,
+    flags: tuple[str, ...] = (),
 ) -> None:
     """The thumbnail beside one overlay per class (classes after the first when there are two),
     with a colour bar; written to a temporary name and renamed.
 
-    `cell_px` is one grid cell (the tile stride) in thumbnail pixels.
+    `cell_px` is one grid cell (the tile stride) in thumbnail pixels. `flags` (one line each,
+    the QC flags) are printed in red under the title: the image says when not to trust it.
     """
     shown = (
         list(range(1, len(class_names))) if len(class_names) == 2 else list(range(len(class_names)))
@@ -48,8 +50,12 @@ def render_png(
     h, w = thumbnail.shape[:2]
     panel_w = 4.0
     panel_h = panel_w * h / w
+    flag_h = 0.25 * len(flags)
     fig, axes = plt.subplots(
-        1, len(shown) + 1, figsize=(panel_w * (len(shown) + 1) + 1.0, panel_h + 0.8), squeeze=False
+        1,
+        len(shown) + 1,
+        figsize=(panel_w * (len(shown) + 1) + 1.0, panel_h + 0.8 + flag_h),
+        squeeze=False,
     )
     axes[0, 0].imshow(thumbnail)
     axes[0, 0].set_title("slide")
@@ -72,6 +78,18 @@ def render_png(
     if image is not None:
         fig.colorbar(image, ax=axes[0, 1:].tolist(), fraction=0.04, label="tile probability")
     fig.suptitle(title)
+    if flags:
+        height = fig.get_figheight()
+        fig.text(
+            0.5,
+            1.0 - (0.55 + flag_h) / height,
+            "\n".join(f"FLAG {f}" for f in flags),
+            ha="center",
+            va="bottom",
+            color="crimson",
+            fontsize=9,
+        )
+        fig.subplots_adjust(top=1.0 - (0.75 + flag_h) / height)
     with staged(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -161,6 +161,9 @@ def create_store(
         dtype="float32",
         chunks=(block, feature_dim),
     )
+    for name in (StoreArray.QC_BLUR, StoreArray.QC_PEN, StoreArray.QC_BACKGROUND):
+        # written per block by the encode task, which holds the decoded pixels
+        root.create_array(name, shape=(n_tiles,), dtype="float32", chunks=(block,))
     if n_classes:  # a features-only run has no head outputs
         root.create_array(StoreArray.ATTENTION, shape=(n_tiles,), dtype="float32", chunks=(n,))
         root.create_array(

@@ -45,9 +45,22 @@ from slidemill.pipeline.slides import (
     choose_level,
     read_thumbnail,
 )
-from slidemill.pipeline.tissue import TileGrid, blocks, plan_grid, tissue_mask
+from slidemill.pipeline.tissue import (
+    BLUR_LIMIT,
+    TileGrid,
+    blocks,
+    plan_grid,
+    qc_flags,
+    thumbnail_qc,
+    tile_qc,
+    tissue_mask,
+    usable_tiles,
+)
 from slidemill.schemas import (
+    REFERENCE_FORMAT,
     Provenance,
+    QCMode,
+    SlideQC,
     SlideResult,
     SlideStoreAttrs,
     StageTimings,
@@ -56,7 +69,8 @@ from slidemill.schemas import (
 )
 from slidemill.schemas.files import write_atomic
 from slidemill.schemas.layout import HEATMAP_PNG, RESULT_JSON, SLIDE_STORE, StoreArray
-from slidemill.workers import encode_tiles, file_sha256, get_model, predict_slide
+from slidemill.workers import encode_tiles, file_sha256, get_model, ood_score, predict_slide
+from slidemill.workers.metrics import apply_temperature
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +118,8 @@ class SlideJob:
     planned outside a batch, None means the CPU-worker default, keep."""
     keep_tiles: bool = False
     """Leave the tile pixels in the published store (by default they are removed once encoded)."""
+    qc: QCMode = QCMode.FLAG
+    """Slide QC: flag, exclude failing tiles from the MIL head too, or off."""
 
     @property
     def work(self) -> Path:
@@ -381,6 +397,11 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float
         _decoded.tiles = tiles
     features = encode_tiles(model, tiles, job.batch_size)
     write_block(job.store, StoreArray.FEATURES, start, features)
+    # QC here rather than in the tile task: this is where the pixels are decoded in every case
+    qc = tile_qc(tiles)
+    write_block(job.store, StoreArray.QC_BLUR, start, qc.blur)
+    write_block(job.store, StoreArray.QC_PEN, start, qc.pen)
+    write_block(job.store, StoreArray.QC_BACKGROUND, start, qc.background)
     seconds = time.perf_counter() - t0
     mark_done(job.work, f"encode-{start}", seconds)
     return seconds
@@ -391,23 +412,98 @@ class MILResult:
     """The slide-level outcome of the MIL head."""
 
     probabilities: tuple[float, ...]
-    """Slide class probabilities."""
+    """Slide class probabilities (calibrated when the bundle has a temperature)."""
     seconds: float
     """Time spent."""
+    raw_probabilities: tuple[float, ...] = ()
+    """The head's own probabilities, which the bundle's threshold was chosen on."""
+    ood_score: float | None = None
+    """Distribution-shift score against the bundle's reference; None without one."""
+    excluded: int = 0
+    """Tiles left out of the head (--qc exclude)."""
+    ood_threshold: float | None = None
+    """The bundle's OOD flag threshold."""
+    temperature: float | None = None
+    """The bundle's calibration temperature."""
 
 
 def mil_slide(plan: SlidePlan, _encoded: list[float]) -> MILResult:
-    """Run the MIL head over all of a slide's features; writes attention and tile scores."""
+    """Run the MIL head over the slide's features (with --qc exclude, those of tiles passing
+    QC, unless none does); writes attention (0 for tiles left out) and every tile's scores, and
+    scores the features against the bundle's reference."""
     t0 = time.perf_counter()
     job = plan.job
     model = get_model(job.model_bundle, job.model_sha256)
     features = read_all(job.store, StoreArray.FEATURES).astype(np.float32, copy=False)
-    pred = predict_slide(model, features)
-    write_block(job.store, StoreArray.ATTENTION, 0, pred.attention)
-    write_block(job.store, StoreArray.SCORES, 0, pred.tile_scores)
+    keep = np.ones(features.shape[0], dtype=bool)
+    if job.qc is QCMode.EXCLUDE:
+        usable = usable_tiles(
+            read_all(job.store, StoreArray.QC_BLUR), read_all(job.store, StoreArray.QC_PEN)
+        )
+        if usable.any():
+            keep = usable
+    pred = predict_slide(model, features[keep])
+    attention = np.zeros(features.shape[0], dtype=np.float32)
+    attention[keep] = pred.attention
+    # tiles left out are still scored (heatmap and exports keep one value per tile); the
+    # slide's probabilities and attention come from the tiles kept
+    scores = pred.tile_scores if keep.all() else predict_slide(model, features).tile_scores
+    write_block(job.store, StoreArray.ATTENTION, 0, attention)
+    write_block(job.store, StoreArray.SCORES, 0, scores)
+    calibration = model.manifest.calibration
+    probabilities = (
+        apply_temperature(pred.probabilities, calibration.temperature)
+        if calibration is not None
+        else pred.probabilities
+    )
+    ood = (
+        ood_score(model.reference, features)
+        if model.reference is not None and job.qc is not QCMode.OFF
+        else None
+    )
     return MILResult(
-        probabilities=tuple(float(p) for p in pred.probabilities),
+        probabilities=tuple(float(p) for p in probabilities),
         seconds=time.perf_counter() - t0,
+        raw_probabilities=tuple(float(p) for p in pred.probabilities),
+        ood_score=ood,
+        excluded=int((~keep).sum()),
+        ood_threshold=model.manifest.reference.threshold if model.manifest.reference else None,
+        temperature=calibration.temperature if calibration is not None else None,
+    )
+
+
+def slide_qc(plan: SlidePlan, mil: MILResult) -> SlideQC | None:
+    """The slide's QC from what its tasks stored (thumbnail, mask, per-tile QC) and the MIL
+    task's OOD score; None with --qc off."""
+    job = plan.job
+    if job.qc is QCMode.OFF:
+        return None
+    thumb = read_all(job.store, StoreArray.THUMBNAIL)
+    mask = read_all(job.store, StoreArray.TISSUE_MASK).astype(bool)
+    width = read_attrs(job.store).slide_dimensions[0]
+    thumb_mpp = (plan.provenance.slide_mpp or 1.0) * width / thumb.shape[1]
+    measured = thumbnail_qc(thumb, mask, thumb_mpp)
+    blur = read_all(job.store, StoreArray.QC_BLUR).astype(np.float32, copy=False)
+    pen = read_all(job.store, StoreArray.QC_PEN).astype(np.float32, copy=False)
+    background = read_all(job.store, StoreArray.QC_BACKGROUND)
+    flags = qc_flags(measured, blur, pen, mil.ood_score, mil.ood_threshold)
+    return SlideQC(
+        mode="exclude" if job.qc is QCMode.EXCLUDE else "flag",
+        tissue_area_mm2=measured.tissue_area_mm2,
+        background_luminance=measured.background_luminance,
+        tissue_od=measured.tissue_od,
+        stain_residual=measured.stain_residual,
+        pen_fraction=measured.pen_fraction,
+        n_tiles=int(blur.shape[0]),
+        blurry_fraction=float(np.mean(blur < BLUR_LIMIT)) if blur.size else 0.0,
+        background_fraction=float(np.mean(background)) if background.size else 0.0,
+        n_usable=int(usable_tiles(blur, pen).sum()),
+        excluded_tiles=mil.excluded,
+        ood_score=mil.ood_score,
+        ood_threshold=mil.ood_threshold,
+        reference=REFERENCE_FORMAT if mil.ood_threshold is not None else "no reference",
+        temperature=mil.temperature,
+        flags=flags,
     )
 
 
@@ -432,9 +528,11 @@ def reduce_slide(
     display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
     with READERS.lease(Path(job.path)) as reader:
         thumb = read_thumbnail(reader, base_mpp, display_mpp)
-    label_index = decide_label(mil.probabilities, job.threshold)
+    # the threshold was chosen on the head's own probabilities
+    label_index = decide_label(mil.raw_probabilities or mil.probabilities, job.threshold)
     label = job.class_names[label_index]
     work = job.work
+    qc = slide_qc(plan, mil)
     render_png(
         work / HEATMAP_PNG,
         thumb,
@@ -442,6 +540,7 @@ def reduce_slide(
         job.class_names,
         cell_px=attrs.stride_level0 * thumb.shape[1] / attrs.slide_dimensions[0],
         title=f"{job.slide_id}: {label} (p={mil.probabilities[label_index]:.2f})",
+        flags=tuple(f"{f.code.value}: {f.reason}" for f in qc.flags) if qc else (),
     )
     # the files QuPath and napari open, inside the work folder so they publish with the rest
     export_slide(work, threshold=job.threshold)
@@ -462,6 +561,7 @@ def reduce_slide(
             reduce=time.perf_counter() - t0,
         ),
         provenance=plan.provenance,
+        qc=qc,
     )
     _publish(job, result)
     return result

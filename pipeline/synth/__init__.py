@@ -1,6 +1,13 @@
 """Synthetic whole-slide images with known tissue and lesions, for the tests, the demo and the
 benchmarks."""
 
+from slidemill.pipeline.synth._degrade import (
+    DEGRADATIONS,
+    degrade,
+    degraded_copy,
+    write_array_slide,
+    write_degraded_set,
+)
 from slidemill.pipeline.synth._synth import (
     BACKGROUND,
     LABEL_MARKER_RGB,
@@ -18,15 +25,20 @@ from slidemill.pipeline.synth._synth import (
 
 __all__ = [
     "BACKGROUND",
+    "DEGRADATIONS",
     "LABEL_MARKER_RGB",
     "MASK_MPP",
     "BenchmarkSlide",
     "Blob",
     "Ellipse",
     "SyntheticSlide",
+    "degrade",
+    "degraded_copy",
     "load_truth",
     "plan_benchmark_slide",
     "truth_beside",
+    "write_array_slide",
     "write_benchmark_set",
+    "write_degraded_set",
     "write_slide",
 ]

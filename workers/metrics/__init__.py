@@ -14,9 +14,12 @@ Conventions of every metric here:
 from slidemill.workers.errors import EvaluationError, UndefinedMetricError
 from slidemill.workers.metrics._calibration import (
     CalibrationCurve,
+    TemperatureFit,
+    apply_temperature,
     brier_score,
     calibration_curve,
     expected_calibration_error,
+    fit_temperature,
     slide_calibration,
 )
 from slidemill.workers.metrics._checks import (
@@ -56,8 +59,10 @@ __all__ = [
     "LocalisationResult",
     "OneVsRestAuroc",
     "RocCurve",
+    "TemperatureFit",
     "Threshold",
     "UndefinedMetricError",
+    "apply_temperature",
     "auroc",
     "average_ranks",
     "balanced_accuracy",
@@ -73,6 +78,7 @@ __all__ = [
     "confusion_matrix",
     "expected_calibration_error",
     "f1_score",
+    "fit_temperature",
     "frozen_array",
     "localisation_auroc",
     "macro_f1",

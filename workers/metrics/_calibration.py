@@ -136,3 +136,71 @@ def brier_score(y_true: ArrayLike, probs: ArrayLike) -> float:
         return float(np.mean((p[:, 1] - (y == 1)) ** 2))
     onehot = np.eye(p.shape[1])[y]
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+
+
+@dataclass(frozen=True, slots=True)
+class TemperatureFit:
+    """Temperature scaling fitted to slide predictions."""
+
+    temperature: float
+    """Logits are divided by this (> 1 softens over-confident probabilities)."""
+    nll_before: float
+    """Mean negative log-likelihood of the true class before."""
+    nll_after: float
+    """And after (never higher: T = 1 is among the candidates)."""
+
+
+_EPS = 1e-12
+
+
+def apply_temperature(probs: ArrayLike, temperature: float) -> FloatArray:
+    """Probabilities (n, C) or (C,) rescaled as softmax(log p / T): the order of the classes'
+    probabilities, and so every AUROC and the argmax, is unchanged."""
+    if not temperature > 0:
+        raise EvaluationError(f"temperature must be positive, got {temperature}")
+    p = np.asarray(probs, dtype=np.float64)
+    logits = np.log(np.clip(p, _EPS, 1.0)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    out = np.exp(logits)
+    result: FloatArray = out / out.sum(axis=-1, keepdims=True)
+    return result
+
+
+def _nll(y: IntArray, p: FloatArray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], _EPS, 1.0))))
+
+
+TEMPERATURE_RANGE = (0.5, 20.0)
+"""Temperatures `fit_temperature` considers. Out-of-fold predictions that separate the classes
+perfectly would drive T toward 0 (certainty); sharpening is capped at 2x."""
+
+
+def fit_temperature(y_true: ArrayLike, probs: ArrayLike) -> TemperatureFit:
+    """The temperature in `TEMPERATURE_RANGE` minimising the mean negative log-likelihood of
+    `probs` (n, C) against class indices `y_true` (n,): a grid over log T, then golden-section
+    refinement (the loss is convex in 1/T)."""
+    p = check_probabilities(probs)
+    y = check_class_labels(y_true, p.shape[1], p.shape[0])
+    if p.shape[0] == 0:
+        raise UndefinedMetricError("temperature scaling needs predictions")
+
+    def loss(log_t: float) -> float:
+        return _nll(y, apply_temperature(p, float(np.exp(log_t))))
+
+    grid = np.linspace(np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1]), 61)
+    losses = [loss(g) for g in grid]
+    k = int(np.argmin(losses))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(40):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if loss(a) < loss(b):
+            hi = b
+        else:
+            lo = a
+    best = float((lo + hi) / 2.0)
+    before = _nll(y, p)
+    after = loss(best)
+    if after > before:  # the identity is always available
+        best, after = 0.0, before
+    return TemperatureFit(float(np.exp(best)), before, after)

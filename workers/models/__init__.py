@@ -47,6 +47,14 @@ from slidemill.workers.models._heads import (
     PoolingMIL,
 )
 from slidemill.workers.models._histocnn import HistoCNN
+from slidemill.workers.models._reference import (
+    REFERENCE_SHRINKAGE,
+    ReferenceStats,
+    fit_reference,
+    load_reference,
+    ood_score,
+    save_reference,
+)
 from slidemill.workers.models._transmil import (
     NystromAttention,
     TransMIL,
@@ -62,6 +70,7 @@ __all__ = [
     "ENCODERS",
     "ENSEMBLE",
     "HEADS",
+    "REFERENCE_SHRINKAGE",
     "CLAMMultiBranch",
     "CLAMSingleBranch",
     "ClamSize",
@@ -77,6 +86,7 @@ __all__ = [
     "MILOutput",
     "NystromAttention",
     "PoolingMIL",
+    "ReferenceStats",
     "ResNet50Trunc",
     "ResNetTrunk",
     "TimmEncoder",
@@ -88,17 +98,21 @@ __all__ = [
     "encoder_width",
     "ensemble_of",
     "file_sha256",
+    "fit_reference",
     "import_clam_checkpoint",
     "inference_settings",
     "init_bundle",
     "iterative_pinv",
     "load_bundle",
     "load_encoder_weights",
+    "load_reference",
     "manifest_sha256",
     "member_kwargs_json",
     "nystrom_attention",
     "nystrom_from_landmarks",
+    "ood_score",
     "read_manifest",
     "save_bundle",
+    "save_reference",
     "smooth_top1_svm_loss",
 ]

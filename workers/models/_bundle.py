@@ -3,6 +3,10 @@
 A bundle is identified by the sha256 of its canonical manifest, which itself records the sha256
 of the weights, so the id changes when either changes. A `torchscript` encoder's file travels in
 the bundle as `encoder.torchscript.pt`, its sha256 in the manifest's `encoder_kwargs`.
+
+Format 2 (`slidemill train`) adds the training features' reference (`reference.safetensors`,
+its sha256 in the manifest's `reference`) and the temperature calibration (`calibration`).
+A format-1 bundle (`model init`, a CLAM import) has neither: no OOD score, no calibration.
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ from torch import nn
 
 from slidemill.schemas import ModelManifest
 from slidemill.schemas.files import staged_dir
-from slidemill.schemas.layout import ENCODER_TORCHSCRIPT, MANIFEST_JSON, WEIGHTS_FILE
+from slidemill.schemas.layout import (
+    ENCODER_TORCHSCRIPT,
+    MANIFEST_JSON,
+    REFERENCE_FILE,
+    WEIGHTS_FILE,
+)
 from slidemill.workers.errors import ModelBundleError
 from slidemill.workers.models._device import default_device, inference_settings
 from slidemill.workers.models._encoders import ENCODERS, TorchScriptEncoder
 from slidemill.workers.models._heads import HEADS
+from slidemill.workers.models._reference import ReferenceStats, load_reference, save_reference
 from slidemill.workers.models._weights import load_encoder_weights
 
 TORCHSCRIPT = "torchscript"
@@ -41,8 +51,13 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def manifest_sha256(manifest: ModelManifest) -> str:
-    """The bundle id: sha256 of the manifest's canonical JSON."""
-    canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The bundle id: sha256 of the manifest's canonical JSON (format 2's fields left out when
+    empty, so a format-1 bundle keeps the id it had before they existed)."""
+    data = manifest.model_dump(mode="json")
+    for key in ("reference", "calibration"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -71,6 +86,8 @@ class LoadedModel:
     """MIL head: (N, feature_dim) → MILOutput."""
     device: torch.device
     """Where the modules live."""
+    reference: ReferenceStats | None = None
+    """The training features' reference (format 2), None without one."""
 
 
 def build_modules(
@@ -158,6 +175,10 @@ def check_bundle(bundle: Path) -> ModelManifest:
     _check_sha256(weights, manifest.weights_sha256, "weights")
     if manifest.encoder == TORCHSCRIPT:
         _check_sha256(*_torchscript_file(manifest, bundle), "encoder file")
+    if manifest.reference is not None:
+        if not (bundle / REFERENCE_FILE).is_file():
+            raise ModelBundleError(f"{bundle}: no {REFERENCE_FILE} (the manifest records one)")
+        _check_sha256(bundle / REFERENCE_FILE, manifest.reference.sha256, "feature reference")
     return manifest
 
 
@@ -188,7 +209,12 @@ def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel
     if inference_settings(device).channels_last:  # once here; encode_tiles sends NHWC inputs
         encoder.to(memory_format=torch.channels_last)
     head.to(device).eval()
-    return LoadedModel(manifest, manifest_sha256(manifest), encoder, head, device)
+    reference = (
+        load_reference(bundle / REFERENCE_FILE, manifest.feature_dim)
+        if manifest.reference is not None
+        else None
+    )
+    return LoadedModel(manifest, manifest_sha256(manifest), encoder, head, device, reference)
 
 
 def save_bundle(
@@ -196,8 +222,13 @@ def save_bundle(
     encoder: nn.Module,
     head: nn.Module,
     manifest_fields: Mapping[str, object],
+    reference: ReferenceStats | None = None,
 ) -> ModelManifest:
     """Write a bundle atomically (a temporary folder renamed into place).
+
+    With `reference`, the fields' `reference` (threshold, rule, shrinkage) is completed with the
+    written file's sha256 and its counts, and the manifest is format 2; so it is with a
+    `calibration`.
 
     A `TorchScriptEncoder`'s file is copied in as `encoder.torchscript.pt` and its sha256 put
     in the manifest's encoder_kwargs (where one is already recorded, the file must still match).
@@ -218,6 +249,19 @@ def save_bundle(
         state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
         state |= {f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
+        if reference is not None:
+            save_reference(tmp / REFERENCE_FILE, reference)
+            given = fields.get("reference")
+            if not isinstance(given, Mapping):
+                raise ModelBundleError(f"{out}: a reference needs its manifest entry (threshold)")
+            fields["reference"] = {
+                **given,
+                "sha256": file_sha256(tmp / REFERENCE_FILE),
+                "n_slides": reference.n_slides,
+                "n_tiles": reference.n_tiles,
+            }
+        if fields.get("reference") is not None or fields.get("calibration") is not None:
+            fields["format_version"] = 2
         manifest = ModelManifest.model_validate(
             {**fields, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
         )

@@ -15,16 +15,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from slidemill.schemas import slidemill_version
+from slidemill.schemas import REFERENCE_FORMAT, slidemill_version
 from slidemill.schemas.files import write_atomic
 from slidemill.schemas.layout import ENSEMBLE_DIR, MANIFEST_JSON, OOF_CSV, TRAINING_JSON
 from slidemill.workers.errors import TrainingError
+from slidemill.workers.metrics import TemperatureFit, fit_temperature
 from slidemill.workers.models import (
     ENSEMBLE,
+    REFERENCE_SHRINKAGE,
+    ReferenceStats,
     ensemble_of,
+    fit_reference,
     load_bundle,
     manifest_sha256,
     member_kwargs_json,
+    ood_score,
     save_bundle,
 )
 from slidemill.workers.training._config import CrossValidation, EpochReport, TrainConfig
@@ -59,6 +64,73 @@ class TrainingReport:
     """Folds, histories and held-out predictions."""
     seconds: float
     """Wall time of the whole run."""
+    ood_threshold: float | None = None
+    """The bundles' OOD flag threshold (None: too few held-out slides to set one)."""
+    heldout_ood_scores: tuple[float, ...] = ()
+    """OOD scores of each fold's held-out slides against that fold's reference."""
+    temperature: TemperatureFit | None = None
+    """Temperature scaling fitted on the out-of-fold predictions."""
+
+
+OOD_PERCENTILE = 99.0
+"""The OOD threshold: this percentile of the held-out slides' scores over the folds."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TrustFit:
+    """The references and calibration `slidemill train` stores in its bundles."""
+
+    fold_references: tuple[ReferenceStats, ...]
+    """Each fold's reference, fitted on its training and validation slides."""
+    reference: ReferenceStats
+    """The ensemble's, fitted on every slide."""
+    heldout_scores: tuple[float, ...]
+    """Each fold's held-out slides scored against its reference."""
+    threshold: float
+    """`OOD_PERCENTILE` of `heldout_scores`."""
+    temperature: TemperatureFit
+    """Fitted on the out-of-fold predictions."""
+
+    def reference_entry(self) -> dict[str, object]:
+        """The manifest's `reference`, less what `save_bundle` fills in from the file."""
+        return {
+            "format": REFERENCE_FORMAT,
+            "shrinkage": REFERENCE_SHRINKAGE,
+            "threshold": self.threshold,
+            "threshold_rule": f"{OOD_PERCENTILE:g}th percentile of {len(self.heldout_scores)} "
+            "held-out slides' scores over the training folds",
+        }
+
+    def calibration_entry(self) -> dict[str, object]:
+        """The manifest's `calibration`."""
+        t = self.temperature
+        return {
+            "temperature": t.temperature,
+            "n_slides": len(self.heldout_scores),
+            "nll_before": t.nll_before,
+            "nll_after": t.nll_after,
+        }
+
+
+def fit_trust(bags: FeatureBags, cv: CrossValidation) -> TrustFit:
+    """Fit each fold's feature reference on its training and validation slides and score its
+    held-out slides, so the OOD threshold is set on slides the reference never saw; fit the
+    ensemble's on every slide, and the temperature on the out-of-fold predictions."""
+    references, scores = [], []
+    for fold in cv.folds:
+        ref = fit_reference([bags[sid] for sid in (*fold.train_ids, *fold.val_ids)])
+        references.append(ref)
+        scores += [ood_score(ref, bags[sid]) for sid in fold.test_ids if len(bags[sid])]
+    if not scores:
+        raise TrainingError("no held-out slide with tiles to set the OOD threshold on")
+    threshold = float(np.percentile(scores, OOD_PERCENTILE))
+    return TrustFit(
+        fold_references=tuple(references),
+        reference=fit_reference([bags[sid] for sid in cv.slide_ids]),
+        heldout_scores=tuple(scores),
+        threshold=threshold,
+        temperature=fit_temperature(cv.y, cv.oof_probabilities),
+    )
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -124,6 +196,8 @@ def train_from_features(
     labels = {sid: index[label] for sid, label in match.labels.items()}
     bags = FeatureBags({sid: folder.slides[sid].store for sid in labels}, cache_bytes)
     cv = cross_validate(bags, labels, match.class_names, config, on_epoch=on_epoch)
+    trust = fit_trust(bags, cv)
+    trust_fields: dict[str, object] = {"calibration": trust.calibration_entry()}
 
     encoder_model = load_bundle(folder.encoder_bundle, torch.device("cpu"))
     enc = encoder_model.manifest
@@ -140,7 +214,7 @@ def train_from_features(
     out.mkdir(parents=True, exist_ok=True)
     fold_dirs, fold_sha = [], []
     k_total = config.n_folds
-    for result in cv.folds:
+    for result, fold_reference in zip(cv.folds, trust.fold_references, strict=True):
         auc = "undefined" if result.test_auroc is None else f"{result.test_auroc:.3f}"
         manifest = save_bundle(
             out / f"fold-{result.fold}",
@@ -157,7 +231,10 @@ def train_from_features(
                     f"{len(result.val_ids)} validation slides; held-out AUROC {auc} on "
                     f"{len(result.test_ids)} slides; encoder bundle {encoder_model.sha256[:12]}"
                 ),
+                **trust_fields,
+                "reference": trust.reference_entry(),
             },
+            reference=fold_reference,
         )
         fold_dirs.append(out / f"fold-{result.fold}")
         fold_sha.append(manifest_sha256(manifest))
@@ -195,7 +272,10 @@ def train_from_features(
                 f"({config.head}, seed {config.seed}); out-of-fold AUROC {oof_text}; "
                 "threshold = mean of the folds' validation thresholds"
             ),
+            **trust_fields,
+            "reference": trust.reference_entry(),
         },
+        reference=trust.reference,
     )
     ensemble_sha = manifest_sha256(ensemble_manifest)
 
@@ -227,6 +307,9 @@ def train_from_features(
         labels=match,
         cv=cv,
         seconds=seconds,
+        ood_threshold=trust.threshold,
+        heldout_ood_scores=trust.heldout_scores,
+        temperature=trust.temperature,
     )
 
 

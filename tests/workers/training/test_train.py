@@ -40,6 +40,7 @@ from slidemill.workers import (
     init_bundle,
     load_bundle,
     match_labels,
+    ood_score,
     predict_slide,
     read_label_csv,
     resolve_model_dir,
@@ -585,3 +586,26 @@ def test_train_command(small_features: Path, tmp_path: Path) -> None:
         assert res.exit_code == 2, (name, res.output)
         assert message in res.output, (name, res.output)
         assert not (out / "training.json").exists()
+
+
+def test_bundles_carry_the_training_reference_and_calibration(trained: Trained) -> None:
+    report = trained.report
+    n_slides = len(report.cv.slide_ids)
+    # every slide is held out once: its score comes from a reference that never saw it
+    assert len(report.heldout_ood_scores) == n_slides
+    assert report.ood_threshold == pytest.approx(np.percentile(report.heldout_ood_scores, 99))
+    assert report.temperature is not None
+    assert report.temperature.nll_after <= report.temperature.nll_before
+    for bundle in (*report.fold_dirs, report.ensemble_dir):
+        manifest = load_bundle(bundle, CPU).manifest
+        assert manifest.format_version == 2
+        assert manifest.reference is not None and manifest.calibration is not None
+        assert manifest.reference.threshold == pytest.approx(report.ood_threshold)
+        assert manifest.calibration.temperature == pytest.approx(report.temperature.temperature)
+    ensemble = load_bundle(report.ensemble_dir, CPU)
+    assert ensemble.reference is not None
+    assert ensemble.manifest.reference is not None
+    assert ensemble.manifest.reference.n_slides == n_slides
+    # the training slides themselves lie inside the reference
+    scores = [ood_score(ensemble.reference, trained.cohort.bags[s]) for s in report.cv.slide_ids]
+    assert np.median(scores) < ensemble.manifest.reference.threshold
