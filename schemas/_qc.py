@@ -8,7 +8,7 @@ slide lies from the training slides and give calibrated probabilities.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, field_validator
 
@@ -101,7 +101,7 @@ class SlideQC(Frozen):
         return tuple(f.code.value for f in self.flags)
 
 
-REFERENCE_FORMAT = "slidemill-feature-reference/1"
+REFERENCE_FORMAT: Final = "slidemill-feature-reference/1"
 """Tile-feature mean and shrunk inverse covariance (`reference.safetensors`), a slide scored by
 its tiles' median Mahalanobis distance per √dimension."""
 

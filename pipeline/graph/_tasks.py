@@ -438,7 +438,8 @@ def mil_slide(plan: SlidePlan, _encoded: list[float]) -> MILResult:
     keep = np.ones(features.shape[0], dtype=bool)
     if job.qc is QCMode.EXCLUDE:
         usable = usable_tiles(
-            read_all(job.store, StoreArray.QC_BLUR), read_all(job.store, StoreArray.QC_PEN)
+            read_all(job.store, StoreArray.QC_BLUR).astype(np.float32, copy=False),
+            read_all(job.store, StoreArray.QC_PEN).astype(np.float32, copy=False),
         )
         if usable.any():
             keep = usable
@@ -478,14 +479,14 @@ def slide_qc(plan: SlidePlan, mil: MILResult) -> SlideQC | None:
     job = plan.job
     if job.qc is QCMode.OFF:
         return None
-    thumb = read_all(job.store, StoreArray.THUMBNAIL)
+    thumb = read_all(job.store, StoreArray.THUMBNAIL).astype(np.uint8, copy=False)
     mask = read_all(job.store, StoreArray.TISSUE_MASK).astype(bool)
     width = read_attrs(job.store).slide_dimensions[0]
     thumb_mpp = (plan.provenance.slide_mpp or 1.0) * width / thumb.shape[1]
     measured = thumbnail_qc(thumb, mask, thumb_mpp)
     blur = read_all(job.store, StoreArray.QC_BLUR).astype(np.float32, copy=False)
     pen = read_all(job.store, StoreArray.QC_PEN).astype(np.float32, copy=False)
-    background = read_all(job.store, StoreArray.QC_BACKGROUND)
+    background = read_all(job.store, StoreArray.QC_BACKGROUND).astype(np.float32, copy=False)
     flags = qc_flags(measured, blur, pen, mil.ood_score, mil.ood_threshold)
     return SlideQC(
         mode="exclude" if job.qc is QCMode.EXCLUDE else "flag",

@@ -145,7 +145,7 @@ def _box_average(level: NDArray[np.uint8], step: int) -> NDArray[np.uint8]:
 def degraded_copy(source: Path, kind: str, out: Path, seed: int = 0) -> Path:
     """`out/<stem>-<kind>.svs`: the slide file `source` (0.5 µm/px level 0 read back), degraded."""
     with tifffile.TiffFile(source) as tif:
-        page = tif.pages[0]
+        page = tif.pages.first
         level0 = page.asarray()
         x_res = page.tags["XResolution"].value
     mpp = 1e4 / (x_res[0] / x_res[1])
