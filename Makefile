@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres lint bench bench-service clean
+.PHONY: install demo test postgres chromium lint bench bench-service bench-viewer clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,19 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(BIN)/.installed
+# The viewer's OpenSeadragon, from the npm registry at the version viewer/package-lock.json pins
+# (never copied into the repository).
+OSD := viewer/node_modules/openseadragon/build/openseadragon/openseadragon.min.js
+
+$(OSD): viewer/package.json viewer/package-lock.json
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm; \
+	  else echo "npm is missing: install Node.js and npm, then run make again"; exit 1; fi; }
+	npm ci --prefix viewer --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(BIN)/.installed $(OSD)
 
 # The main job on the embedded default (a LocalCluster sized to this machine): synth → features
 # → train → run on held-out slides and the real sample slide → evaluate.
@@ -24,7 +36,7 @@ demo: install
 # subprocesses and clusters as much as it computes.
 TEST_WORKERS ?= 2
 
-test: install postgres
+test: install postgres chromium
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The ledger's tests start a real PostgreSQL server from Debian's `postgresql` package (its
@@ -39,9 +51,21 @@ postgres:
 	  fi; \
 	fi
 
+# The viewer's browser tests drive Debian's chromium with Playwright (whose own browser download
+# cannot be reached from here); installed when missing.
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "chromium is missing, so the viewer's browser tests fail;" \
+	      "install it (Debian: sudo apt-get install chromium)"; \
+	  fi; \
+	fi
+
 # mypy cannot see through the editable install's import hook: it reads the folders through links
 # under their installed names (build/typecheck/slidemill/pipeline → pipeline/, …).
-ROOMS := schemas cluster workers pipeline service cli
+ROOMS := schemas cluster workers pipeline viewer service cli
 
 lint: install
 	mkdir -p build/typecheck/slidemill
@@ -57,5 +81,8 @@ bench: install
 bench-service: install
 	$(BIN)/slidemill bench-service
 
+bench-viewer: install
+	$(BIN)/slidemill bench-viewer --slide $(SAMPLE)
+
 clean:
-	rm -rf $(DEMO) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DEMO) build .pytest_cache .mypy_cache .ruff_cache viewer/node_modules

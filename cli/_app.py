@@ -9,7 +9,7 @@ from typing import ParamSpec
 
 import typer
 
-from slidemill.cli import _cluster, _export, _learn, _model, _run, _service, _tools
+from slidemill.cli import _cluster, _export, _learn, _model, _run, _service, _tools, _view
 from slidemill.cli._errors import report
 from slidemill.schemas import SlidemillError
 
@@ -50,6 +50,7 @@ app.command()(_command(_service.status))
 app.command()(_command(_service.cancel))
 app.command("bench-service")(_command(_service.bench_service))
 app.command()(_command(_export.export))
+app.command()(_command(_view.view))
 
 model_app = typer.Typer(no_args_is_help=True, help="Model bundles.")
 model_app.command("init")(_command(_model.model_init))

@@ -12,6 +12,7 @@ from slidemill.cluster import ClusterConfigError, MissingExtraError
 from slidemill.pipeline.errors import one_line
 from slidemill.schemas import InvalidInputError, LayoutError, SlidemillError
 from slidemill.service.errors import ServiceConfigError
+from slidemill.viewer import ViewerConfigError
 from slidemill.workers import (
     EvaluationError,
     ModelBundleError,
@@ -35,6 +36,7 @@ EXIT_CODES: tuple[tuple[type[SlidemillError], int], ...] = (
     (TrainingError, EXIT_USAGE),
     (EvaluationError, EXIT_USAGE),
     (ServiceConfigError, EXIT_USAGE),
+    (ViewerConfigError, EXIT_USAGE),
     (SlidemillError, EXIT_FAILED),
 )
 

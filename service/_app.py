@@ -4,6 +4,7 @@ problem-details JSON body (RFC 9457) whose `detail` is one line a person can rea
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -44,7 +45,16 @@ from slidemill.service.errors import (
 )
 from slidemill.service.ledger import BatchRecord, BatchStatus, Ledger, ScheduleRecord, SlideRecord
 from slidemill.service.schedules import CatchUp, Schedule, next_window, output_folder
+from slidemill.viewer import (
+    LookupCatalog,
+    RunRef,
+    ViewerConfigError,
+    ViewerOptions,
+    create_viewer_app,
+)
 from slidemill.workers import ModelBundleError, check_bundle, resolve_model_dir
+
+log = logging.getLogger(__name__)
 
 _STATUS: tuple[tuple[type[SlidemillError], int], ...] = (
     (UnauthorizedError, 401),
@@ -138,6 +148,8 @@ def create_app(
         dependencies=[Depends(authorised)],  # every API route; the docs stay readable
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    _mount_viewer(app, ledger, token)
 
     @app.exception_handler(SlidemillError)
     async def ours(_: Request, err: SlidemillError) -> JSONResponse:
@@ -261,6 +273,35 @@ def create_app(
     return app
 
 
+VIEWER_PREFIX = "/viewer"
+
+
+def _mount_viewer(app: FastAPI, ledger: Ledger, token: str | None) -> None:
+    """The viewer under /viewer, a batch's output folder at /viewer/runs/<batch id>/ (it checks
+    the same token itself: a mounted app is outside the API's dependencies)."""
+
+    def ref(record: BatchRecord) -> RunRef:
+        return RunRef(
+            key=record.id,
+            title=f"{record.origin} batch of {record.created_at:%Y-%m-%d %H:%M}",
+            path=Path(record.out),
+        )
+
+    def lookup(key: str) -> RunRef | None:
+        record = ledger.get(key)
+        return ref(record) if record is not None else None
+
+    try:
+        viewer = create_viewer_app(
+            LookupCatalog(lookup, lambda: [ref(r) for r in ledger.list(limit=200)]),
+            ViewerOptions(token=token),
+        )
+    except ViewerConfigError as err:
+        log.warning("the viewer is off: %s", err)
+        return
+    app.mount(VIEWER_PREFIX, viewer)
+
+
 def _schedule_view(record: ScheduleRecord) -> ScheduleView:
     s = record.schedule
     now = datetime.now(UTC)
@@ -342,6 +383,7 @@ def _view(record: BatchRecord, slides: list[SlideRecord] | None = None) -> Batch
         n_skipped=record.n_skipped,
         n_pending=record.n_slides - record.n_done - record.n_failed - record.n_skipped,
         results_csv=str(Path(record.out) / RESULTS_CSV),
+        viewer=f"{VIEWER_PREFIX}/runs/{record.id}/",
         **extra,
     )
 

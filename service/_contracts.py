@@ -66,6 +66,7 @@ class BatchView(BaseModel):
     n_skipped: int
     n_pending: int
     results_csv: str = Field(description="The batch's results.csv (written when it ends).")
+    viewer: str = Field(description="The batch's page in the viewer, a path on this service.")
     slides: list[SlideView] | None = None
     request: dict[str, object] | None = None
 

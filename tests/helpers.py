@@ -4,6 +4,7 @@ slide's path, and dask processes."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,14 @@ def sample_path() -> Path | None:
 
 def synthetic(mpp: float | None = 0.5, tissue: tuple[Ellipse, ...] = TISSUE) -> SyntheticSlide:
     return SyntheticSlide(3072, 2048, mpp, tissue, seed=3)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def dask_process(*args: str) -> subprocess.Popen[bytes]:

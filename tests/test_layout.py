@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import REPO
 
-ROOMS = ("schemas", "cluster", "workers", "pipeline", "service", "cli")
+ROOMS = ("schemas", "cluster", "workers", "pipeline", "viewer", "service", "cli")
 
 
 def _modules() -> Iterator[tuple[str, Path]]:

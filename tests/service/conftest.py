@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port
 
 TOKEN = "test-token-0123456789"
 SHARED = REPO.parent / "shared" / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -82,7 +74,9 @@ def start_service(state: Path, roots: tuple[Path, ...], *extra: str) -> Service:
     log = state / f"service-{port}.log"
     state.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "slidemill.cli", "serve", "--port", str(port)]
-    args += ["--state", str(state), "--workers", "1", *extra]
+    # one local worker, unless the caller names a cluster config
+    workers = [] if "--cluster" in extra else ["--workers", "1"]
+    args += ["--state", str(state), *workers, *extra]
     for root in roots:
         args += ["--allow-root", str(root)]
     env = {**os.environ, "SLIDEMILL_TOKEN": TOKEN}

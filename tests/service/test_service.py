@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from slidemill.pipeline.synth import write_slide
@@ -87,6 +88,18 @@ def test_submit_runs_good_and_bad_slides_and_the_ledger_matches_results_csv(
     again = service.wait_for(retried.json()["id"], _ended)
     assert again["origin"] == f"retry:{batch_id}" and again["n_slides"] == 3
     assert again["n_failed"] == 3
+
+    # the batch's results in the viewer, mounted behind the same token
+    assert batch["viewer"] == f"/viewer/runs/{batch_id}/"
+    with service.client() as c:
+        page = c.get(batch["viewer"])
+        table = c.get(f"/viewer/api/runs/{batch_id}").json()
+        info = c.get(f"/viewer/api/runs/{batch_id}/slides/{sample_slide.stem}")
+    assert page.status_code == 200 and "run.js" in page.text
+    done = {s["slide_id"] for s in batch["slides"] if s["state"] == "done"}
+    assert {s["slide_id"] for s in table["slides"] if s["status"] == "done"} == done
+    assert info.status_code == 200 and info.json()["heatmap"]["layers"][-1] == "attention"
+    assert httpx.get(service.url + batch["viewer"]).status_code == 401
 
 
 def test_bad_requests_are_refused_and_touch_nothing(

@@ -12,7 +12,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from uuid import uuid4
 
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
+
+from tests.helpers import free_port
 
 PG_INSTALL_HINT = "install PostgreSQL's server (Debian: apt-get install postgresql)"
 
@@ -49,13 +50,6 @@ def _pg_bin() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     bin_dir = _pg_bin()
@@ -76,7 +70,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     if owner is not None:
         os.chown(base, owner.pw_uid, owner.pw_gid)
     data, log = base / "data", base / "server.log"
-    port = _free_port()
+    port = free_port()
     options = (
         f"-c listen_addresses=127.0.0.1 -p {port} -k {base} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"  # a throwaway server

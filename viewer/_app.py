@@ -1,0 +1,356 @@
+"""The viewer's HTTP app: pages (static HTML and scripts that read the JSON routes), the slide's
+DeepZoom tiles, heatmap tiles rendered on demand, tile scores and the top-k tiles.
+
+Every route names a run by key and a slide by id; the slide file is the one the run's own
+result names. No route takes a file path, and only pyramid levels are served."""
+
+from __future__ import annotations
+
+import hmac
+import io
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slidemill.schemas import SlidemillError
+from slidemill.viewer._assets import STATIC_DIR, openseadragon_dir
+from slidemill.viewer._geometry import COLORMAPS, Pyramid, colormap_lut, heat_tile, top_k
+from slidemill.viewer._runs import (
+    RunCatalog,
+    RunRef,
+    SlideData,
+    SlideDataCache,
+    check_key,
+    slide_rows,
+)
+from slidemill.viewer._slides import SlideSources
+from slidemill.viewer.errors import (
+    BadRequestError,
+    NotFoundError,
+    UnauthorizedError,
+    UnreadableResultError,
+)
+
+HEAT_TILE = 256
+"""Heatmap tile edge (pixels of its level)."""
+TOKEN_COOKIE = "slidemill_viewer_token"
+_STATUS: tuple[tuple[type[SlidemillError], int], ...] = (
+    (UnauthorizedError, 401),
+    (NotFoundError, 404),
+    (BadRequestError, 422),
+    (UnreadableResultError, 500),
+    (SlidemillError, 500),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerOptions:
+    """How a viewer app serves."""
+
+    token: str | None = None
+    """Required of every request (bearer header, or the cookie a `?token=` visit sets)."""
+    cache_bytes: int = 256 << 20
+    """Encoded tiles kept in memory (slide and heatmap together)."""
+    top_k: int = 8
+    """Tiles in each gallery by default."""
+
+
+def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None) -> FastAPI:
+    """The viewer over `catalog`'s runs; mounted by `slidemill serve` under /viewer, served
+    alone by `slidemill view`. Pages use relative URLs, so either works."""
+    options = options or ViewerOptions()
+    sources = SlideSources(cache_bytes=options.cache_bytes)
+    slides = SlideDataCache()
+    osd = openseadragon_dir()
+    token = options.token
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return  # loopback only (`slidemill view` refuses otherwise)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = request.cookies.get(TOKEN_COOKIE, "")
+        if request.scope.get("endpoint") is index and "token" in request.query_params:
+            given = request.query_params["token"]  # a link with the token: index trades it
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise UnauthorizedError("the viewer needs its token: open it once with ?token=…")
+
+    app = FastAPI(
+        title="slidemill viewer",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(authorised)],
+    )
+    app.state.sources = sources  # for the benchmark's cache counters
+
+    @app.exception_handler(SlidemillError)
+    async def ours(_: Request, err: SlidemillError) -> JSONResponse:
+        status = next(code for cls, code in _STATUS if isinstance(err, cls))
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return JSONResponse(
+            {
+                "type": "about:blank",
+                "title": type(err).__name__,
+                "status": status,
+                "detail": detail,
+            },
+            status_code=status,
+            media_type="application/problem+json",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        # a URL that does not parse names nothing that exists: 404; a bad query value: 422
+        errors = err.errors()
+        in_path = any(e.get("loc", ("",))[0] == "path" for e in errors)
+        status = 404 if in_path else 422
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse(
+            {
+                "type": "about:blank",
+                "title": "Not Found" if in_path else "Unprocessable Content",
+                "status": status,
+                "detail": f"{where}: {first['msg']}",
+            },
+            status_code=status,
+            media_type="application/problem+json",
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"type": "about:blank", "title": str(err.detail), "status": err.status_code},
+            status_code=err.status_code,
+            media_type="application/problem+json",
+        )
+
+    def run_of(key: str) -> RunRef:
+        ref = catalog.get(check_key(key, "run"))
+        if ref is None:
+            raise NotFoundError(f"no run {key!r}")
+        return ref
+
+    def slide_of(run: str, slide: str) -> SlideData:
+        return slides.get(run_of(run).path, slide)
+
+    def image(data: bytes, media_type: str) -> Response:
+        return Response(
+            data, media_type=media_type, headers={"Cache-Control": "private, max-age=300"}
+        )
+
+    # pages ---------------------------------------------------------------------------------
+
+    def page(name: str) -> FileResponse:
+        return FileResponse(STATIC_DIR / name, media_type="text/html")
+
+    @app.get("/", include_in_schema=False)
+    def index(request: Request) -> Response:
+        if token is not None and "token" in request.query_params:
+            # `authorised` checked it: trade the link's token for a cookie, and drop it from the
+            # address bar (and from the history)
+            response = RedirectResponse(str(request.url.remove_query_params("token")), 303)
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            return response
+        return page("index.html")
+
+    @app.get("/runs/{run}/", include_in_schema=False)
+    def run_page(run: str) -> FileResponse:
+        run_of(run)
+        return page("run.html")
+
+    @app.get("/runs/{run}/slides/{slide}/", include_in_schema=False)
+    def slide_page(run: str, slide: str) -> FileResponse:
+        slide_of(run, slide)
+        return page("slide.html")
+
+    # JSON ----------------------------------------------------------------------------------
+
+    @app.get("/api/runs")
+    def runs() -> dict[str, Any]:
+        return {"runs": [{"key": r.key, "title": r.title} for r in catalog.runs()]}
+
+    @app.get("/api/runs/{run}")
+    def run_table(run: str) -> dict[str, Any]:
+        ref = run_of(run)
+        class_names, rows = slide_rows(ref.path)
+        return {
+            "key": ref.key,
+            "title": ref.title,
+            "class_names": list(class_names),
+            "slides": [
+                {
+                    "slide_id": r.slide_id,
+                    "status": r.status,
+                    "label": r.label,
+                    "probabilities": r.probabilities,
+                    "flags": list(r.flags),
+                    "n_tiles": r.n_tiles,
+                    "error": r.error,
+                    "viewable": r.viewable,
+                }
+                for r in rows
+            ],
+        }
+
+    @app.get("/api/runs/{run}/slides/{slide}")
+    def slide_info(run: str, slide: str) -> dict[str, Any]:
+        data = slide_of(run, slide)
+        width, height = data.attrs.slide_dimensions
+        result = data.result
+        tiling = result.provenance.tiling
+        layers = [*data.attrs.class_names, "attention"]
+        default = layers[1] if len(data.attrs.class_names) == 2 else layers[0]
+        return {
+            "slide_id": data.slide_id,
+            "run": run,
+            "width": width,
+            "height": height,
+            "mpp": result.provenance.slide_mpp,
+            "label": result.label,
+            "class_names": list(data.attrs.class_names),
+            "probabilities": dict(zip(result.class_names, result.probabilities, strict=False)),
+            "flags": [{"code": c, "reason": r} for c, r in data.flags],
+            "n_tiles": result.n_tiles,
+            "tile_level0": data.attrs.tile_size_level0,
+            "stride_level0": data.attrs.stride_level0,
+            "tile_mpp": tiling.mpp if tiling else None,
+            "tile_px": tiling.tile_px if tiling else None,
+            "model_sha256": result.provenance.model_sha256,
+            "heatmap": {
+                "layers": layers,
+                "default": default,
+                "colormaps": list(COLORMAPS),
+                "tile_size": HEAT_TILE,
+                "max_level": Pyramid(width, height, HEAT_TILE).max_level,
+            },
+        }
+
+    @app.get("/api/colormaps/{name}")
+    def colormap(name: str) -> dict[str, Any]:
+        return {"name": name, "colors": _lut(name).tolist()}
+
+    @app.get("/api/runs/{run}/slides/{slide}/tile-at")
+    def tile_at(
+        run: str, slide: str, x: Annotated[float, Query()], y: Annotated[float, Query()]
+    ) -> dict[str, Any]:
+        """The tile whose cell holds level-0 point (x, y), or `tile: null`."""
+        data = slide_of(run, slide)
+        r, c, inside = data.grid.cells_at(np.array([x]), np.array([y]))
+        index = int(data.cell_index[r[0], c[0]]) if inside[0] else -1
+        return {"tile": _tile(data, index) if index >= 0 else None}
+
+    @app.get("/api/runs/{run}/slides/{slide}/top-tiles")
+    def top_tiles(
+        run: str, slide: str, k: Annotated[int, Query(ge=1, le=64)] = options.top_k
+    ) -> dict[str, Any]:
+        """The k tiles of highest attention, and for each class the k highest-scoring."""
+        data = slide_of(run, slide)
+        return {
+            "attention": [_tile(data, int(i)) for i in top_k(data.attention, k)],
+            "classes": {
+                name: [_tile(data, int(i)) for i in top_k(data.scores[:, ci], k)]
+                for ci, name in enumerate(data.attrs.class_names)
+            },
+        }
+
+    # images --------------------------------------------------------------------------------
+
+    @app.get("/api/runs/{run}/slides/{slide}/preview.jpg")
+    def preview(run: str, slide: str) -> Response:
+        data = slide_of(run, slide)
+
+        def make() -> bytes:
+            img = Image.fromarray(data.thumbnail)
+            img.thumbnail((192, 192))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=80)
+            return buf.getvalue()
+
+        key = ("thumb", run, slide, data.result.file_sha256)
+        return image(sources.tiles.get_or_make(key, make), "image/jpeg")
+
+    @app.get("/api/runs/{run}/slides/{slide}/slide.dzi")
+    def dzi(run: str, slide: str) -> Response:
+        data = slide_of(run, slide)
+        return Response(sources.dzi(data.slide_path), media_type="application/xml")
+
+    @app.get("/api/runs/{run}/slides/{slide}/slide_files/{level}/{col}_{row}.jpeg")
+    def slide_tile(run: str, slide: str, level: int, col: int, row: int) -> Response:
+        data = slide_of(run, slide)
+        return image(sources.tile(data.slide_path, level, col, row), "image/jpeg")
+
+    @app.get("/api/runs/{run}/slides/{slide}/heatmap/{layer}/{level}/{col}_{row}.png")
+    def heatmap_tile(
+        run: str,
+        slide: str,
+        layer: str,
+        level: int,
+        col: int,
+        row: int,
+        cmap: str = "inferno",
+        threshold: Annotated[float, Query(ge=0, le=1)] = 0.0,
+    ) -> Response:
+        data = slide_of(run, slide)
+        values = data.layer(layer)
+        lut = _lut(cmap)
+        width, height = data.attrs.slide_dimensions
+        pyramid = Pyramid(width, height, HEAT_TILE)
+        box = pyramid.tile_box(level, col, row)
+        if box is None:
+            raise NotFoundError(f"{slide}: no heatmap tile {col},{row} at level {level}")
+
+        def make() -> bytes:
+            rgba = heat_tile(values, data.grid, pyramid, level, box, lut, threshold)
+            buf = io.BytesIO()
+            Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG", compress_level=1)
+            return buf.getvalue()
+
+        key = ("heat", run, slide, data.result.file_sha256, layer, cmap, threshold, level, col, row)
+        return image(sources.tiles.get_or_make(key, make), "image/png")
+
+    @app.get("/api/runs/{run}/slides/{slide}/tiles/{index}.jpg")
+    def tile_image(run: str, slide: str, index: int) -> Response:
+        """Tile `index` as the model saw it: its footprint at the model's tile size."""
+        data = slide_of(run, slide)
+        if not 0 <= index < data.grid_index.shape[0]:
+            raise NotFoundError(f"{slide} has no tile {index}")
+        row, col = (int(v) for v in data.grid_index[index])
+        x, y, edge = data.grid.tile_box(row, col)
+        tiling = data.result.provenance.tiling
+        out_px = min(tiling.tile_px if tiling else 256, 512)
+        return image(sources.region(data.slide_path, x, y, edge, out_px), "image/jpeg")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/openseadragon", StaticFiles(directory=osd), name="openseadragon")
+    return app
+
+
+def _lut(name: str) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    try:
+        return colormap_lut(name)
+    except ValueError as err:
+        raise BadRequestError(str(err)) from err
+
+
+def _tile(data: SlideData, index: int) -> dict[str, Any]:
+    row, col = (int(v) for v in data.grid_index[index])
+    x, y, edge = data.grid.tile_box(row, col)
+    return {
+        "index": index,
+        "x": x,
+        "y": y,
+        "size": edge,
+        "attention": float(data.attention[index]),
+        "scores": {
+            name: float(data.scores[index, ci]) for ci, name in enumerate(data.attrs.class_names)
+        },
+    }

@@ -1,0 +1,31 @@
+"""Typed errors of the viewer, under the one root `SlidemillError`. Its HTTP routes answer each
+with its status and a problem-details body whose `detail` is the one-line message."""
+
+from __future__ import annotations
+
+from slidemill.schemas.errors import SlidemillError
+
+
+class ViewerError(SlidemillError):
+    """Base of everything the viewer raises on purpose."""
+
+
+class ViewerConfigError(ViewerError):
+    """The viewer cannot start as asked: no run folder, off loopback without a token, or
+    OpenSeadragon not installed."""
+
+
+class NotFoundError(ViewerError):
+    """No such run, slide, layer or tile (HTTP 404); also every associated image."""
+
+
+class UnauthorizedError(ViewerError):
+    """A request without the viewer's token (HTTP 401)."""
+
+
+class UnreadableResultError(ViewerError):
+    """A slide's result or store is damaged (HTTP 500 for that slide alone)."""
+
+
+class BadRequestError(ViewerError):
+    """A query value out of range, e.g. an unknown colormap (HTTP 422)."""
