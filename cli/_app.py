@@ -51,6 +51,7 @@ app.command()(_command(_service.cancel))
 app.command("bench-service")(_command(_service.bench_service))
 app.command()(_command(_export.export))
 app.command()(_command(_view.view))
+app.command("bench-viewer")(_command(_view.bench_viewer))
 
 model_app = typer.Typer(no_args_is_help=True, help="Model bundles.")
 model_app.command("init")(_command(_model.model_init))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from slidemill.cli._errors import console, fail
 from slidemill.cli._options import parse_size
+from slidemill.schemas.layout import RESULTS_CSV
 
 
 def demo(
@@ -55,6 +56,12 @@ def demo(
     console.print(table)
     for head, held in result.held_out.items():
         console.print(f"{head}: {held.files['report.html']}", soft_wrap=True)
+    runs = " ".join(str(p) for p in sorted(out.glob("run-*")) if (p / RESULTS_CSV).is_file())
+    console.print(
+        f"[bold]view the heatmaps:[/bold] slidemill view {runs}  (then open http://127.0.0.1:8001/)",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def schemas(out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files.")]) -> None:

@@ -6,6 +6,7 @@ Pure arithmetic (pyramid, cell geometry, heatmap tiles) in `_geometry`; run fold
 
 from slidemill.viewer._app import TOKEN_COOKIE, ViewerOptions, create_viewer_app
 from slidemill.viewer._assets import OSD_ENV, openseadragon_dir
+from slidemill.viewer._bench import Latencies, PanReport, pan_benchmark, viewer_benchmark
 from slidemill.viewer._geometry import (
     COLORMAPS,
     CellGrid,
@@ -39,8 +40,10 @@ __all__ = [
     "TOKEN_COOKIE",
     "CellGrid",
     "FolderCatalog",
+    "Latencies",
     "LookupCatalog",
     "NotFoundError",
+    "PanReport",
     "Pyramid",
     "RunCatalog",
     "RunRef",
@@ -57,7 +60,9 @@ __all__ = [
     "index_grid",
     "load_slide",
     "openseadragon_dir",
+    "pan_benchmark",
     "slide_rows",
     "top_k",
     "view",
+    "viewer_benchmark",
 ]

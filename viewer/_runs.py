@@ -5,7 +5,6 @@ results; nothing here takes a path from a request."""
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,8 +151,7 @@ def slide_rows(run: Path) -> tuple[tuple[str, ...], list[SlideRow]]:
         if sid in rows or not _KEY.match(sid):
             continue
         try:
-            doc = json.loads(result_file.read_text())
-            result = SlideResult.model_validate(doc)
+            result = SlideResult.model_validate_json(result_file.read_text())
         except (OSError, ValueError) as err:
             rows[sid] = SlideRow(sid, "unreadable", None, {}, (), 0, _reason(err), False)
             continue
@@ -163,7 +161,7 @@ def slide_rows(run: Path) -> tuple[tuple[str, ...], list[SlideRow]]:
             status=result.status,
             label=result.label,
             probabilities=dict(zip(result.class_names, result.probabilities, strict=False)),
-            flags=_flag_codes(doc),
+            flags=result.flag_codes,
             n_tiles=result.n_tiles,
             error=result.error,
             viewable=(run / sid / SLIDE_STORE).is_dir(),
@@ -176,11 +174,6 @@ def _reason(err: Exception) -> str:
     if isinstance(err, ValidationError):
         return describe(err)
     return (str(err).splitlines() or [type(err).__name__])[0]
-
-
-def _flag_codes(doc: dict[str, Any]) -> tuple[str, ...]:
-    qc = doc.get("qc") or {}
-    return tuple(str(f.get("code")) for f in qc.get("flags", ()) if isinstance(f, dict))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +223,7 @@ def load_slide(run: Path, slide_id: str) -> SlideData:
     if not result_file.is_file() or not store.is_dir():
         raise NotFoundError(f"run {run.name} has no published slide {slide_id!r}")
     try:
-        doc = json.loads(result_file.read_text())
-        result = SlideResult.model_validate(doc)
+        result = SlideResult.model_validate_json(result_file.read_text())
         root = zarr.open_group(store=str(store), mode="r")
         attrs = SlideStoreAttrs.model_validate(root.attrs[STORE_ATTRS_KEY])
         arrays = set(root.array_keys())
@@ -253,11 +245,11 @@ def load_slide(run: Path, slide_id: str) -> SlideData:
     except (OSError, ValueError, KeyError) as err:
         raise UnreadableResultError(f"{slide_id}: cannot read its result: {_reason(err)}") from err
     shape = attrs.grid_shape
-    codes = doc.get("qc", {}).get("flags", ()) if isinstance(doc.get("qc"), dict) else ()
+    flags = result.qc.flags if result.qc is not None else ()
     return SlideData(
         slide_id=slide_id,
         result=result,
-        flags=tuple((str(f.get("code")), str(f.get("reason", ""))) for f in codes),
+        flags=tuple((str(f.code), f.reason) for f in flags),
         attrs=attrs,
         grid=CellGrid(attrs.tile_size_level0, attrs.stride_level0, shape),
         heatmap=heatmap,

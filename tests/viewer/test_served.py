@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
-from slidemill.viewer import COLORMAPS, Pyramid, colormap_lut
+from slidemill.viewer import COLORMAPS, Latencies, Pyramid, colormap_lut, pan_benchmark
 from tests.helpers import REPO, slidemill
 from tests.viewer.conftest import HIGH, LOW, ViewedRun, Viewer, start_viewer
 
@@ -190,6 +190,20 @@ def test_off_loopback_needs_a_token_and_the_token_is_checked(
             assert browser.get(f"/api/runs/{RUN}").status_code == 200  # by the cookie
     finally:
         viewer.stop()
+
+
+def test_the_pan_benchmark_asks_each_tile_twice_and_watches_the_viewer_memory(
+    viewed_run: ViewedRun,
+) -> None:
+    reports = pan_benchmark([viewed_run.out], views=2)
+    assert {r.slide_id for r in reports} == {"synth-svs", "synth-tiff"}
+    for r in reports:
+        assert r.views == 2
+        for times in (r.slide_tiles, r.heatmap_tiles):
+            assert len(times.uncached) == len(times.cached) > 0
+            assert all(t > 0 for t in times.uncached + times.cached)
+            assert Latencies.p(times.uncached, 0.5) <= Latencies.p(times.uncached, 0.95)
+        assert 0 < r.rss_start_mib <= r.rss_peak_mib
 
 
 # --- in a real browser -------------------------------------------------------------------------
