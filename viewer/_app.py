@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -89,49 +89,25 @@ def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None)
         openapi_url=None,
         dependencies=[Depends(authorised)],
     )
-    app.state.sources = sources  # for the benchmark's cache counters
 
     @app.exception_handler(SlidemillError)
     async def ours(_: Request, err: SlidemillError) -> JSONResponse:
         status = next(code for cls, code in _STATUS if isinstance(err, cls))
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return JSONResponse(
-            {
-                "type": "about:blank",
-                "title": type(err).__name__,
-                "status": status,
-                "detail": detail,
-            },
-            status_code=status,
-            media_type="application/problem+json",
-        )
+        return _problem(status, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         # a URL that does not parse names nothing that exists: 404; a bad query value: 422
         errors = err.errors()
-        in_path = any(e.get("loc", ("",))[0] == "path" for e in errors)
-        status = 404 if in_path else 422
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return JSONResponse(
-            {
-                "type": "about:blank",
-                "title": "Not Found" if in_path else "Unprocessable Content",
-                "status": status,
-                "detail": f"{where}: {first['msg']}",
-            },
-            status_code=status,
-            media_type="application/problem+json",
-        )
+        if any(e.get("loc", ("",))[0] == "path" for e in errors):
+            return _problem(404, "Not Found", f"{where}: {first['msg']}")
+        return _problem(422, "Unprocessable Content", f"{where}: {first['msg']}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"type": "about:blank", "title": str(err.detail), "status": err.status_code},
-            status_code=err.status_code,
-            media_type="application/problem+json",
-        )
+        return _problem(err.status_code, str(err.detail), str(err.detail))
 
     def run_of(key: str) -> RunRef:
         ref = catalog.get(check_key(key, "run"))
@@ -186,19 +162,7 @@ def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None)
             "key": ref.key,
             "title": ref.title,
             "class_names": list(class_names),
-            "slides": [
-                {
-                    "slide_id": r.slide_id,
-                    "status": r.status,
-                    "label": r.label,
-                    "probabilities": r.probabilities,
-                    "flags": list(r.flags),
-                    "n_tiles": r.n_tiles,
-                    "error": r.error,
-                    "viewable": r.viewable,
-                }
-                for r in rows
-            ],
+            "slides": [asdict(r) for r in rows],
         }
 
     @app.get("/api/runs/{run}/slides/{slide}")
@@ -275,7 +239,7 @@ def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None)
             img.save(buf, format="JPEG", quality=80)
             return buf.getvalue()
 
-        key = ("thumb", run, slide, data.result.file_sha256)
+        key = ("preview", run, slide, data.version)
         return image(sources.tiles.get_or_make(key, make), "image/jpeg")
 
     @app.get("/api/runs/{run}/slides/{slide}/slide.dzi")
@@ -314,7 +278,7 @@ def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None)
             Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG", compress_level=1)
             return buf.getvalue()
 
-        key = ("heat", run, slide, data.result.file_sha256, layer, cmap, threshold, level, col, row)
+        key = ("heat", run, slide, data.version, layer, cmap, threshold, level, col, row)
         return image(sources.tiles.get_or_make(key, make), "image/png")
 
     @app.get("/api/runs/{run}/slides/{slide}/tiles/{index}.jpg")
@@ -332,6 +296,15 @@ def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/openseadragon", StaticFiles(directory=osd), name="openseadragon")
     return app
+
+
+def _problem(status: int, title: str, detail: str) -> JSONResponse:
+    """A problem-details body (RFC 9457), as the service answers errors."""
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
 
 
 def _lut(name: str) -> np.ndarray[Any, np.dtype[np.uint8]]:

@@ -181,6 +181,8 @@ class SlideData:
     """What the viewer shows of one published slide, read once from its folder."""
 
     slide_id: str
+    version: int
+    """Its result file's modification time (ns): a re-run's tiles never come from the cache."""
     result: SlideResult
     flags: tuple[tuple[str, str], ...]
     """(code, reason) of each trust flag."""
@@ -223,6 +225,7 @@ def load_slide(run: Path, slide_id: str) -> SlideData:
     if not result_file.is_file() or not store.is_dir():
         raise NotFoundError(f"run {run.name} has no published slide {slide_id!r}")
     try:
+        version = result_file.stat().st_mtime_ns
         result = SlideResult.model_validate_json(result_file.read_text())
         root = zarr.open_group(store=str(store), mode="r")
         attrs = SlideStoreAttrs.model_validate(root.attrs[STORE_ATTRS_KEY])
@@ -248,6 +251,7 @@ def load_slide(run: Path, slide_id: str) -> SlideData:
     flags = result.qc.flags if result.qc is not None else ()
     return SlideData(
         slide_id=slide_id,
+        version=version,
         result=result,
         flags=tuple((str(f.code), f.reason) for f in flags),
         attrs=attrs,

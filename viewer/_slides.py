@@ -31,16 +31,12 @@ class BytesCache:
             maxsize=max(1, max_bytes), getsizeof=len
         )
         self._lock = Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get_or_make(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         with self._lock:
             found = self._cache.get(key)
             if found is not None:
-                self.hits += 1
                 return found
-            self.misses += 1
         data = make()  # outside the lock: tiles render in parallel
         with self._lock:
             if len(data) <= self._cache.maxsize:
