@@ -57,7 +57,9 @@ class CellGrid:
     Tile (row, col) covers level-0 [origin(col), origin(col) + tile) (`pipeline.tissue` rounds
     each origin once). Neighbouring tiles overlap when the stride is shorter than the tile, so a
     cell is drawn over its tile's central stride-wide square: the part of the slide nearest that
-    tile's centre. Without overlap that is the tile itself."""
+    tile's centre. Without overlap that is the tile itself. (The OME-Zarr and GeoJSON exports lay
+    cells unrounded, c × stride, as NGFF needs one scale per level: `pipeline.export`'s
+    `CellGeometry`; the two agree within half a level-0 pixel.)"""
 
     tile_level0: float
     """Tile edge in level-0 pixels."""
