@@ -82,6 +82,13 @@ def synth(
     size: Annotated[
         str, typer.Option(help="Level-0 size WIDTHxHEIGHT in pixels, at 0.5 µm/px.")
     ] = "6000x4000",
+    texture: Annotated[
+        Path | None,
+        typer.Option(
+            help="A real slide whose tissue texture fills the tissue (its pyramid only): the "
+            "harder benchmark, lesions of 0.1-2% of the tissue and look-alikes of their colour."
+        ),
+    ] = None,
     degrade: Annotated[
         list[str] | None,
         typer.Option(
@@ -103,7 +110,12 @@ def synth(
 
     start = time.perf_counter()
     slides = write_benchmark_set(
-        out, n=n, positive_fraction=positive_fraction, seed=seed, size=parse_size(size, "--size")
+        out,
+        n=n,
+        positive_fraction=positive_fraction,
+        seed=seed,
+        size=parse_size(size, "--size"),
+        texture=texture,
     )
     for s in slides:
         console.print(f"{s.path}  {s.label}", highlight=False)

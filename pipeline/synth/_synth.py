@@ -56,6 +56,7 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
+from slidemill.pipeline.synth._texture import load_texture, sample_texture, stain_gain
 from slidemill.schemas.errors import InvalidInputError
 
 BACKGROUND = (243, 241, 245)
@@ -199,6 +200,8 @@ class SyntheticSlide:
     """Lesions: abnormal structure, a colour within that of normal tissue. Inside the tissue."""
     mimics: tuple[Blob, ...] = ()
     """Hard negatives: lesion-like (darker, more purple) colour, normal structure."""
+    texture: str | None = None
+    """A real slide whose tissue texture fills the tissue (`_texture`); None = drawn texture."""
 
     @property
     def label(self) -> str:
@@ -696,6 +699,8 @@ def _shade(slide: SyntheticSlide, xs: F64, ys: F64, step: float, probe: bool = F
     if tissue is None:
         return np.stack([np.float32(v) + 1.5 * grain for v in BACKGROUND])
     px = 1.0 / slide.texture_mpp  # pixels per µm
+    if slide.texture is not None:
+        return _shade_textured(slide, slide.texture, xs, ys, step, tissue, grain, probe)
     seed = slide.seed
 
     # staining intensity (section thickness) drifts over a few hundred µm
@@ -824,6 +829,106 @@ def _lesion_gain(
     target = normal + _LESION_COLOUR * (mimic - normal)
     r, g, b = (float(v) for v in target / lesion)
     return r, g, b
+
+
+# The textured benchmark: a real slide's tissue (`_texture`), lesions of crowded, enlarged,
+# dark nuclei over its effaced structure, look-alikes of the lesions' mean colour.
+
+_BASE_STAIN = ((226, 150, 190), (110, 60, 150))
+"""The stain `random_stain` perturbs; the texture's density is scaled by the perturbation."""
+_TEXTURE_EFFACE = 0.45
+"""Share of the texture's density a lesion removes (its normal structure effaced)."""
+_TEXTURE_DARK = 1.8
+"""Factor on a lesion nucleus's haematoxylin density: hyperchromatic, darker than normal."""
+_TEXTURE_NUCLEUS_KEEP = 0.6
+"""Share of the texture's density a lesion nucleus displaces."""
+
+
+@functools.lru_cache(maxsize=8)
+def _lesion_means(mpp: float) -> tuple[float, float]:
+    """Mean, over a large lesion, of the share of texture density kept and of the added
+    haematoxylin density (`_shade_textured`): what a look-alike carries without the nuclei."""
+    size = 10**6
+    centre = size / 2.0
+    region = (centre + (np.arange(256) + 0.5) * (7.3 / mpp)).astype(np.float64)
+    whole = (Ellipse(centre, centre, centre, centre),)
+    probe = SyntheticSlide(size, size, mpp, whole, 0, lesions=(Blob(centre, centre, size / 4.0),))
+    cov, dens = _lesion_nuclei(probe, region, region, 1.0, 1.0 / mpp, toned=False)
+    keep = 1.0 - _TEXTURE_EFFACE - _TEXTURE_NUCLEUS_KEEP * float(cov.mean())
+    return keep, _TEXTURE_DARK * float(dens.mean())
+
+
+@functools.lru_cache(maxsize=64)
+def _mimic_gain(
+    texture: str, stain: tuple[tuple[int, int, int], tuple[int, int, int]], mpp: float
+) -> tuple[float, float, float]:
+    """Per-channel factors that give a look-alike the mean RGB of a lesion on the same
+    texture: matching mean densities leaves the lesion lighter (exp is convex over its
+    contrasted nuclei), by a hue a colour rule would find."""
+    size = 10**6
+    centre = size / 2.0
+    region = (centre + (np.arange(256) + 0.5) * (7.3 / mpp)).astype(np.float64)
+    whole = (Ellipse(centre, centre, centre, centre),)
+    blob = Blob(centre, centre, size / 4.0)
+    means = []
+    for lesions, mimics in (((blob,), ()), ((), (blob,))):
+        probe = SyntheticSlide(size, size, mpp, whole, 0, stain, lesions, mimics, texture)
+        planes = _shade(probe, region, region, 1.0, probe=True)
+        means.append(planes.reshape(3, -1).mean(axis=1).astype(np.float64))
+    r, g, b = (float(v) for v in means[0] / means[1])
+    return r, g, b
+
+
+def _shade_textured(
+    slide: SyntheticSlide,
+    texture: str,
+    xs: F64,
+    ys: F64,
+    step: float,
+    tissue: NDArray[np.bool_],
+    grain: F32,
+    probe: bool,
+) -> F32:
+    """`_shade` for a slide with a `texture`: the real tissue's optical density, scaled by the
+    slide's stain; in a lesion its structure partly effaced under crowded, enlarged, dark
+    nuclei; in a look-alike the lesions' mean density (and mean colour) with normal structure.
+    Shape: 3 x ny x nx."""
+    px = 1.0 / slide.texture_mpp
+    source = load_texture(texture, slide.texture_mpp)
+    od = sample_texture(source, xs, ys, _key(slide.seed, 40))
+    gain = stain_gain(slide.stain, _BASE_STAIN)
+    haem = _od(slide.stain[1])
+    ny, nx = ys.size, xs.size
+    keep: F32 | float = 1.0
+    add: F32 | float = 0.0
+    lesion = _field(slide.lesions, xs, ys, _LESION_EDGE * px, _FIELD_SPACING * px)
+    if lesion is not None:
+        lcov, ldens = _lesion_nuclei(slide, xs, ys, step, px, toned=not probe)
+        keep = np.clip(
+            1.0 - _TEXTURE_EFFACE * lesion - _TEXTURE_NUCLEUS_KEEP * lcov, 0.0, 1.0
+        ).astype(np.float32)
+        add = (_TEXTURE_DARK * ldens).astype(np.float32)
+    mimic = _field(slide.mimics, xs, ys, _LESION_EDGE * px, _FIELD_SPACING * px)
+    mgain = (1.0, 1.0, 1.0)
+    if mimic is not None:
+        m_keep, m_add = _lesion_means(slide.texture_mpp)
+        keep = keep - mimic * np.float32(1.0 - m_keep)
+        add = add + mimic * np.float32(m_add)
+        if not probe:
+            mgain = _mimic_gain(texture, slide.stain, slide.texture_mpp)
+    out = np.empty((3, ny, nx), dtype=np.float32)
+    all_tissue = bool(tissue.all())
+    for ch in range(3):
+        plane = od[..., ch] * np.float32(-gain[ch])
+        plane *= keep
+        plane -= add * np.float32(haem[ch])
+        np.exp(plane, out=plane)
+        plane *= np.float32(255.0)
+        if mimic is not None and mgain[ch] != 1.0:
+            plane *= 1.0 + np.float32(mgain[ch] - 1.0) * mimic
+        plane += 3.0 * grain
+        out[ch] = plane if all_tissue else np.where(tissue, plane, BACKGROUND[ch] + 1.5 * grain)
+    return out
 
 
 def _normal_nuclei(
@@ -1161,11 +1266,21 @@ def _place_blob(
 
 
 def plan_benchmark_slide(
-    seed: int, positive: bool, width: int = 6000, height: int = 4000, mpp: float = 0.5
+    seed: int,
+    positive: bool,
+    width: int = 6000,
+    height: int = 4000,
+    mpp: float = 0.5,
+    texture: str | None = None,
 ) -> SyntheticSlide:
     """A random slide of the benchmark: tissue, stain, and 1–3 lesions when `positive`
     (mean diameters log-uniform in 150–1500 µm, shrunk until they fit) plus 1–3 mimics either
-    way (150–1000 µm; one that finds no room is left out). Deterministic in `seed`."""
+    way (150–1000 µm; one that finds no room is left out). Deterministic in `seed`.
+
+    With a `texture` (a real slide's path) the tissue shows that slide's texture, and the
+    planted regions are small (`_plan_textured`)."""
+    if texture is not None:
+        return _plan_textured(seed, positive, width, height, mpp, texture)
     rng = np.random.default_rng([seed & _MASK64, 0x5EED])
     tissue = SyntheticSlide(width, height, mpp, _plan_tissue(rng, width, height))
     margin, smallest = _BLOB_MARGIN_UM / mpp, _SMALLEST_BLOB_UM / mpp
@@ -1197,6 +1312,57 @@ def plan_benchmark_slide(
         stain=random_stain(rng),
         lesions=tuple(lesions),
         mimics=tuple(mimics),
+    )
+
+
+_TEXTURED_LESION_SHARE = (0.001, 0.02)
+"""Range (log-uniform) of a positive textured slide's lesion area as a share of its tissue."""
+_TEXTURED_SMALLEST_UM = 30.0
+
+
+def _plan_textured(
+    seed: int, positive: bool, width: int, height: int, mpp: float, texture: str
+) -> SyntheticSlide:
+    """A textured benchmark slide: when `positive`, 1–2 lesions that together cover a share of
+    the tissue log-uniform in 0.1–2%; either way 1–3 look-alikes of the same sizes (hard
+    negatives of the lesions' mean colour: a colour rule cannot tell them apart)."""
+    rng = np.random.default_rng([seed & _MASK64, 0x7E47])
+    tissue = SyntheticSlide(width, height, mpp, _plan_tissue(rng, width, height))
+    tissue_area = sum(math.pi * e.rx * e.ry for e in tissue.tissue)
+    margin, smallest = _BLOB_MARGIN_UM / mpp, _TEXTURED_SMALLEST_UM / mpp
+    lo, hi = (math.log(v) for v in _TEXTURED_LESION_SHARE)
+
+    def diameter(share: float) -> float:
+        return 2.0 * math.sqrt(share * tissue_area / math.pi)
+
+    lesions: list[Blob] = []
+    if positive:
+        n = int(rng.integers(1, 3))
+        share = math.exp(rng.uniform(lo, hi)) / n
+        for _ in range(n):
+            blob = _place_blob(rng, tissue, diameter(share), lesions, margin, smallest)
+            if blob is not None:
+                lesions.append(blob)
+        if not lesions:
+            raise InvalidInputError(
+                f"a {width}x{height} slide has no room for a lesion; make it larger"
+            )
+    mimics: list[Blob] = []
+    for _ in range(int(rng.integers(1, 4))):
+        d = diameter(math.exp(rng.uniform(lo, hi)))
+        blob = _place_blob(rng, tissue, d, [*lesions, *mimics], margin, smallest)
+        if blob is not None:
+            mimics.append(blob)
+    return SyntheticSlide(
+        width,
+        height,
+        mpp,
+        tissue.tissue,
+        seed=seed,
+        stain=random_stain(rng),
+        lesions=tuple(lesions),
+        mimics=tuple(mimics),
+        texture=texture,
     )
 
 
@@ -1243,6 +1409,7 @@ def truth_json(
         "lesions": [_blob_json(b, mpp) for b in slide.lesions],
         "mimics": [_blob_json(b, mpp) for b in slide.mimics],
         "tissue": [{"cx": e.cx, "cy": e.cy, "rx": e.rx, "ry": e.ry} for e in slide.tissue],
+        "texture": slide.texture,
     }
 
 
@@ -1282,6 +1449,7 @@ def load_truth(path: Path) -> SyntheticSlide:
         stain=((e[0], e[1], e[2]), (h[0], h[1], h[2])),
         lesions=blobs("lesions"),
         mimics=blobs("mimics"),
+        texture=doc.get("texture"),
     )
 
 
@@ -1313,10 +1481,12 @@ def write_benchmark_set(
     mpp: float = 0.5,
     downsamples: Sequence[int] = (1, 4, 16),
     mask_mpp: float = MASK_MPP,
+    texture: Path | None = None,
 ) -> list[BenchmarkSlide]:
     """`n` SVS slides (`synthetic-NNN.svs`), n · `positive_fraction` (rounded half up) of them
     positive in a seeded random order, each with its lesion mask and truth sidecar, and
-    `labels.csv` (slide_id, path relative to `out`, label). Deterministic in `seed`."""
+    `labels.csv` (slide_id, path relative to `out`, label). Deterministic in `seed`. With a
+    `texture` slide, the textured benchmark (`plan_benchmark_slide`)."""
     if n < 1:
         raise InvalidInputError("n must be at least 1")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -1325,6 +1495,10 @@ def write_benchmark_set(
         raise InvalidInputError(
             f"size {size[0]}x{size[1]} is too small for lesions; use at least {MIN_SIDE}x{MIN_SIDE}"
         )
+    source = None
+    if texture is not None:
+        source = str(Path(texture).resolve())
+        load_texture(source, mpp)  # a slide without tissue fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng([seed & _MASK64, 0x1AB]).permutation(n)
     positive = set(order[: math.floor(n * positive_fraction + 0.5)].tolist())
@@ -1333,7 +1507,7 @@ def write_benchmark_set(
         slide_seed = int(
             np.random.SeedSequence([seed & _MASK64, i]).generate_state(1)[0] & 0x7FFFFFFF
         )
-        slide = plan_benchmark_slide(slide_seed, i in positive, size[0], size[1], mpp)
+        slide = plan_benchmark_slide(slide_seed, i in positive, size[0], size[1], mpp, source)
         path = write_slide(out / f"synthetic-{i:03d}.svs", slide, downsamples=downsamples)
         mask_path, truth_path = write_truth(slide, path, mask_mpp)
         written.append(BenchmarkSlide(path.stem, path, slide.label, slide, mask_path, truth_path))
