@@ -74,9 +74,8 @@ KeepJpeg = Annotated[
     typer.Option(
         "--keep-jpeg/--decode-tiles",
         help="Where tiles are cut from a level stored as JPEG tiles without resizing, keep "
-        "those stored tiles undecoded in the store (the encode task decodes them); "
-        "--decode-tiles stores RGB. "
-        "Default: keep, unless GPU workers run the encoder.",
+        "those stored tiles undecoded in the store (the encode task decodes them, on a CUDA "
+        "worker's GPU with nvJPEG); --decode-tiles stores RGB. Default: keep.",
         show_default=False,
     ),
 ]

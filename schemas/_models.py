@@ -165,8 +165,13 @@ class RunSpec(Frozen):
         default=None,
         description="Keep the slide's stored JPEG tiles undecoded in the store where tiles are "
         "cut from a JPEG-tiled level without resizing (the encode task decodes them); False "
-        "stores RGB. None: keep "
-        "them unless GPU workers run the encoder, whose hosts' cores should not decode.",
+        "stores RGB. None: keep them, on CPU and GPU workers alike.",
+    )
+    jpeg_decode: Literal["auto", "cpu", "device"] = Field(
+        default="auto",
+        description="Where workers decode kept JPEG tiles: 'auto' on a CUDA worker's GPU when "
+        "its torchvision has nvJPEG, else on its host; 'cpu' always on the host; 'device' "
+        "always through torchvision on the model's device (on a CPU: torchvision's libjpeg).",
     )
     worker_timeout_s: float = Field(
         default=300.0,
@@ -211,6 +216,11 @@ class Provenance(Frozen):
     level: int | None = Field(default=None, description="Pyramid level tiles were read from.")
     file_size: int | None = Field(default=None, description="Slide file size in bytes.")
     file_mtime_ns: int | None = Field(default=None, description="Slide file modification time.")
+    decode: Literal["cpu", "nvjpeg", "mixed"] | None = Field(
+        default=None,
+        description="Where the tiles' JPEG was decoded: on the workers' host cores (cpu), on "
+        "their GPUs (nvjpeg), some blocks each (mixed); None when unknown (a resumed run).",
+    )
 
 
 class SlideResult(Frozen):

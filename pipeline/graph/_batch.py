@@ -173,6 +173,7 @@ def run_batch(
             keep_jpeg=spec.keep_jpeg,  # None: settled in `_run_on`, once GPUs are known
             keep_tiles=spec.keep_tiles,
             qc=spec.qc,
+            jpeg_decode=spec.jpeg_decode,
         )
         for e in entries
     ]
@@ -328,10 +329,12 @@ def read_result(out: Path, slide_id: str) -> SlideResult | None:
 
 def keep_jpeg(requested: bool | None, gpus: bool) -> bool:
     """Whether tiling keeps the slide's JPEG tiles for the encode task to decode. Asked for or
-    not, by default: yes on CPU workers (one decode wherever it runs, and ~1/8 of the bytes
-    through the store); no when GPU workers encode, since their hosts' cores would then decode
-    (4-5 cores per H100 at ResNet-50 rates, PERF notes' estimate) while the CPU workers sat idle."""
-    return requested if requested is not None else not gpus
+    not, by default yes, on CPU and GPU workers alike (`gpus`): one decode wherever the encoder
+    runs, and ~1/8 of the bytes through the store. A GPU worker decodes them on its GPU
+    (nvJPEG, `choose_decode`), so its host's cores do not; one whose torchvision cannot decodes
+    on its host instead, and says so in the result's provenance."""
+    del gpus  # no longer decides: kept either way (--decode-tiles still writes RGB)
+    return requested if requested is not None else True
 
 
 def _run_on(

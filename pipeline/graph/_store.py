@@ -32,15 +32,17 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
 from numpy.typing import NDArray
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.array_spec import ArrayConfigParams
 
-from slidemill.pipeline.slides import JpegTiles, PackedBlock, decode_block
+from slidemill.pipeline.slides import JpegTiles, PackedBlock, decode_block, decode_block_tensor
 from slidemill.schemas import SlideStoreAttrs
 from slidemill.schemas.files import write_atomic
 from slidemill.schemas.layout import (
@@ -254,23 +256,13 @@ def write_jpeg_block(path: Path, spec: JpegTiles, start: int, block: PackedBlock
     write_block(path, StoreArray.TILE_JPEG_ROWS, row, np.stack([block.index, block.nbytes], 1))
 
 
-def read_tile_pixels(
-    path: Path, start: int, stop: int, source: str, out: NDArray[np.uint8] | None = None
-) -> NDArray[np.uint8]:
-    """Tiles [start, stop) as (n, T, T, 3) RGB, whichever way the store keeps them; `source`
-    names the slide in errors. Kept JPEG tiles are decoded into `out` when given (a buffer
-    reused between blocks spares a page fault per 4 KiB of a fresh 50 MB array)."""
-    spec = jpeg_layout(path)
-    if spec is None:
-        return np.asarray(read_block(path, StoreArray.TILES, start, stop), dtype=np.uint8)
+def _kept_blocks(
+    path: Path, spec: JpegTiles, start: int, stop: int
+) -> Iterator[tuple[int, int, PackedBlock, NDArray[np.int64] | None]]:
+    """The whole blocks of kept JPEG tiles that tiles [start, stop) lie in, as (first tile,
+    stop tile, its rows, its tiles' coordinates for a mosaic)."""
     # every array read pays zarr's fixed per-read overhead on top of the decoding: each is
     # read once for the whole range, and coordinates only where a mosaic needs them
-    stop = min(stop, spec.n_tiles)  # as slicing `tiles` would
-    shape = (max(stop - start, 0), spec.tile_px, spec.tile_px, 3)
-    if out is None or out.shape != shape:
-        out = np.empty(shape, dtype=np.uint8)
-    if not len(out):
-        return out
     bt = spec.block_tiles
     first, last = start // bt * bt, min(-(-stop // bt) * bt, spec.n_tiles)  # whole blocks
     r0, r1 = spec.rows_of(first // bt)[0], spec.rows_of((last - 1) // bt)[1]
@@ -282,6 +274,25 @@ def read_tile_pixels(
         q0, q1 = (r - r0 for r in spec.rows_of(b0 // bt))
         block = PackedBlock(data[q0:q1], rows[q0:q1, 1].astype(np.int32), rows[q0:q1, 0])
         xy = None if coords is None else np.asarray(coords[b0 - first : b1 - first], np.int64)
+        yield b0, b1, block, xy
+
+
+def read_tile_pixels(
+    path: Path, start: int, stop: int, source: str, out: NDArray[np.uint8] | None = None
+) -> NDArray[np.uint8]:
+    """Tiles [start, stop) as (n, T, T, 3) RGB, whichever way the store keeps them; `source`
+    names the slide in errors. Kept JPEG tiles are decoded into `out` when given (a buffer
+    reused between blocks spares a page fault per 4 KiB of a fresh 50 MB array)."""
+    spec = jpeg_layout(path)
+    if spec is None:
+        return np.asarray(read_block(path, StoreArray.TILES, start, stop), dtype=np.uint8)
+    stop = min(stop, spec.n_tiles)  # as slicing `tiles` would
+    shape = (max(stop - start, 0), spec.tile_px, spec.tile_px, 3)
+    if out is None or out.shape != shape:
+        out = np.empty(shape, dtype=np.uint8)
+    if not len(out):
+        return out
+    for b0, b1, block, xy in _kept_blocks(path, spec, start, stop):
         lo, hi = max(b0, start), min(b1, stop)
         if (lo, hi) == (b0, b1):  # the usual case: a whole block, decoded in place
             decode_block(spec, block, xy, out[lo - start : hi - start], source)
@@ -290,6 +301,26 @@ def read_tile_pixels(
         decode_block(spec, block, xy, whole, source)
         out[lo - start : hi - start] = whole[lo - b0 : hi - b0]
     return out
+
+
+def read_tile_tensor(
+    path: Path, start: int, stop: int, source: str, device: torch.device | str
+) -> torch.Tensor:
+    """Kept JPEG tiles [start, stop) decoded on `device` (nvJPEG on CUDA) into (n, 3, T, T)
+    uint8 RGB there, the encoder's input; `source` names the slide in errors. Only for a store
+    that keeps JPEG (`jpeg_layout`)."""
+    spec = jpeg_layout(path)
+    if spec is None:
+        raise ValueError(f"{path}: holds RGB tiles, no JPEG to decode on a device")
+    stop = min(stop, spec.n_tiles)
+    if start >= stop:
+        t = spec.tile_px
+        return torch.empty((0, 3, t, t), dtype=torch.uint8, device=device)
+    parts = [
+        decode_block_tensor(spec, block, xy, device, source)[max(b0, start) - b0 : stop - b0]
+        for b0, _, block, xy in _kept_blocks(path, spec, start, stop)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def read_all(path: Path, name: str) -> NDArray[np.generic]:

@@ -31,6 +31,7 @@ from slidemill.pipeline.graph._store import (
     read_attrs,
     read_block,
     read_tile_pixels,
+    read_tile_tensor,
     work_dir,
     write_array,
     write_block,
@@ -69,7 +70,17 @@ from slidemill.schemas import (
 )
 from slidemill.schemas.files import write_atomic
 from slidemill.schemas.layout import HEATMAP_PNG, RESULT_JSON, SLIDE_STORE, StoreArray
-from slidemill.workers import encode_tiles, file_sha256, get_model, ood_score, predict_slide
+from slidemill.workers import (
+    DecodeRequest,
+    choose_decode,
+    device_decode_available,
+    encode_tensor,
+    encode_tiles,
+    file_sha256,
+    get_model,
+    ood_score,
+    predict_slide,
+)
 from slidemill.workers.metrics import apply_temperature
 
 log = logging.getLogger(__name__)
@@ -120,6 +131,9 @@ class SlideJob:
     """Leave the tile pixels in the published store (by default they are removed once encoded)."""
     qc: QCMode = QCMode.FLAG
     """Slide QC: flag, exclude failing tiles from the MIL head too, or off."""
+    jpeg_decode: DecodeRequest = "auto"
+    """Where workers decode kept JPEG tiles (`choose_decode`): by default on a CUDA worker's
+    GPU when its torchvision has nvJPEG, else on its host's cores."""
 
     @property
     def work(self) -> Path:
@@ -382,20 +396,45 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
 _decoded = threading.local()
 
 
-def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float:
-    """Encode tiles [start, stop) from the store into features; returns seconds.
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """What an encode task did."""
 
-    `_tiled` is the tiling task's result: passing it makes this task wait for that one.
+    seconds: float
+    """Time spent (0 for a block an interrupted run finished)."""
+    decode: Literal["cpu", "nvjpeg"] | None
+    """Where its tiles' JPEG was decoded; None for a block done before."""
+
+
+def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> Encoded:
+    """Encode tiles [start, stop) from the store into features.
+
+    Kept JPEG tiles are decoded where `choose_decode` says: on a CUDA worker with nvJPEG, on
+    its GPU straight into the encoder's input; else on this host. `_tiled` is the tiling task's
+    result: passing it makes this task wait for that one.
     """
     job = plan.job
     if is_done(job.work, f"encode-{start}"):
-        return 0.0
+        return Encoded(0.0, None)
     t0 = time.perf_counter()
     model = get_model(job.model_bundle, job.model_sha256)
-    tiles = read_tile_pixels(job.store, start, stop, job.path, getattr(_decoded, "tiles", None))
-    if plan.jpeg is not None:  # this thread's next block decodes into the same memory
-        _decoded.tiles = tiles
-    features = encode_tiles(model, tiles, job.batch_size)
+    device = model.device
+    where = choose_decode(
+        device.type,
+        plan.jpeg is not None,
+        device.type == "cuda" and device_decode_available(device.type),
+        job.jpeg_decode,
+    )
+    if where in ("nvjpeg", "torchvision"):
+        on_device = read_tile_tensor(job.store, start, stop, job.path, device)
+        features = encode_tensor(model, on_device, job.batch_size)
+        # QC reads the pixels on the host: one copy back, uint8
+        tiles = on_device.permute(0, 2, 3, 1).cpu().numpy()
+    else:
+        tiles = read_tile_pixels(job.store, start, stop, job.path, getattr(_decoded, "tiles", None))
+        if plan.jpeg is not None:  # this thread's next block decodes into the same memory
+            _decoded.tiles = tiles
+        features = encode_tiles(model, tiles, job.batch_size)
     write_block(job.store, StoreArray.FEATURES, start, features)
     # QC here rather than in the tile task: this is where the pixels are decoded in every case
     qc = tile_qc(tiles)
@@ -404,7 +443,16 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> float
     write_block(job.store, StoreArray.QC_BACKGROUND, start, qc.background)
     seconds = time.perf_counter() - t0
     mark_done(job.work, f"encode-{start}", seconds)
-    return seconds
+    return Encoded(seconds, "nvjpeg" if where == "nvjpeg" else "cpu")
+
+
+def decoded_on(encoded: list[Encoded]) -> Literal["cpu", "nvjpeg", "mixed"] | None:
+    """Where a slide's tiles were decoded, from its encode tasks (pure): one place, `mixed`,
+    or None when every block was done by an earlier run."""
+    places = {e.decode for e in encoded if e.decode is not None}
+    if not places:
+        return None
+    return places.pop() if len(places) == 1 else "mixed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +475,7 @@ class MILResult:
     """The bundle's calibration temperature."""
 
 
-def mil_slide(plan: SlidePlan, _encoded: list[float]) -> MILResult:
+def mil_slide(plan: SlidePlan, _encoded: list[Encoded]) -> MILResult:
     """Run the MIL head over the slide's features (with --qc exclude, those of tiles passing
     QC, unless none does); writes attention (0 for tiles left out) and every tile's scores, and
     scores the features against the bundle's reference."""
@@ -509,7 +557,7 @@ def slide_qc(plan: SlidePlan, mil: MILResult) -> SlideQC | None:
 
 
 def reduce_slide(
-    plan: SlidePlan, mil: MILResult, tiled: list[float], encoded: list[float]
+    plan: SlidePlan, mil: MILResult, tiled: list[float], encoded: list[Encoded]
 ) -> SlideResult:
     """Write the heatmap, its PNG and result.json, then publish the slide's folder."""
     t0 = time.perf_counter()
@@ -557,18 +605,18 @@ def reduce_slide(
         timings=StageTimings(
             plan=plan.seconds,
             tile=sum(tiled),
-            encode=sum(encoded),
+            encode=sum(e.seconds for e in encoded),
             mil=mil.seconds,
             reduce=time.perf_counter() - t0,
         ),
-        provenance=plan.provenance,
+        provenance=plan.provenance.model_copy(update={"decode": decoded_on(encoded)}),
         qc=qc,
     )
     _publish(job, result)
     return result
 
 
-def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[float]) -> SlideResult:
+def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[Encoded]) -> SlideResult:
     """The last task of a features-only run: result.json (done, no diagnosis), then publish."""
     job = plan.job
     result = SlideResult(
@@ -577,8 +625,10 @@ def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[float]) -
         file_sha256=plan.file_sha256,
         status="done",
         n_tiles=plan.n_tiles,
-        timings=StageTimings(plan=plan.seconds, tile=sum(tiled), encode=sum(encoded)),
-        provenance=plan.provenance,
+        timings=StageTimings(
+            plan=plan.seconds, tile=sum(tiled), encode=sum(e.seconds for e in encoded)
+        ),
+        provenance=plan.provenance.model_copy(update={"decode": decoded_on(encoded)}),
     )
     _publish(job, result)
     return result

@@ -1,6 +1,7 @@
 """Whole-slide files: discovery and ids, the reader registry (OpenSlide and the direct TIFF
 path), pyramid level choice, and the slide's own stored JPEG tiles."""
 
+from slidemill.pipeline.slides._devicejpeg import decode_block_tensor
 from slidemill.pipeline.slides._discover import SlideEntry, assign_ids, expand
 from slidemill.pipeline.slides._jpegtiles import (
     JpegTiles,
@@ -10,6 +11,7 @@ from slidemill.pipeline.slides._jpegtiles import (
     decode_block,
     decode_rows,
     gather_block,
+    mosaic_copies,
     moved_error,
     pack,
 )
@@ -42,9 +44,11 @@ __all__ = [
     "choose_layout",
     "choose_level",
     "decode_block",
+    "decode_block_tensor",
     "decode_rows",
     "expand",
     "gather_block",
+    "mosaic_copies",
     "moved_error",
     "open_slide",
     "pack",

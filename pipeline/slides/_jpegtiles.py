@@ -290,6 +290,37 @@ def _scratch_for(n: int, px: int) -> NDArray[np.uint8]:
     return buf[:n]
 
 
+def mosaic_copies(
+    spec: JpegTiles, index: NDArray[np.int64], coords: NDArray[np.int64], source: str
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """How a mosaic block's tiles are assembled from its decoded stored tiles (pure): one row
+    per copy, (tile k, stored row r, tile y0, y1, x0, x1, stored y0, y1, x0, x1), and which
+    tiles reach outside the level (white there, as OpenSlide). `index` holds the block's used
+    rows' stored-tile indices, the tiles lie at level-0 `coords`; `source` names the slide in
+    errors."""
+    s = spec.stored
+    px, t, (w, h) = s.stored_px, spec.tile_px, s.level_size
+    row_of = {int(i): r for r, i in enumerate(index.tolist())}
+    ops: list[tuple[int, ...]] = []
+    origins = level_origins(coords, s.downsample).tolist()
+    outside = np.zeros(len(origins), dtype=bool)
+    for k, (x0, y0) in enumerate(origins):
+        xa, xb, ya, yb = max(x0, 0), min(x0 + t, w), max(y0, 0), min(y0 + t, h)
+        outside[k] = (xa, ya, xb, yb) != (x0, y0, x0 + t, y0 + t)
+        for ty in range(ya // px, (yb - 1) // px + 1 if yb > ya else ya // px):
+            for tx in range(xa // px, (xb - 1) // px + 1 if xb > xa else xa // px):
+                r = row_of.get(ty * s.across + tx)
+                if r is None:
+                    raise moved_error(source)
+                sx0, sy0 = max(tx * px, xa), max(ty * px, ya)
+                sx1, sy1 = min((tx + 1) * px, xb), min((ty + 1) * px, yb)
+                ops.append(
+                    (k, r, sy0 - y0, sy1 - y0, sx0 - x0, sx1 - x0,
+                     sy0 - ty * px, sy1 - ty * px, sx0 - tx * px, sx1 - tx * px)
+                )  # fmt: skip
+    return np.array(ops, dtype=np.int64).reshape(-1, 10), outside
+
+
 def decode_block(
     spec: JpegTiles,
     block: PackedBlock,
@@ -306,21 +337,9 @@ def decode_block(
         return
     if coords is None:
         raise ValueError("a mosaic's tiles need their coordinates")
-    px, t, (w, h) = s.stored_px, spec.tile_px, s.level_size
-    stored = _scratch_for(used, px)
+    stored = _scratch_for(used, s.stored_px)
     decode_rows(s, block.data[:used], block.nbytes[:used], stored, source)
-    row_of = {int(i): r for r, i in enumerate(block.index[:used])}
-    for k, (x0, y0) in enumerate(level_origins(coords, s.downsample).tolist()):
-        xa, xb, ya, yb = max(x0, 0), min(x0 + t, w), max(y0, 0), min(y0 + t, h)
-        if (xa, ya, xb, yb) != (x0, y0, x0 + t, y0 + t):
-            out[k] = 255  # outside the level is white, as OpenSlide
-        for ty in range(ya // px, (yb - 1) // px + 1 if yb > ya else ya // px):
-            for tx in range(xa // px, (xb - 1) // px + 1 if xb > xa else xa // px):
-                r = row_of.get(ty * s.across + tx)
-                if r is None:
-                    raise moved_error(source)
-                sx0, sy0 = max(tx * px, xa), max(ty * px, ya)
-                sx1, sy1 = min((tx + 1) * px, xb), min((ty + 1) * px, yb)
-                out[k, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = stored[
-                    r, sy0 - ty * px : sy1 - ty * px, sx0 - tx * px : sx1 - tx * px
-                ]
+    ops, outside = mosaic_copies(spec, block.index[:used], coords, source)
+    out[outside] = 255
+    for k, r, ty0, ty1, tx0, tx1, sy0, sy1, sx0, sx1 in ops.tolist():
+        out[k, ty0:ty1, tx0:tx1] = stored[r, sy0:sy1, sx0:sx1]

@@ -41,16 +41,17 @@ def test_existing_scheduler_runs_the_batch_and_inference_stays_on_gpu_workers(
     assert loaded[names["cpu-0"]] is False
 
 
-def test_with_gpu_workers_tiles_are_decoded_on_the_cpu_workers_unless_asked(
+def test_with_gpu_workers_the_jpeg_is_kept_for_the_encoder_unless_asked(
     external_cluster: str, slides_dir: Path, tmp_path: Path
 ) -> None:
-    """256-px tiles at 0.5 µm/px line up with the generated SVS's stored JPEG tiles: kept when
-    asked, but by default decoded at tiling time, so the GPU host's cores do not decode."""
+    """256-px tiles at 0.5 µm/px line up with the generated SVS's stored JPEG tiles: kept by
+    default with GPU workers too (the encoder's worker decodes them; this one's "GPU" has no
+    CUDA, so on its host, as the provenance says), decoded at tiling time when asked."""
     bundle = tmp_path / "m256"
     init_bundle(bundle, encoder="tiny_cnn", tile_px=256, mpp=0.5)
     slide = slides_dir / "synth-svs.svs"
     stores = {}
-    for name, flag in (("auto", []), ("kept", ["--keep-jpeg"])):
+    for name, flag in (("auto", []), ("decoded", ["--decode-tiles"])):
         out = tmp_path / name
         proc = slidemill(
             "run", slide, "--model", bundle, "--out", out, "--scheduler", external_cluster,
@@ -58,19 +59,21 @@ def test_with_gpu_workers_tiles_are_decoded_on_the_cpu_workers_unless_asked(
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         stores[name] = StoreView(out / "synth-svs" / "slide.zarr")
-    assert "tiles" in stores["auto"] and "tile_jpeg" not in stores["auto"]
-    assert "tile_jpeg" in stores["kept"] and "tiles" not in stores["kept"]
+        result = json.loads((out / "synth-svs" / "result.json").read_text())
+        assert result["provenance"]["decode"] == "cpu"
+    assert "tile_jpeg" in stores["auto"] and "tiles" not in stores["auto"]
+    assert "tiles" in stores["decoded"] and "tile_jpeg" not in stores["decoded"]
     # the same pixels either way, so the same features
     np.testing.assert_allclose(
-        stores["auto"]["features"][...], stores["kept"]["features"][...], rtol=1e-5, atol=1e-6
+        stores["auto"]["features"][...], stores["decoded"]["features"][...], rtol=1e-5, atol=1e-6
     )
 
 
 @pytest.mark.parametrize(
     ("requested", "gpus", "kept"),
-    [(None, False, True), (None, True, False), (True, True, True), (False, False, False)],
+    [(None, False, True), (None, True, True), (True, True, True), (False, True, False)],
 )
-def test_keep_jpeg_default_follows_the_gpu_workers(
+def test_jpeg_is_kept_by_default_on_gpu_workers_too(
     requested: bool | None, gpus: bool, kept: bool
 ) -> None:
     assert keep_jpeg(requested, gpus) is kept
