@@ -31,6 +31,19 @@ def train(
     patience: Annotated[
         int, typer.Option(min=1, help="Stop a fold after this many epochs without improvement.")
     ] = 8,
+    min_epochs: Annotated[
+        int, typer.Option(min=1, help="No fold stops or picks its best epoch before this one.")
+    ] = 1,
+    smoothing: Annotated[
+        int,
+        typer.Option(min=1, help="Stop on the mean of the last this-many validation losses."),
+    ] = 1,
+    weight_averaging: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Keep the mean of the last this-many epochs' weights (0: the best epoch's)."
+        ),
+    ] = 0,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 2e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     seed: Annotated[int, typer.Option(min=0, help="Seed of everything random.")] = 0,
@@ -90,6 +103,9 @@ def train(
         n_folds=folds,
         max_epochs=epochs,
         patience=patience,
+        min_epochs=min_epochs,
+        smoothing=smoothing,
+        weight_averaging=weight_averaging,
         lr=lr,
         weight_decay=weight_decay,
         seed=seed,

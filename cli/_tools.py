@@ -130,6 +130,53 @@ def synth(
     )
 
 
+def bench_learning(
+    out: Annotated[
+        Path, typer.Option(help="Folder for both generators' slides, encoders and features.")
+    ] = Path(".bench-learning"),
+    texture: Annotated[
+        Path | None, typer.Option(help="Real slide for the textured generator (default: sample).")
+    ] = None,
+    n: Annotated[int, typer.Option(min=8, help="Slides per generator (half positive).")] = 32,
+    cohorts: Annotated[str, typer.Option(help="Comma-separated cohort sizes.")] = "16,32",
+    size: Annotated[str, typer.Option(help="Level-0 size WIDTHxHEIGHT of each slide.")] = (
+        "4000x3000"
+    ),
+    pretrain_steps: Annotated[int, typer.Option(min=1, help="Encoder pretraining steps.")] = 80,
+    heads: Annotated[str, typer.Option(help="Comma-separated MIL heads.")] = (
+        "abmil_gated,mean_pool"
+    ),
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Which training settings hold on small cohorts: cross-validation of each strategy on
+    cohorts of the drawn and the textured benchmark (never the demo's held-out slides), with
+    lesion localisation of attention and tile scores; writes OUT/learning-study.json."""
+    from slidemill.pipeline.bench import (
+        LearningSettings,
+        default_sample,
+        run_learning_study,
+        study_table,
+    )
+
+    source = texture or default_sample()
+    if source is None:
+        fail("no sample slide found; give one with --texture or set SLIDEMILL_SAMPLE_SLIDE")
+    try:
+        sizes = tuple(int(c) for c in cohorts.split(","))
+    except ValueError:
+        fail(f"--cohorts {cohorts!r}: give sizes like 16,32")
+    settings = LearningSettings(
+        n_slides=n,
+        cohorts=sizes,
+        size=parse_size(size, "--size"),
+        pretrain_steps=pretrain_steps,
+        heads=tuple(h.strip() for h in heads.split(",") if h.strip()),
+        seed=seed,
+    )
+    rows = run_learning_study(out, source, settings, console)
+    console.print(study_table(rows), soft_wrap=True, highlight=False, markup=False)
+
+
 def bench(
     slide: Annotated[
         Path | None, typer.Option(help="Slide to measure (default: the sample).")
@@ -153,3 +200,43 @@ def bench(
     size = None if large.lower() == "none" else parse_size(large, "--large")
     out = Console(width=max(Console().width, 120))
     run_bench(path, seconds, out, workdir=work, large_size=size, pipeline=pipeline)
+
+
+def bench_gpu(
+    slide: Annotated[
+        Path | None, typer.Option(help="The sample slide (default: the sample).")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="Time budget per single figure.")] = 5.0,
+    work: Annotated[
+        Path, typer.Option(help="Folder for the generated large slide (kept) and scratch.")
+    ] = Path(".slidemill-bench"),
+    large: Annotated[
+        str,
+        typer.Option(
+            help="Size WxH of the generated slide the pipeline runs on; 'none' runs it on the "
+            "sample; 'auto': 40000x20000 with a GPU, none without."
+        ),
+    ] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Tiles per forward pass (default 256 GPU, 16 CPU).")
+    ] = None,
+) -> None:
+    """GPU benchmark: the encoders alone on pre-decoded tensors against the whole pipeline on a
+    LocalCUDACluster, nvJPEG against host JPEG decode, GPU utilisation sampled; on a machine
+    without a GPU, the same on the CPU."""
+    import torch
+
+    from slidemill.pipeline.bench import default_sample, run_bench_gpu, write_large_slide
+
+    path = slide or default_sample()
+    if path is None:
+        fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
+    if large.lower() == "auto":
+        large = "40000x20000" if torch.cuda.is_available() else "none"
+    big = None
+    if large.lower() != "none":
+        w, h = parse_size(large, "--large")
+        work.mkdir(parents=True, exist_ok=True)
+        big = write_large_slide(work / f"large-{w}x{h}.tiff", w, h)
+    out = Console(width=max(Console().width, 140))
+    run_bench_gpu(path, big, seconds, out, workdir=work / "gpu", batch_size=batch_size)

@@ -1,15 +1,34 @@
-"""`slidemill bench`: throughput against the raw JPEG decode limit and the naive OpenSlide loop."""
+"""`slidemill bench`: throughput against the raw JPEG decode limit and the naive OpenSlide loop;
+`slidemill bench-learning`: training settings on small cohorts of two generators."""
 
 from slidemill.pipeline.bench._bench import default_sample, raw_decode, run_bench, single_process
+from slidemill.pipeline.bench._gpu import run_bench_gpu
+from slidemill.pipeline.bench._learning import (
+    GENERATORS,
+    STRATEGIES,
+    LearningSettings,
+    StudyRow,
+    cohorts,
+    run_learning_study,
+    study_table,
+)
 from slidemill.pipeline.bench._run import pipeline_run
 from slidemill.pipeline.bench._slide import large_slide_geometry, write_large_slide
 
 __all__ = [
+    "GENERATORS",
+    "STRATEGIES",
+    "LearningSettings",
+    "StudyRow",
+    "cohorts",
     "default_sample",
     "large_slide_geometry",
     "pipeline_run",
     "raw_decode",
     "run_bench",
+    "run_bench_gpu",
+    "run_learning_study",
     "single_process",
+    "study_table",
     "write_large_slide",
 ]

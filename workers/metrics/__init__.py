@@ -39,7 +39,11 @@ from slidemill.workers.metrics._classification import (
     macro_f1,
     predict_labels,
 )
-from slidemill.workers.metrics._localisation import LocalisationResult, localisation_auroc
+from slidemill.workers.metrics._localisation import (
+    LocalisationResult,
+    localisation_auroc,
+    top_k_lesion_share,
+)
 from slidemill.workers.metrics._ranking import (
     BootstrapInterval,
     OneVsRestAuroc,
@@ -87,4 +91,5 @@ __all__ = [
     "roc_curve",
     "slide_auroc",
     "slide_calibration",
+    "top_k_lesion_share",
 ]

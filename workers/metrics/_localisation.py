@@ -111,3 +111,23 @@ def localisation_auroc(
         n_lesion_tiles=int(pooled_lesion.sum()),
         lesion_fraction_threshold=lesion_fraction_threshold,
     )
+
+
+def top_k_lesion_share(scores: ArrayLike, lesion: ArrayLike, k: int | None = None) -> float:
+    """Share of a slide's `k` highest-scoring tiles that are lesion tiles.
+
+    scores (n_tiles,), lesion (n_tiles,) bool → a value in [0, 1]. `k` defaults to the number of
+    lesion tiles (then it is also the share of the lesion tiles found in the top k: 1 when the
+    heatmap ranks every lesion tile first); ties are broken towards the earlier tile. Raises
+    `UndefinedMetricError` when the slide has no lesion tile and no `k` is given.
+    """
+    s = check_scores(scores, "tile scores")
+    mask = np.asarray(lesion, dtype=bool)
+    if mask.shape != s.shape:
+        raise EvaluationError(f"{s.shape[0]} tile scores but {mask.shape[0]} lesion flags")
+    n = int(mask.sum()) if k is None else k
+    if n < 1:
+        raise UndefinedMetricError("top-k lesion share: no lesion tile and no k")
+    n = min(n, s.shape[0])
+    top = np.argsort(-s, kind="stable")[:n]
+    return float(mask[top].mean())

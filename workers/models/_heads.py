@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from slidemill.workers.models._registry import Registry
 
@@ -117,6 +118,70 @@ class GatedABMIL(ABMIL):
         super().__init__(in_dim, n_classes, hidden_dim, attention_dim, dropout, gated=True)
 
 
+class InstanceABMIL(ABMIL):
+    """`ABMIL` with CLAM-style instance-level supervision from its own attention (Lu et al.,
+    2021), on the classifier the tile scores come from: in a bag of class y ≠ 0 the k most
+    attended tiles are pseudo-labelled y and the k least attended class 0 (the negative class);
+    in a bag of class 0 the k most attended tiles are class 0 (no tile of a negative slide is
+    lesion). The same weights as `ABMIL`: a bundle rebuilds it from its head kwargs.
+
+    forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        hidden_dim: int = 256,
+        attention_dim: int = 128,
+        dropout: float = 0.25,
+        gated: bool = False,
+        instance_k: int = 8,
+    ) -> None:
+        super().__init__(in_dim, n_classes, hidden_dim, attention_dim, dropout, gated)
+        if instance_k < 1:
+            raise ValueError(f"instance_k must be at least 1, got {instance_k}")
+        self.instance_k = instance_k
+
+    def instance_loss(self, features: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the tile classifier on the pseudo-labelled tiles; a scalar.
+        features (N, in_dim); k = min(instance_k, N // 2) (at least 1). The selection is not
+        differentiated."""
+        y = int(label)
+        h = self.embed(features)
+        a = self.attention_v(h)
+        if self.attention_u is not None:
+            a = a * self.attention_u(h)
+        scores = self.attention_w(a).squeeze(-1).detach()
+        k = max(1, min(self.instance_k, h.shape[0] // 2))
+        top = torch.topk(scores, k).indices
+        if y == 0:
+            chosen, targets = top, torch.zeros(k, dtype=torch.long, device=h.device)
+        else:
+            bottom = torch.topk(-scores, k).indices
+            chosen = torch.cat([top, bottom])
+            targets = torch.cat([torch.full((k,), y), torch.zeros(k)]).long().to(h.device)
+        return functional.cross_entropy(self.classifier(h[chosen]), targets)
+
+
+def _abmil_head(
+    in_dim: int,
+    n_classes: int,
+    hidden_dim: int,
+    attention_dim: int,
+    dropout: float,
+    gated: bool,
+    instance_k: int,
+) -> nn.Module:
+    if instance_k:
+        return InstanceABMIL(
+            in_dim, n_classes, hidden_dim, attention_dim, dropout, gated, instance_k
+        )
+    if gated:
+        return GatedABMIL(in_dim, n_classes, hidden_dim, attention_dim, dropout)
+    return ABMIL(in_dim, n_classes, hidden_dim, attention_dim, dropout)
+
+
 @HEADS.register("abmil_gated")
 def _abmil_gated(
     in_dim: int,
@@ -124,8 +189,10 @@ def _abmil_gated(
     hidden_dim: int = 256,
     attention_dim: int = 128,
     dropout: float = 0.25,
+    instance_k: int = 0,
 ) -> nn.Module:
-    return GatedABMIL(in_dim, n_classes, hidden_dim, attention_dim, dropout)
+    """`instance_k` > 0: with instance-level supervision (`InstanceABMIL`)."""
+    return _abmil_head(in_dim, n_classes, hidden_dim, attention_dim, dropout, True, instance_k)
 
 
 @HEADS.register("abmil")
@@ -135,8 +202,10 @@ def _abmil(
     hidden_dim: int = 256,
     attention_dim: int = 128,
     dropout: float = 0.25,
+    instance_k: int = 0,
 ) -> nn.Module:
-    return ABMIL(in_dim, n_classes, hidden_dim, attention_dim, dropout)
+    """`instance_k` > 0: with instance-level supervision (`InstanceABMIL`)."""
+    return _abmil_head(in_dim, n_classes, hidden_dim, attention_dim, dropout, False, instance_k)
 
 
 class PoolingMIL(nn.Module):

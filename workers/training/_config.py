@@ -32,7 +32,16 @@ class TrainConfig:
     max_epochs: int = 50
     """Upper bound on epochs per fold (one epoch = every training bag once)."""
     patience: int = 8
-    """Stop after this many epochs without a lower validation loss."""
+    """Stop after this many epochs without a lower (smoothed) validation loss."""
+    min_epochs: int = 1
+    """No fold stops, and no epoch is chosen as the best, before this epoch: a validation split
+    of a few slides cannot decide at epoch 1."""
+    smoothing: int = 1
+    """Early stopping and the best epoch follow the mean of the last this-many epochs'
+    validation losses (1 = the raw loss); a few validation slides make it noisy."""
+    weight_averaging: int = 0
+    """Above 0: keep the average of the weights at the end of the last this-many epochs run
+    (stochastic weight averaging over a fixed schedule) instead of the best epoch's weights."""
     lr: float = 2e-4
     """Learning rate."""
     weight_decay: float = 1e-4
@@ -58,6 +67,15 @@ class TrainConfig:
         if self.max_epochs < 1 or self.patience < 1:
             raise TrainingError(
                 f"epochs and patience must be at least 1, got {self.max_epochs} and {self.patience}"
+            )
+        if not 1 <= self.min_epochs <= self.max_epochs:
+            raise TrainingError(
+                f"min_epochs must lie in [1, max_epochs={self.max_epochs}], got {self.min_epochs}"
+            )
+        if self.smoothing < 1 or self.weight_averaging < 0:
+            raise TrainingError(
+                f"smoothing must be at least 1 and weight_averaging at least 0, got "
+                f"{self.smoothing} and {self.weight_averaging}"
             )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError(f"learning rate must be a positive number, got {self.lr}")
@@ -97,9 +115,9 @@ class EpochReport:
     val_loss: float
     """Class-weighted mean cross-entropy over the validation bags (eval mode)."""
     best_epoch: int
-    """Epoch of the lowest validation loss so far."""
+    """Epoch of the lowest (smoothed) validation loss so far, from `min_epochs` on (0: none)."""
     best_val_loss: float
-    """The lowest validation loss so far."""
+    """The lowest (smoothed) validation loss so far."""
     last: bool
     """No epoch of this fold follows (early stop or `max_epochs` reached)."""
     seconds: float
@@ -117,9 +135,10 @@ class TrainedHead:
     epochs_run: int
     """Epochs run before stopping."""
     best_epoch: int
-    """Epoch whose weights were kept (lowest validation loss)."""
+    """Epoch whose weights were kept (lowest smoothed validation loss), or with weight
+    averaging the last epoch of the average."""
     best_val_loss: float
-    """Validation loss of that epoch."""
+    """Validation loss of the kept weights."""
     threshold: float | None
     """Two classes: threshold on P(class 1) chosen on the validation slides; None = argmax."""
     threshold_note: str | None

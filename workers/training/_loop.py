@@ -6,7 +6,8 @@ slide, and integer labels:
 - `train_fold` trains one head, one bag per optimiser step (bags differ in N), with class-weighted
   cross-entropy, AdamW (or Adam), the head's own auxiliary loss when it has one (CLAM's instance
   clustering loss, mixed in as CLAM does: 0.7 · bag loss + 0.3 · instance loss), early stopping on
-  the validation loss, and keeps the weights of the best validation epoch. For two classes it
+  the (optionally smoothed) validation loss from `min_epochs` on, and keeps the weights of the
+  best validation epoch, or the average of the last epochs' weights. For two classes it
   chooses a decision threshold on the validation slides (Youden's J, `choose_threshold`).
 - `cross_validate` runs every fold and gathers the held-out (out-of-fold) predictions.
 
@@ -245,6 +246,10 @@ def train_fold(
         mix = config.instance_loss_weight if isinstance(head, InstanceLossHead) else 0.0
         best_state: dict[str, torch.Tensor] = {}
         best_loss, best_epoch = math.inf, 0
+        recent: list[float] = []  # the last `smoothing` validation losses
+        averaged: dict[str, torch.Tensor] = {}  # running mean of the last weights (SWA)
+        swa_from = config.max_epochs - config.weight_averaging + 1
+        n_averaged = 0
         for epoch in range(1, config.max_epochs + 1):
             epoch_start = time.perf_counter()
             head.train()
@@ -279,10 +284,18 @@ def train_fold(
                     f"fold {fold}, epoch {epoch}: the validation loss is {val_loss}; "
                     "lower the learning rate"
                 )
-            if val_loss < best_loss:
-                best_loss, best_epoch = val_loss, epoch
-                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            last = epoch - best_epoch >= config.patience or epoch == config.max_epochs
+            recent = [*recent, val_loss][-config.smoothing :]
+            smoothed = sum(recent) / len(recent)
+            if epoch >= config.min_epochs and smoothed < best_loss:
+                best_loss, best_epoch = smoothed, epoch
+                if config.weight_averaging == 0:
+                    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            if config.weight_averaging and epoch >= swa_from:
+                n_averaged = _accumulate(averaged, head, n_averaged)
+            last = epoch == config.max_epochs or (
+                epoch >= config.min_epochs
+                and epoch - max(best_epoch, config.min_epochs) >= config.patience
+            )
             report = EpochReport(
                 fold=fold,
                 n_folds=n_folds,
@@ -300,7 +313,14 @@ def train_fold(
                 on_epoch(report)
             if last:
                 break
-        head.load_state_dict(best_state)
+        if config.weight_averaging:
+            if n_averaged == 0:  # stopped early, before the averaging window: its last weights
+                n_averaged = _accumulate(averaged, head, n_averaged)
+            head.load_state_dict(averaged)
+            best_epoch = len(history)
+            best_loss = _weighted_val_loss(head, bags, val_ids, labels, weights, device)
+        else:
+            head.load_state_dict(best_state)
         head.eval()
         threshold, note = _choose_threshold(head, bags, labels, val_ids, n_classes, device)
     return TrainedHead(
@@ -315,6 +335,18 @@ def train_fold(
         seed=run_seed,
         seconds=time.perf_counter() - started,
     )
+
+
+def _accumulate(mean: dict[str, torch.Tensor], head: nn.Module, n: int) -> int:
+    """Fold `head`'s weights into the running mean `mean` of `n` earlier ones; returns n + 1.
+    Integer buffers (counters) keep their latest value."""
+    for k, v in head.state_dict().items():
+        v = v.detach()
+        if k not in mean or not v.is_floating_point():
+            mean[k] = v.clone()
+        else:
+            mean[k] += (v - mean[k]) / (n + 1)
+    return n + 1
 
 
 def _choose_threshold(

@@ -287,6 +287,59 @@ def test_early_stopping_stops_and_keeps_the_best_epoch() -> None:
     assert seen[-1].val_loss > best.val_loss
 
 
+def test_min_epochs_and_smoothing_keep_early_epochs_from_deciding() -> None:
+    """No fold stops or picks its weights before `min_epochs`; the best epoch is that of the
+    lowest mean of the last `smoothing` validation losses."""
+    noise = cohort(12, 12, seed=5, shift=0.0)  # nothing to learn: validation loss soon rises
+    train, val = _fold_ids(noise, every=3)
+    plain = TrainConfig(head_kwargs=SMALL, max_epochs=80, patience=3, lr=5e-3, device="cpu")
+    early = train_fold(noise.bags, noise.labels, train, val, 2, plain)
+    m = early.best_epoch + 5
+    cfg = TrainConfig(
+        head_kwargs=SMALL, max_epochs=80, patience=3, lr=5e-3, device="cpu", min_epochs=m,
+        smoothing=4,
+    )  # fmt: skip
+    seen: list[EpochReport] = []
+    result = train_fold(noise.bags, noise.labels, train, val, 2, cfg, on_epoch=seen.append)
+    assert result.best_epoch >= m and result.epochs_run >= m + 3
+    assert all(r.best_epoch == 0 for r in seen[: m - 1])
+    losses = [r.val_loss for r in seen]
+    smoothed = [np.mean(losses[max(0, e - 4) : e]) for e in range(1, len(losses) + 1)]
+    assert result.best_val_loss == pytest.approx(smoothed[result.best_epoch - 1], rel=1e-9)
+    assert result.best_val_loss == pytest.approx(min(smoothed[m - 1 :]), rel=1e-9)
+    with pytest.raises(TrainingError, match="min_epochs"):
+        TrainConfig(max_epochs=5, min_epochs=6)
+    with pytest.raises(TrainingError, match="smoothing"):
+        TrainConfig(smoothing=0)
+
+
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights() -> None:
+    data = cohort(6, 6, seed=3)
+    train, val = _fold_ids(data, every=3)
+
+    def last_weights(epochs: int) -> dict[str, torch.Tensor]:
+        cfg = TrainConfig(
+            head_kwargs=SMALL, max_epochs=epochs, min_epochs=epochs, lr=1e-3, device="cpu"
+        )
+        return train_fold(data.bags, data.labels, train, val, 2, cfg).head.state_dict()
+
+    cfg = TrainConfig(
+        head_kwargs=SMALL, max_epochs=6, min_epochs=6, weight_averaging=3, lr=1e-3, device="cpu"
+    )
+    result = train_fold(data.bags, data.labels, train, val, 2, cfg)
+    assert result.epochs_run == 6 and result.best_epoch == 6
+    ends = [last_weights(e) for e in (4, 5, 6)]
+    for key, value in result.head.state_dict().items():
+        mean = sum(w[key] for w in ends) / 3
+        assert torch.allclose(value, mean, atol=1e-6), key
+    assert not torch.allclose(result.head.state_dict()[key], ends[-1][key])
+    probs = predict_probabilities(result.head, data.bags, val)
+    y = np.array([data.labels[i] for i in val])
+    w = np.array(result.class_weights)
+    ce = -np.log(probs[np.arange(len(val)), y])
+    assert float((w[y] * ce).sum() / w[y].sum()) == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
 def test_training_restores_global_random_state_and_flags() -> None:
     data = cohort(6, 6, seed=3)
     train, val = _fold_ids(data, every=3)
@@ -314,6 +367,40 @@ def test_clam_trains_with_its_instance_loss() -> None:
     b = train_fold(data.bags, data.labels, train, val, 2, without)
     assert all(math.isfinite(h.train_loss) for h in a.history)
     assert a.history[0].train_loss != b.history[0].train_loss
+
+
+def test_abmil_instance_supervision_lowers_the_tile_scores_of_negative_slides() -> None:
+    """`instance_k` gives ABMIL CLAM's pseudo-label loss on its own tile classifier: trained the
+    same way, the tiles of negative slides score far lower (no tile of a negative slide is
+    lesion), while the planted tiles still rank above the rest."""
+    data = cohort(12, 12, seed=1, shift=1.5)
+    train, val = _fold_ids(data, every=3)
+    negatives, ranks = [], []
+    for kwargs in (SMALL, {**SMALL, "instance_k": 2}):
+        cfg = TrainConfig(
+            head_kwargs=kwargs, max_epochs=30, min_epochs=30, lr=1e-3, device="cpu",
+            instance_loss_weight=0.5,
+        )  # fmt: skip
+        result = train_fold(data.bags, data.labels, train, val, 2, cfg)
+        planted, scores, negative = [], [], []
+        for sid, bag in data.bags.items():
+            with torch.inference_mode():
+                p = torch.softmax(result.head(torch.from_numpy(bag)).tile_logits, -1)[:, 1]
+            mask = np.zeros(bag.shape[0], dtype=bool)
+            mask[data.planted.get(sid, [])] = True
+            planted.append(mask)
+            scores.append(p.numpy())
+            if data.labels[sid] == 0:
+                negative.append(p.numpy())
+        negatives.append(float(np.concatenate(negative).mean()))
+        ranks.append(auroc(np.concatenate(planted), np.concatenate(scores)))
+    assert type(result.head).__name__ == "InstanceABMIL"
+    assert negatives[1] < 0.6 * negatives[0], negatives
+    assert ranks[1] > 0.85, ranks
+    with pytest.raises(TrainingError, match="instance_k"):
+        train_fold(
+            data.bags, data.labels, train, val, 2, TrainConfig(head_kwargs={"instance_k": -1})
+        )
 
 
 def test_a_bad_head_setting_fails_before_training() -> None:

@@ -1,0 +1,336 @@
+"""`slidemill bench-learning`: which training settings hold on small cohorts, measured by
+cross-validation on two generators (the drawn benchmark and the textured one), never on the
+demo's held-out slides.
+
+For each generator: a set of `n_slides` slides (its own seed), an encoder pretrained on them
+(self-supervised, no labels), their features. Then for each cohort size, disjoint stratified
+cohorts of the set (one when the size is the whole set), and for each strategy of `STRATEGIES`
+k-fold cross-validation on every cohort: the pooled out-of-fold AUROC and log loss, and the
+epochs the folds ran. Every step is a library function, skipped when its output exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+from rich.console import Console
+
+from slidemill.pipeline.synth import write_benchmark_set
+
+if TYPE_CHECKING:
+    from slidemill.workers import TrainConfig
+
+GENERATORS = ("drawn", "textured")
+"""The drawn benchmark (`synth`) and the textured one (`synth --texture`)."""
+
+STRATEGIES: Mapping[str, Mapping[str, float | int | str]] = {
+    # the `train` defaults before the study
+    "early-stop (lr 2e-4, patience 8)": dict(
+        lr=2e-4, weight_decay=1e-4, max_epochs=50, patience=8, min_epochs=1, smoothing=1,
+        weight_averaging=0,
+    ),
+    # what the demo passes
+    "early-stop (lr 5e-4, wd 1e-2, patience 15)": dict(
+        lr=5e-4, weight_decay=1e-2, max_epochs=60, patience=15, min_epochs=1, smoothing=1,
+        weight_averaging=0,
+    ),
+    "min 20 epochs + smoothed val. loss": dict(
+        lr=5e-4, weight_decay=1e-2, max_epochs=60, patience=15, min_epochs=20, smoothing=5,
+        weight_averaging=0,
+    ),
+    "fixed 40 epochs + weight averaging": dict(
+        lr=5e-4, weight_decay=1e-2, max_epochs=40, patience=40, min_epochs=40, smoothing=1,
+        weight_averaging=20,
+    ),
+    "fixed 40 epochs + weight averaging + instance loss (k 8)": dict(
+        lr=5e-4, weight_decay=1e-2, max_epochs=40, patience=40, min_epochs=40, smoothing=1,
+        weight_averaging=20, instance_k=8,
+    ),
+}  # fmt: skip
+"""Strategy name → `TrainConfig` settings it differs in."""
+
+
+@dataclass(frozen=True, slots=True)
+class LearningSettings:
+    """Sizes of the study."""
+
+    n_slides: int = 32
+    """Slides per generator (half positive)."""
+    cohorts: tuple[int, ...] = (16, 32)
+    """Cohort sizes; each at most `n_slides`."""
+    size: tuple[int, int] = (4000, 3000)
+    """Level-0 size of each slide at 0.5 µm/px."""
+    pretrain_steps: int = 80
+    """Self-supervised steps of each generator's encoder."""
+    folds: int = 4
+    """Cross-validation folds."""
+    heads: tuple[str, ...] = ("abmil_gated", "mean_pool")
+    """MIL heads to train."""
+    seed: int = 0
+    """Seed of the slides (offset from the demo's), encoders, cohorts and training."""
+    strategies: tuple[str, ...] = field(default_factory=lambda: tuple(STRATEGIES))
+    """Names from `STRATEGIES` to compare."""
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRow:
+    """One generator x cohort size x head x strategy: means over its cohorts."""
+
+    generator: str
+    """drawn or textured."""
+    cohort: int
+    """Slides per cohort."""
+    head: str
+    """MIL head."""
+    strategy: str
+    """Key of `STRATEGIES`."""
+    n_cohorts: int
+    """Disjoint cohorts averaged."""
+    oof_auroc: float
+    """Mean pooled out-of-fold AUROC."""
+    oof_log_loss: float
+    """Mean out-of-fold cross-entropy."""
+    epochs: float
+    """Mean epochs run per fold."""
+    loc_attention: float
+    """Lesion-localisation AUROC of attention, pooled over the held-out positive slides' tiles
+    (a tile is lesion when ≥ 50% of it is)."""
+    loc_tiles: float
+    """The same for the tile scores (P(positive) of each tile)."""
+    top_k: float
+    """Mean over those slides of the share of the k most attended tiles that are lesion, k the
+    slide's lesion tiles."""
+
+
+_SEED_OFFSET = 1000
+"""The study's slides never coincide with the demo's (seeds 0 and 1)."""
+
+
+def prepare_generator(
+    out: Path, generator: str, texture: Path | None, s: LearningSettings, console: Console
+) -> Path:
+    """Slides, encoder and features of one generator under `out/generator`; returns the
+    features folder (labels in `out/generator/slides/labels.csv`)."""
+    from slidemill.cluster import load_cluster_config
+    from slidemill.pipeline.cohort import WEIGHTS_FILE, encoder_bundle, pretrain
+    from slidemill.pipeline.graph import run_batch
+    from slidemill.schemas import RunSpec
+    from slidemill.workers import PretrainConfig
+
+    root = out / generator
+    slides = root / "slides"
+    if not (slides / "labels.csv").is_file():
+        console.print(f"[bold]synth[/bold] {s.n_slides} {generator} slides → {slides}")
+        write_benchmark_set(
+            slides,
+            n=s.n_slides,
+            seed=s.seed + _SEED_OFFSET + GENERATORS.index(generator),
+            size=s.size,
+            texture=texture if generator == "textured" else None,
+        )
+    encoder_dir = root / "encoder"
+    if not (encoder_dir / WEIGHTS_FILE).is_file():
+        console.print(f"[bold]pretrain[/bold] histo_cnn on {generator} tiles → {encoder_dir}")
+        pretrain(
+            (slides,),
+            encoder_dir,
+            encoder="histo_cnn",
+            tile_mpp=1.0,
+            tile_px=112,
+            config=PretrainConfig(steps=s.pretrain_steps, seed=s.seed),
+        )
+    features = root / "features"
+    bundle = encoder_bundle(
+        features,
+        encoder="histo_cnn",
+        encoder_weights=encoder_dir / WEIGHTS_FILE,
+        tile_mpp=1.0,
+        tile_px=112,
+        seed=s.seed,
+    )
+    console.print(f"[bold]features[/bold] {generator} → {features}")
+    run_batch(
+        RunSpec(
+            slides=(slides,),
+            model=bundle,
+            out=features,
+            cluster=load_cluster_config(),
+            stages="features",
+            show_progress=False,
+        )
+    )
+    return features
+
+
+def cohorts(labels: Mapping[str, int], size: int, seed: int) -> list[list[str]]:
+    """Disjoint cohorts of `size` slides, half of them (rounded down) of class 1; as many as
+    the set holds (one when `size` is the whole set)."""
+    rng = np.random.default_rng([seed, size])
+    pos = [str(i) for i in rng.permutation(sorted(i for i, y in labels.items() if y == 1))]
+    neg = [str(i) for i in rng.permutation(sorted(i for i, y in labels.items() if y == 0))]
+    n_pos = size // 2
+    out: list[list[str]] = []
+    while len(pos) >= n_pos and len(neg) >= size - n_pos:
+        out.append(sorted([*pos[:n_pos], *neg[: size - n_pos]]))
+        pos, neg = pos[n_pos:], neg[size - n_pos :]
+    return out
+
+
+def _tile_lesion(features: Path, slide_id: str, slide_path: Path) -> NDArray[np.bool_] | None:
+    """Whether each tile of a slide's features is lesion (≥ 50% of it), from the truth beside
+    the slide; None without truth."""
+    from slidemill.pipeline.graph import read_all, read_attrs
+    from slidemill.pipeline.synth import truth_beside
+    from slidemill.schemas.layout import SLIDE_STORE, StoreArray
+
+    truth = truth_beside(slide_path)
+    if truth is None:
+        return None
+    store = features / slide_id / SLIDE_STORE
+    coords = np.asarray(read_all(store, StoreArray.COORDS))
+    size = read_attrs(store).tile_size_level0
+    frac = np.array([truth.lesion_fraction(float(x), float(y), size, size) for x, y in coords])
+    out: NDArray[np.bool_] = frac >= 0.5
+    return out
+
+
+def _config(head: str, strategy: str, folds: int, seed: int) -> TrainConfig:
+    from slidemill.workers import TrainConfig
+
+    settings = dict(STRATEGIES[strategy])
+    k = int(settings.pop("instance_k", 0))
+    kwargs: dict[str, int | float | str | bool] = {"instance_k": k} if k and "abmil" in head else {}
+    return TrainConfig(head=head, head_kwargs=kwargs, n_folds=folds, seed=seed, **settings)  # type: ignore[arg-type]
+
+
+def study_features(
+    features: Path,
+    labels_csv: Path,
+    generator: str,
+    s: LearningSettings,
+    console: Console,
+) -> list[StudyRow]:
+    """Cross-validate every head and strategy on every cohort of one generator's features; the
+    folds' heads also score their held-out positive slides' tiles against the truth."""
+    import csv
+
+    import torch
+
+    from slidemill.workers import cross_validate
+    from slidemill.workers.metrics import auroc, top_k_lesion_share
+    from slidemill.workers.training import FeatureBags, scan_features
+
+    folder = scan_features(features)
+    with labels_csv.open(newline="") as f:
+        rows_csv = list(csv.DictReader(f))
+    labels = {
+        r["slide_id"]: int(r["label"] == "positive")
+        for r in rows_csv
+        if r["slide_id"] in folder.slides and folder.slides[r["slide_id"]].reason is None
+    }
+    paths = {r["slide_id"]: labels_csv.parent / r["path"] for r in rows_csv}
+    lesion = {
+        sid: m
+        for sid, y in labels.items()
+        if y == 1 and (m := _tile_lesion(features, sid, paths[sid])) is not None and m.any()
+    }
+    bags = FeatureBags({sid: folder.slides[sid].store for sid in labels})
+    rows = []
+    for size in s.cohorts:
+        groups = cohorts(labels, size, s.seed)
+        for head in s.heads:
+            for name in s.strategies:
+                aurocs, losses, epochs = [], [], []
+                flags, att, tile, top = [], [], [], []
+                for k, ids in enumerate(groups):
+                    config = _config(head, name, s.folds, s.seed + k)
+                    cv = cross_validate(bags, {i: labels[i] for i in ids}, ("n", "p"), config)
+                    y = cv.y
+                    p = np.clip(cv.oof_probabilities[np.arange(y.shape[0]), y], 1e-12, 1.0)
+                    aurocs.append(cv.oof_auroc if cv.oof_auroc is not None else math.nan)
+                    losses.append(float(-np.log(p).mean()))
+                    epochs.append(float(np.mean([f.training.epochs_run for f in cv.folds])))
+                    for fold in cv.folds:
+                        for sid in fold.test_ids:
+                            if sid not in lesion:
+                                continue
+                            with torch.inference_mode():
+                                out = fold.training.head(torch.from_numpy(np.asarray(bags[sid])))
+                            a = out.attention.double().numpy()
+                            t = torch.softmax(out.tile_logits.double(), -1)[:, 1].numpy()
+                            flags.append(lesion[sid])
+                            att.append(a)
+                            tile.append(t)
+                            top.append(top_k_lesion_share(a, lesion[sid]))
+                where = np.concatenate(flags) if flags else np.zeros(0, bool)
+                row = StudyRow(
+                    generator, size, head, name, len(groups),
+                    float(np.mean(aurocs)), float(np.mean(losses)), float(np.mean(epochs)),
+                    auroc(where, np.concatenate(att)) if flags else math.nan,
+                    auroc(where, np.concatenate(tile)) if flags else math.nan,
+                    float(np.mean(top)) if top else math.nan,
+                )  # fmt: skip
+                console.print(
+                    f"{generator:9s} n={size:3d} {head:12s} {name:48s} "
+                    f"AUROC {row.oof_auroc:.3f}  log loss {row.oof_log_loss:.3f}  "
+                    f"epochs {row.epochs:5.1f}  localisation attention {row.loc_attention:.3f} "
+                    f"tiles {row.loc_tiles:.3f} top-k {row.top_k:.3f}",
+                    highlight=False,
+                )
+                rows.append(row)
+    return rows
+
+
+def run_learning_study(
+    out: Path, texture: Path, settings: LearningSettings, console: Console
+) -> list[StudyRow]:
+    """Every generator's data, then the study; writes `out/learning-study.json`."""
+    for size in settings.cohorts:
+        if size > settings.n_slides or size < 2 * settings.folds:
+            from slidemill.schemas.errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"cohort size {size}: must lie in [{2 * settings.folds}, {settings.n_slides}]"
+            )
+    rows: list[StudyRow] = []
+    for generator in GENERATORS:
+        features = prepare_generator(out, generator, texture, settings, console)
+        rows += study_features(
+            features, out / generator / "slides" / "labels.csv", generator, settings, console
+        )
+    doc = {
+        "settings": {
+            **asdict(settings),
+            "strategies": {k: dict(STRATEGIES[k]) for k in settings.strategies},
+        },
+        "rows": [asdict(r) for r in rows],
+    }
+    (out / "learning-study.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return rows
+
+
+def study_table(rows: Sequence[StudyRow]) -> str:
+    """The rows as a markdown table: one line per strategy and head, a column per generator and
+    cohort size (mean out-of-fold AUROC / log loss)."""
+    keys = sorted(
+        {(r.generator, r.cohort) for r in rows}, key=lambda k: (GENERATORS.index(k[0]), k[1])
+    )
+    head = "| strategy | head | " + " | ".join(f"{g} n={n}" for g, n in keys) + " |"
+    lines = [head, "|" + "---|" * (2 + len(keys))]
+    seen: dict[tuple[str, str], dict[tuple[str, int], StudyRow]] = {}
+    for r in rows:
+        seen.setdefault((r.strategy, r.head), {})[(r.generator, r.cohort)] = r
+    for (strategy, h), cells in seen.items():
+        vals = [
+            f"{cells[k].oof_auroc:.3f} / {cells[k].oof_log_loss:.3f}" if k in cells else "—"
+            for k in keys
+        ]
+        lines.append(f"| {strategy} | {h} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
