@@ -3,7 +3,8 @@
 Backends: the embedded LocalCluster (the default), an existing scheduler, SLURM (dask-jobqueue),
 Kubernetes (the dask-kubernetes operator) and a multi-GPU node (dask-cuda). `connect` hands back
 a `distributed.Client` either way; nothing else in slidemill knows which. CPU pools read and tile;
-GPU pools declare a `GPU` resource and run inference.
+GPU pools declare a `GPU` resource and run inference. SLURM and an existing scheduler speak TLS
+unless their config says otherwise; `check_pools` tells a batch that a pool never started.
 """
 
 from slidemill.cluster._backend import (
@@ -23,8 +24,15 @@ from slidemill.cluster._connect import connect, gpu_workers, register_worker_plu
 from slidemill.cluster._kubernetes import KubernetesSpec, kubernetes_spec
 from slidemill.cluster._preview import preview
 from slidemill.cluster._registry import BACKENDS
+from slidemill.cluster._security import existing_security, is_loopback, tls_security
 from slidemill.cluster._slurm import CUDA_WORKER, SlurmPools, gpu_job_kwargs, slurm_pools
-from slidemill.cluster.errors import ClusterConfigError, ClusterError, MissingExtraError
+from slidemill.cluster._starting import QueuedJob, check_pools, start_failure
+from slidemill.cluster.errors import (
+    ClusterConfigError,
+    ClusterError,
+    MissingExtraError,
+    PoolStartError,
+)
 
 __all__ = [
     "BACKENDS",
@@ -38,16 +46,23 @@ __all__ = [
     "ClusterSettings",
     "KubernetesSpec",
     "MissingExtraError",
+    "PoolStartError",
+    "QueuedJob",
     "SlurmPools",
+    "check_pools",
     "connect",
     "example_config",
     "example_names",
+    "existing_security",
     "gpu_job_kwargs",
     "gpu_workers",
+    "is_loopback",
     "kubernetes_spec",
     "load_cluster_config",
     "nanny_environ",
     "preview",
     "register_worker_plugin",
     "slurm_pools",
+    "start_failure",
+    "tls_security",
 ]

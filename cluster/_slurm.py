@@ -4,13 +4,25 @@ GPU pool of fixed size whose workers declare `GPU=1`.
 The job scripts are dask-jobqueue's own (`SLURMCluster.job_script()`); slidemill only chooses the
 arguments. `slurm_pools` creates the cluster objects without submitting anything (creating one
 starts its scheduler in this process), so the scripts can be inspected before a run.
+
+Scheduler and workers speak TLS unless the config says `tls: false`: temporary certificates are
+written to `shared_temp_directory` for the jobs to read (dask-jobqueue's mechanism), or the
+config names certificate files. Before any job is submitted, `sbatch --test-only` checks each
+pool's job script, so a job SLURM refuses (a partition that does not exist, more memory than a
+node has) stops the run with SLURM's own message; a pool whose jobs then wait in the queue
+longer than `start_timeout` stops the batch with SLURM's reason (`cluster._starting`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from distributed import Client
@@ -21,6 +33,9 @@ from slidemill.cluster._backend import (
     nanny_environ_export,
     require_extra,
 )
+from slidemill.cluster._security import tls_security
+from slidemill.cluster._starting import PoolWatch, watching
+from slidemill.cluster.errors import PoolStartError
 from slidemill.schemas import SlurmClusterConfig, SlurmCpuPool, SlurmGpuPool
 
 DASK_WORKER = "distributed.cli.dask_worker"
@@ -89,15 +104,31 @@ def gpu_job_kwargs(config: SlurmClusterConfig) -> dict[str, Any]:
     }
 
 
+def _shared_temp_directory(config: SlurmClusterConfig) -> str:
+    """The folder for temporary certificates, created private to this account."""
+    folder = Path(os.path.expandvars(config.shared_temp_directory)).expanduser()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return str(folder)
+
+
 @contextmanager
 def slurm_pools(config: SlurmClusterConfig) -> Iterator[SlurmPools]:
     """Create the pools' `SLURMCluster` objects, submitting no job; close them on exit (which
     cancels any job they submitted meanwhile)."""
     jobqueue = require_extra("dask_jobqueue", "slurm")
+    security = tls_security(config.tls, "the SLURM cluster")
+    tls: dict[str, Any] = {}
+    if security is not None:
+        tls = {
+            "security": security,
+            "protocol": "tls://",
+            "shared_temp_directory": _shared_temp_directory(config),
+        }
     with ExitStack() as stack:
         cpu = stack.enter_context(
             jobqueue.SLURMCluster(
                 **cpu_job_kwargs(config),
+                **tls,
                 scheduler_options={"dashboard_address": config.dashboard_address},
             )
         )
@@ -108,20 +139,67 @@ def slurm_pools(config: SlurmClusterConfig) -> Iterator[SlurmPools]:
             gpu = stack.enter_context(
                 jobqueue.SLURMCluster(
                     **gpu_job_kwargs(config),
+                    **tls,
                     job_cls=AttachedSLURMJob,
                     attach_to=cpu.scheduler.address,
                     # this cluster's own scheduler gets no worker: keep it quiet and local
                     scheduler_options={"host": "127.0.0.1", "dashboard": False},
                 )
             )
+        stack.callback(_remove_certificates, cpu, gpu)  # after the clusters have closed
         yield SlurmPools(cpu, gpu)
+
+
+def _remove_certificates(*clusters: Any) -> None:
+    """Delete the temporary certificates dask-jobqueue wrote for the jobs (it keeps them open
+    until the cluster object is garbage-collected)."""
+    for cluster in clusters:
+        for key in ("ca_file", "cert", "key"):
+            handle = getattr(cluster, f"_job_{key}", None)
+            if handle is not None:
+                handle.close()
+
+
+def check_submission(pool: str, script: str) -> None:
+    """`sbatch --test-only` on a pool's job script: raise `PoolStartError` with SLURM's
+    message when SLURM would refuse the job (it submits nothing)."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise PoolStartError(f"SLURM pool {pool!r}: sbatch is not on the PATH of this machine")
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="slidemill-check-") as f:
+        f.write(script)
+        f.flush()
+        proc = subprocess.run(
+            [sbatch, "--test-only", f.name], capture_output=True, text=True, check=False
+        )
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        reason = next((line for line in lines if "error" in line.lower()), None)
+        raise PoolStartError(
+            f"SLURM pool {pool!r}: sbatch refused its job: "
+            f"{reason or (lines[0] if lines else f'exit status {proc.returncode}')}"
+        )
+
+
+def _no_gpu(worker: Mapping[str, Any]) -> bool:
+    return not worker.get("resources", {}).get(GPU_RESOURCE)
+
+
+def _gpu(worker: Mapping[str, Any]) -> bool:
+    return bool(worker.get("resources", {}).get(GPU_RESOURCE))
 
 
 @contextmanager
 def open_slurm(config: SlurmClusterConfig) -> Iterator[Client]:
-    """Submit the pools' jobs (adaptively or a fixed number) and yield a client on the CPU pool's
-    scheduler; on exit the jobs are cancelled."""
+    """Check the pools' job scripts with SLURM, submit their jobs (adaptively or a fixed
+    number) and yield a client on the CPU pool's scheduler, watched until each pool starts; on
+    exit the jobs are cancelled."""
     with slurm_pools(config) as pools:
+        check_submission("cpu", pools.cpu.job_script())
+        watches = [PoolWatch("SLURM pool 'cpu'", pools.cpu, _no_gpu, config.start_timeout)]
+        if pools.gpu is not None:
+            check_submission("gpu", pools.gpu.job_script())
+            watches.append(PoolWatch("SLURM pool 'gpu'", pools.gpu, _gpu, config.start_timeout))
         if config.cpu.adapt is not None:
             pools.cpu.adapt(
                 minimum_jobs=config.cpu.adapt.minimum, maximum_jobs=config.cpu.adapt.maximum
@@ -130,7 +208,7 @@ def open_slurm(config: SlurmClusterConfig) -> Iterator[Client]:
             pools.cpu.scale(jobs=config.cpu.scale)
         if pools.gpu is not None and config.gpu is not None:
             pools.gpu.scale(jobs=config.gpu.scale)
-        with Client(pools.cpu) as client:
+        with Client(pools.cpu) as client, watching(client, watches):
             yield client
 
 

@@ -16,3 +16,8 @@ class ClusterConfigError(ClusterError):
 
 class MissingExtraError(ClusterError):
     """A backend's optional dependency is not installed (e.g. dask-jobqueue for `slurm`)."""
+
+
+class PoolStartError(ClusterError):
+    """A batch system's worker pool cannot start (its job is refused) or did not start in time
+    (its jobs wait in the queue); the message names the pool and the batch system's reason."""

@@ -118,6 +118,30 @@ class Adapt(_Config):
         return self
 
 
+class TlsFiles(_Config):
+    """Certificate files for TLS between client, scheduler and workers (PEM). Every job or pod
+    reads them, so on a batch system they must be on storage the compute nodes see."""
+
+    ca_file: Path = Field(description="The CA that signed the certificates; peers must match it.")
+    cert_file: Path = Field(description="The certificate every role presents.")
+    key_file: Path | None = Field(
+        default=None, description="Its private key; null = inside cert_file."
+    )
+
+
+TlsSetting = TlsFiles | bool
+"""`tls:` of a backend that listens beyond loopback: true (the default) = temporary
+certificates made for the run; a mapping = certificate files; false = plain TCP (anyone who
+can reach the scheduler's port can run code as you: only on a trusted network, with a
+warning)."""
+
+TLS_DESCRIPTION = (
+    "TLS between client, scheduler and workers: true = temporary certificates made for this "
+    "run (the default), {ca_file, cert_file, key_file} = certificate files, false = plain TCP "
+    "(a warning; anyone reaching the scheduler's port could run code as you)."
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # local and existing
 
@@ -163,6 +187,12 @@ class ExistingClusterConfig(_Config):
         default=None, description="A scheduler file written by `dask scheduler --scheduler-file`."
     )
     timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for the scheduler.")
+    tls: TlsFiles | Literal[False] | None = Field(
+        default=None,
+        description="A tls:// scheduler's certificate files ({ca_file, cert_file, key_file}); "
+        "false = plain TCP to a scheduler beyond loopback, allowed with a warning; null = "
+        "plain TCP only on loopback.",
+    )
 
     @model_validator(mode="after")
     def _one_address(self) -> ExistingClusterConfig:
@@ -311,6 +341,18 @@ class SlurmClusterConfig(_Config):
     )
     log_directory: str | None = Field(default=None, description="Where SLURM writes job logs.")
     dashboard_address: str = Field(default=":8787", description="Scheduler dashboard address.")
+    tls: TlsSetting = Field(default=True, description=TLS_DESCRIPTION)
+    shared_temp_directory: str = Field(
+        default="~/.slidemill/tls",
+        description="Where temporary certificates are written for the jobs to read (created "
+        "0700, files 0600, removed when the cluster closes): a folder every compute node sees.",
+    )
+    start_timeout: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a pool's jobs may wait in the queue before any of its workers "
+        "joins; then the batch stops with SLURM's reason for each job.",
+    )
     nanny_env: NannyEnv = NannyEnv()
     cpu: SlurmCpuPool
     gpu: SlurmGpuPool | None = None

@@ -30,6 +30,7 @@ from slidemill.cluster import (
     ClusterConfigError,
     ClusterSettings,
     MissingExtraError,
+    QueuedJob,
     connect,
     example_config,
     example_names,
@@ -39,6 +40,7 @@ from slidemill.cluster import (
     load_cluster_config,
     preview,
     slurm_pools,
+    start_failure,
 )
 from slidemill.schemas import (
     BACKEND_NAMES,
@@ -49,6 +51,7 @@ from slidemill.schemas import (
     KubernetesClusterConfig,
     LocalClusterConfig,
     SlurmClusterConfig,
+    TlsFiles,
     write_json_schemas,
 )
 
@@ -311,6 +314,7 @@ def slurm_example(
     monkeypatch.setenv("SLIDEMILL_CLUSTER__INTERFACE", "lo")
     monkeypatch.setenv("SLIDEMILL_CLUSTER__DASHBOARD_ADDRESS", ":0")
     monkeypatch.setenv("SLIDEMILL_CLUSTER__LOG_DIRECTORY", str(tmp_path / "logs"))
+    monkeypatch.setenv("SLIDEMILL_CLUSTER__SHARED_TEMP_DIRECTORY", str(tmp_path / "tls"))
     config = load_cluster_config(example_config("slurm"))
     assert isinstance(config, SlurmClusterConfig)
     return config
@@ -382,6 +386,7 @@ def test_slurm_jobs_with_several_gpus_start_dask_cudas_worker() -> None:
 
 
 _FAKE_SBATCH = """#!/bin/sh
+if [ "$1" = --test-only ]; then echo "sbatch: Job 1 to start at now" >&2; exit 0; fi
 cp "$1" "{jobs}/$$.sh"
 echo "Submitted batch job $$"
 """
@@ -573,3 +578,59 @@ def test_cuda_backend_gives_gpu_workers_a_gpu_resource_and_adds_cpu_workers(
     assert workers[cpu_worker]["resources"] == {}
     assert devices[cpu_worker] == ""  # the CPU worker sees no GPU
     assert {w["memory_limit"] for w in workers.values()} == {600 * 2**20}
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS by default beyond loopback; pools that never start
+
+
+def test_slurm_job_scripts_carry_tls_unless_the_config_says_plain_tcp(
+    slurm_example: SlurmClusterConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    with slurm_pools(slurm_example) as pools:
+        script, address = pools.cpu.job_script(), pools.cpu.scheduler.address
+        certs = sorted(p.name for p in (Path(slurm_example.shared_temp_directory)).iterdir())
+    assert address.startswith("tls://") and f" {address} " in script
+    assert "--tls-ca-file" in script and "--tls-cert" in script and "--tls-key" in script
+    assert len(certs) == 6  # CA, certificate and key, for each pool (cpu, gpu)
+    assert all(c.startswith(".dask-jobqueue.worker.") for c in certs)
+    assert not list(Path(slurm_example.shared_temp_directory).iterdir())  # removed on close
+    plain = slurm_example.model_copy(update={"tls": False})
+    with caplog.at_level("WARNING"), slurm_pools(plain) as pools:
+        script, address = pools.cpu.job_script(), pools.cpu.scheduler.address
+    assert address.startswith("tcp://") and "--tls" not in script
+    assert "plain TCP (tls: false)" in caplog.text
+
+
+def test_an_existing_scheduler_beyond_loopback_needs_tls_or_an_explicit_plain_tcp(
+    tmp_path: Path, clean_environ: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from slidemill.cluster import existing_security
+
+    assert existing_security("tcp://127.0.0.1:8786", None, "here") is None
+    with pytest.raises(ClusterConfigError, match=r"plain TCP beyond loopback.*tls: false"):
+        existing_security("tcp://10.0.0.5:8786", None, "here")
+    with pytest.raises(ClusterConfigError, match=r"speaks TLS: name its certificates"):
+        existing_security("tls://10.0.0.5:8786", None, "here")
+    with caplog.at_level("WARNING"):
+        assert existing_security("tcp://10.0.0.5:8786", False, "here") is None
+    assert "plain TCP" in caplog.text
+    files = TlsFiles(ca_file=tmp_path / "ca.pem", cert_file=tmp_path / "c.pem")
+    with pytest.raises(ClusterConfigError, match=r"no certificate file .*ca\.pem"):
+        existing_security("tls://10.0.0.5:8786", files, "here")
+    config = load_cluster_config(
+        _write(tmp_path, {"backend": "existing", "scheduler": "tls://h:1", "tls": {
+            "ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "k.pem"}})
+    )  # fmt: skip
+    assert isinstance(config, ExistingClusterConfig) and isinstance(config.tls, TlsFiles)
+
+
+def test_a_pool_fails_to_start_only_after_its_timeout_and_with_every_jobs_reason() -> None:
+    jobs = [QueuedJob("7", "PENDING", "BeginTime"), QueuedJob("8", "PENDING", "None")]
+    assert start_failure("SLURM pool 'cpu'", 4.9, 5, False, jobs) is None
+    assert start_failure("SLURM pool 'cpu'", 60, 5, True, jobs) is None  # it started once
+    assert start_failure("SLURM pool 'cpu'", 60, 5, False, []) is None  # nothing submitted
+    assert start_failure("SLURM pool 'cpu'", 5, 5, False, jobs) == (
+        "SLURM pool 'cpu' did not start within 5 s, no worker joined: "
+        "job 7 PENDING (BeginTime); job 8 PENDING"
+    )

@@ -1,0 +1,372 @@
+"""On a real single-node SLURM (`conftest.slurm`), through the public command line and cluster
+config files: worker jobs over TLS, a job cancelled mid-batch, workers retiring before their
+walltime, pools that never start, and the lab service on SLURM.
+
+Jobs are sized for two cores: one core and 4 GiB each, single-threaded workers. The slides and
+the output folder are on this machine's filesystem, which the jobs see (a multi-node site needs
+a shared one: README, "Running on SLURM"). Every SLURM test is in this file, so one pytest
+process (`--dist loadfile`) starts one SLURM. What each fault test saw (job ids, how long a
+replacement took) is printed; `pytest -s` shows it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from distributed import Client
+from distributed.security import Security
+
+from slidemill.cluster import connect, load_cluster_config
+from tests.cluster.slurm_harness import SingleNodeSlurm
+from tests.helpers import slidemill
+from tests.service.conftest import TOKEN, start_service
+
+pytestmark = pytest.mark.slow
+
+JOB = {"cores": 1, "memory": "4GiB", "walltime": "00:10:00"}
+"""One worker job: a core and 4 GiB (a tiny-model worker reaches ~1.2 GiB)."""
+REGISTERED = re.compile(r"Registered to:\s+(\S+)")
+# dask's adaptive target counts seconds of queued work per worker (default 5 s); this small
+# batch asks for its second job only when that is shorter
+EAGER_ADAPT = {"DASK_DISTRIBUTED__ADAPTIVE__TARGET_DURATION": "1s"}
+# small tasks, many of them; every run here (the LocalCluster's too) cuts the same blocks, so the
+# encoder sees the same batches and the scores are equal to the bit
+BLOCKS = ("--tiles-per-task", "8")
+
+
+def _config(folder: Path, cpu: dict[str, Any], **settings: Any) -> Path:
+    """A SLURM cluster config on loopback, with logs and temporary certificates in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "backend": "slurm",
+        "interface": "lo",
+        "dashboard_address": ":0",
+        "log_directory": str(folder / "logs"),
+        "shared_temp_directory": str(folder / "tls"),
+        **settings,
+        "cpu": {**JOB, **cpu},
+    }
+    path = folder / "slurm.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _probabilities(out: Path) -> dict[str, list[float]]:
+    return {
+        p.parent.name: json.loads(p.read_text())["probabilities"] for p in out.glob("*/result.json")
+    }
+
+
+def _results(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _registered(logs: Path) -> dict[str, str]:
+    """Job id → the scheduler address its worker registered to, from the job logs."""
+    seen = {}
+    for err in logs.glob("slidemill-cpu-*.err"):
+        match = REGISTERED.search(err.read_text(errors="replace"))
+        if match:
+            seen[err.stem.rsplit("-", 1)[1]] = match.group(1)
+    return seen
+
+
+def _popen(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slidemill.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def local_scores(
+    slides_dir: Path, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[float]]:
+    """The generated slides' probabilities from the embedded LocalCluster."""
+    out = tmp_path_factory.mktemp("local")
+    proc = slidemill(
+        "run", slides_dir, "--model", tiny_bundle, "--out", out, "--workers", "1",
+        "--no-progress", *BLOCKS,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _probabilities(out)
+
+
+@pytest.fixture(scope="module")
+def many_slides(
+    slides_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, str]]:
+    """A folder of twelve slides (hard links to the two generated ones), and slide id → the
+    original's id."""
+    folder = tmp_path_factory.mktemp("many")
+    source = {}
+    for i in range(6):
+        for original in ("synth-svs.svs", "synth-tiff.tiff"):
+            stem, suffix = original.split(".")
+            os.link(slides_dir / original, folder / f"{stem}-{i}.{suffix}")
+            source[f"{stem}-{i}"] = stem
+    return folder, source
+
+
+@pytest.fixture
+def slurm_env(slurm: SingleNodeSlurm) -> Iterator[SingleNodeSlurm]:
+    """The cluster, with no job of an earlier test left in its queue."""
+    yield slurm
+    slurm.command("scancel", "--full", "--quiet", "-u", "root", check=False)
+
+
+def _every_slide_done_once(out: Path, expected: dict[str, list[float]]) -> None:
+    rows = _results(out)
+    assert sorted(r["slide_id"] for r in rows) == sorted(expected)  # each slide once
+    assert {r["status"] for r in rows} == {"done"}, rows
+    assert _probabilities(out) == expected  # the LocalCluster's scores, bit for bit
+    assert not (out / ".partial").exists() or not any((out / ".partial").iterdir())
+
+
+def test_scale_2_runs_every_slide_over_tls_with_the_local_scores(
+    slurm_env: SingleNodeSlurm,
+    slides_dir: Path,
+    tiny_bundle: Path,
+    local_scores: dict[str, list[float]],
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path / "cluster", {"scale": 2})
+    out = tmp_path / "out"
+    proc = slidemill(
+        "run", slides_dir, "--model", tiny_bundle, "--out", out, "--cluster", config,
+        "--no-progress", *BLOCKS,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _every_slide_done_once(out, local_scores)
+    registered = _registered(tmp_path / "cluster" / "logs")
+    assert len(registered) == 2, slurm_env.jobs()
+    assert all(a.startswith("tls://") for a in registered.values()), registered
+    jobs = slurm_env.jobs()
+    assert {jobs[j][0] for j in registered} == {"slidemill-cpu"}
+    # the jobs end with the run; the temporary certificates are removed with the cluster
+    assert {jobs[j][1] for j in registered} <= {"CANCELLED", "COMPLETED", "COMPLETING"}
+    assert not list((tmp_path / "cluster" / "tls").iterdir())
+    print(f"\nscale 2: jobs {sorted(registered)}, workers on {set(registered.values())}")
+
+
+def test_a_client_without_the_certificate_is_refused(
+    slurm_env: SingleNodeSlurm, tmp_path: Path
+) -> None:
+    config = load_cluster_config(_config(tmp_path, {"scale": 1}))
+    with connect(config) as client:
+        address = client.scheduler_info()["address"]
+        assert isinstance(address, str) and address.startswith("tls://")
+        client.wait_for_workers(1, timeout=180)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert all(w.startswith("tls://") for w in workers)
+        assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+        # no certificate; a certificate from another CA; plain TCP to the TLS port
+        for attempt in (
+            {"address": address},
+            {"address": address, "security": Security.temporary()},
+            {"address": address.replace("tls://", "tcp://")},
+        ):
+            with pytest.raises((OSError, TimeoutError, TypeError)):
+                Client(**attempt, timeout=5).close()
+        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
+
+
+def test_a_worker_job_cancelled_mid_batch_is_replaced_and_nothing_is_lost(
+    slurm_env: SingleNodeSlurm,
+    many_slides: tuple[Path, dict[str, str]],
+    tiny_bundle: Path,
+    local_scores: dict[str, list[float]],
+    tmp_path: Path,
+) -> None:
+    slides, source = many_slides
+    config = _config(tmp_path / "cluster", {"adapt": {"minimum": 0, "maximum": 2}})
+    logs, out = tmp_path / "cluster" / "logs", tmp_path / "out"
+    t0 = time.monotonic()
+    proc = _popen(
+        "run", slides, "--model", tiny_bundle, "--out", out, "--cluster", config,
+        "--no-progress", *BLOCKS, env=EAGER_ADAPT,
+    )  # fmt: skip
+    try:
+        deadline = t0 + 240
+        while not _registered(logs):  # a worker at work: the batch is under way
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, slurm_env.jobs()
+            time.sleep(0.25)
+        first = sorted(_registered(logs), key=int)
+        finished = len(list(out.glob("*/result.json")))
+        assert finished < len(source)  # mid-batch
+        victim = first[0]
+        slurm_env.command("scancel", victim)
+        cancelled_at = time.monotonic()
+        known = set(slurm_env.jobs())
+        replacement: str | None = None
+        submitted_at: float | None = None
+        while proc.poll() is None:
+            assert time.monotonic() < deadline + 120, slurm_env.jobs()
+            if replacement is None:
+                new = set(slurm_env.jobs()) - known
+                if new:
+                    replacement, submitted_at = min(new, key=int), time.monotonic()
+            time.sleep(0.5)
+        output = proc.communicate()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    expected = {sid: local_scores[src] for sid, src in source.items()}
+    _every_slide_done_once(out, expected)
+    jobs = slurm_env.jobs()
+    assert jobs[victim][1] == "CANCELLED"
+    # adapt asked SLURM for a job in place of the cancelled one
+    assert replacement is not None and submitted_at is not None, (jobs, output[-2000:])
+    joined = replacement in _registered(logs)
+    print(
+        f"\nscancel: jobs {first} working, {finished} of {len(source)} slides done at "
+        f"{cancelled_at - t0:.1f} s; cancelled {victim}; replacement job {replacement} submitted "
+        f"{submitted_at - cancelled_at:.1f} s later (its worker joined before the end: {joined}, "
+        f"state {jobs[replacement][1]}); batch {time.monotonic() - t0:.1f} s; "
+        f"jobs seen: {sorted(jobs, key=int)}"
+    )
+
+
+@pytest.mark.xfail(
+    reason="a plan task run again after its worker retired rewrites the slide's store "
+    "(zarr mode 'w') under that slide's running tiling tasks: FileNotFoundError on "
+    ".partial/<slide>/slide.zarr/grid_index/zarr.json; seen on this SLURM, to be fixed in "
+    "pipeline.graph",
+    strict=False,
+)
+def test_workers_retire_before_their_walltime_and_new_jobs_take_over(
+    slurm_env: SingleNodeSlurm,
+    many_slides: tuple[Path, dict[str, str]],
+    tiny_bundle: Path,
+    local_scores: dict[str, list[float]],
+    tmp_path: Path,
+) -> None:
+    """Jobs of one minute whose workers retire after 25 s (`--lifetime`): the batch outlives
+    them, adapt submits new jobs, and no job reaches its walltime."""
+    slides, source = many_slides
+    cpu = {
+        "walltime": "00:01:00",
+        "worker_extra_args": ["--lifetime", "25s", "--lifetime-stagger", "2s"],
+        "adapt": {"minimum": 0, "maximum": 2},
+    }
+    config = _config(tmp_path / "cluster", cpu)
+    logs, out = tmp_path / "cluster" / "logs", tmp_path / "out"
+    t0 = time.monotonic()
+    proc = _popen(
+        "run", slides, "--model", tiny_bundle, "--out", out, "--cluster", config,
+        "--no-progress", *BLOCKS, env=EAGER_ADAPT,
+    )  # fmt: skip
+    try:
+        output = proc.communicate(timeout=270)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    _every_slide_done_once(out, {sid: local_scores[src] for sid, src in source.items()})
+    retired = sorted(
+        (err.stem.rsplit("-", 1)[1] for err in logs.glob("*.err")
+         if "worker-lifetime-reached" in err.read_text(errors="replace")),
+        key=int,
+    )  # fmt: skip
+    jobs = slurm_env.jobs()
+    ran = sorted(_registered(logs), key=int)
+    assert retired, (jobs, output[-2000:])
+    assert len(ran) > len(retired) or len(ran) > 2  # later jobs took over from retired ones
+    assert not [j for j, (_, state, _) in jobs.items() if state == "TIMEOUT"], jobs
+    print(
+        f"\nwalltime: jobs {ran} ran, {retired} retired through --lifetime; states "
+        f"{ {j: jobs[j][1] for j in ran} }; batch {time.monotonic() - t0:.1f} s"
+    )
+
+
+def test_a_partition_that_does_not_exist_is_one_line_naming_the_pool(
+    slurm_env: SingleNodeSlurm, slides_dir: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, {"scale": 1, "partition": "nope"})
+    t0 = time.monotonic()
+    proc = slidemill(
+        "run", slides_dir, "--model", tiny_bundle, "--out", tmp_path / "out", "--cluster",
+        config, "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line == (
+        "error: SLURM pool 'cpu': sbatch refused its job: "
+        "sbatch: error: invalid partition specified: nope"
+    )
+    assert not slurm_env.jobs() or all(s != "PENDING" for _, s, _ in slurm_env.jobs().values())
+    print(f"\nno partition: {time.monotonic() - t0:.1f} s: {line}")
+
+
+def test_a_job_stuck_pending_stops_the_batch_with_slurms_reason(
+    slurm_env: SingleNodeSlurm, slides_dir: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A job that may not start for an hour (`--begin=now+3600`) with `start_timeout: 5`."""
+    cpu = {"scale": 1, "job_extra_directives": ["--begin=now+3600"]}
+    config = _config(tmp_path, cpu, start_timeout=5)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    proc = slidemill(
+        "run", slides_dir, "--model", tiny_bundle, "--out", out, "--cluster", config,
+        "--no-progress",
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (stopped,) = [line for line in proc.stderr.splitlines() if line.startswith("stopped:")]
+    assert re.fullmatch(
+        r"stopped: SLURM pool 'cpu' did not start within 5 s, no worker joined: "
+        r"job (\d+) PENDING \(BeginTime\)",
+        stopped,
+    ), stopped
+    job = stopped.split("job ")[1].split()[0]
+    assert elapsed < 60
+    assert {r["status"] for r in _results(out)} == {"failed"}
+    assert slurm_env.jobs()[job][1] == "CANCELLED"  # not left in the queue
+    print(f"\npending: {elapsed:.1f} s: {stopped}")
+
+
+def test_the_service_runs_a_submitted_batch_on_slurm(
+    slurm_env: SingleNodeSlurm,
+    slides_dir: Path,
+    tiny_bundle: Path,
+    local_scores: dict[str, list[float]],
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path / "cluster", {"scale": 1})
+    # the allowed root holds the slides, the bundle and the output folder
+    service = start_service(tmp_path / "state", (tmp_path.parent,), "--cluster", str(config))
+    try:
+        out = tmp_path / "out"
+        proc = subprocess.run(
+            [sys.executable, "-m", "slidemill.cli", "submit", str(slides_dir), "--model",
+             str(tiny_bundle), "--out", str(out), "--server", service.url, "--wait", *BLOCKS],
+            capture_output=True, text=True, timeout=240, check=False,
+            env={**os.environ, "SLIDEMILL_TOKEN": TOKEN},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:] + service.log.read_text()[-3000:]
+        batch = service.get(f"/api/batches/{proc.stdout.strip().splitlines()[0]}")
+        assert batch["status"] == "done" and batch["n_done"] == 2
+        _every_slide_done_once(out, local_scores)
+        registered = _registered(tmp_path / "cluster" / "logs")
+        assert len(registered) == 1 and all(a.startswith("tls://") for a in registered.values())
+    finally:
+        service.stop()
+    (job,) = registered
+    assert slurm_env.jobs()[job][1] in {"CANCELLED", "COMPLETED", "COMPLETING"}
