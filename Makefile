@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres chromium lint bench bench-service bench-viewer clean
+.PHONY: install demo test postgres chromium slurm lint bench bench-service bench-viewer clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ demo: install
 # subprocesses and clusters as much as it computes.
 TEST_WORKERS ?= 2
 
-test: install postgres chromium
+test: install postgres chromium slurm
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The ledger's tests start a real PostgreSQL server from Debian's `postgresql` package (its
@@ -60,6 +60,19 @@ chromium:
 	  else \
 	    echo "chromium is missing, so the viewer's browser tests fail;" \
 	      "install it (Debian: sudo apt-get install chromium)"; \
+	  fi; \
+	fi
+
+# The SLURM tests start a real single-node SLURM (Debian's `slurm-wlm`, with `munge`) as root;
+# installed here when missing. apt waits for a dpkg lock another install holds.
+slurm:
+	@if ! command -v slurmctld >/dev/null && ! [ -x /usr/sbin/slurmctld ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	      -o DPkg::Lock::Timeout=600 slurm-wlm munge; \
+	  else \
+	    echo "SLURM is missing, so the SLURM tests are skipped when not root;" \
+	      "install it (Debian: sudo apt-get install slurm-wlm munge)"; \
 	  fi; \
 	fi
 

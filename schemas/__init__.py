@@ -20,6 +20,7 @@ from slidemill.schemas._cluster import (
     SlurmClusterConfig,
     SlurmCpuPool,
     SlurmGpuPool,
+    TlsFiles,
 )
 from slidemill.schemas._evaluation import (
     ClassificationMetrics,
@@ -104,6 +105,7 @@ __all__ = [
     "TemperatureScaling",
     "TilingSpec",
     "TissueMethod",
+    "TlsFiles",
     "describe",
     "slidemill_version",
     "validated",

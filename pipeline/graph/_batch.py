@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from slidemill.cluster import (
     GPU_RESOURCE,
+    check_pools,
     connect,
     gpu_workers,
     load_cluster_config,
@@ -426,6 +427,7 @@ def _follow(
             if now >= next_poll:
                 next_poll = now + POLL_S
                 watch = watch.observe(client.scheduler_info(n_workers=0)["n_workers"], now)
+                check_pools(client)  # a batch system's pool that never started stops the batch
                 if watch.expired(now):
                     raise NoWorkersError(f"no workers for {watch.timeout_s:g} s")
             if done is None:
