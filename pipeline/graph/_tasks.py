@@ -18,11 +18,12 @@ from pydantic import TypeAdapter, ValidationError
 from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
 from slidemill.pipeline.export import export_slide
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
-from slidemill.pipeline.graph._resume import ResumeKey, partial_is_valid
+from slidemill.pipeline.graph._resume import ResumeKey, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
     clear_progress,
     create_store,
     drop_tiles,
+    final_dir,
     fresh_work_dir,
     is_done,
     mark_done,
@@ -356,11 +357,29 @@ def plan_or_refuse(job: SlideJob) -> SlidePlan | Refusal:
         return refusal_for(err)
 
 
+def published_here(plan: SlidePlan) -> SlideResult | None:
+    """The slide's result when this batch has already published it, else None.
+
+    Dask recomputes a task whose result was lost with a worker (one retiring through
+    --lifetime before it could hand its results over, say). By then the slide's folder may be
+    published and its work folder gone: its tasks then find the work done, not a missing
+    store. The work folder exists whenever the slide is not published, so this costs one stat."""
+    job = plan.job
+    if job.work.exists():
+        return None
+    try:
+        text = (final_dir(Path(job.out), job.slide_id) / RESULT_JSON).read_text()
+        result = SlideResult.model_validate_json(text)
+    except (OSError, ValidationError):
+        return None
+    return result if key_of(result.provenance, result.path) == job.key else None
+
+
 def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
     """The tiling task: `write_tiles` unless an interrupted run finished this block already;
     returns seconds."""
     job = plan.job
-    if is_done(job.work, f"tile-{start}"):
+    if is_done(job.work, f"tile-{start}") or published_here(plan) is not None:
         return 0.0
     t0 = time.perf_counter()
     write_tiles(plan, start, stop)
@@ -414,7 +433,7 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> Encod
     result: passing it makes this task wait for that one.
     """
     job = plan.job
-    if is_done(job.work, f"encode-{start}"):
+    if is_done(job.work, f"encode-{start}") or published_here(plan) is not None:
         return Encoded(0.0, None)
     t0 = time.perf_counter()
     model = get_model(job.model_bundle, job.model_sha256)
@@ -479,6 +498,9 @@ def mil_slide(plan: SlidePlan, _encoded: list[Encoded]) -> MILResult:
     """Run the MIL head over the slide's features (with --qc exclude, those of tiles passing
     QC, unless none does); writes attention (0 for tiles left out) and every tile's scores, and
     scores the features against the bundle's reference."""
+    published = published_here(plan)
+    if published is not None:
+        return MILResult(probabilities=published.probabilities, seconds=0.0)
     t0 = time.perf_counter()
     job = plan.job
     model = get_model(job.model_bundle, job.model_sha256)
@@ -560,6 +582,9 @@ def reduce_slide(
     plan: SlidePlan, mil: MILResult, tiled: list[float], encoded: list[Encoded]
 ) -> SlideResult:
     """Write the heatmap, its PNG and result.json, then publish the slide's folder."""
+    published = published_here(plan)
+    if published is not None:
+        return published
     t0 = time.perf_counter()
     job = plan.job
     attrs = read_attrs(job.store)
@@ -618,6 +643,9 @@ def reduce_slide(
 
 def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[Encoded]) -> SlideResult:
     """The last task of a features-only run: result.json (done, no diagnosis), then publish."""
+    published = published_here(plan)
+    if published is not None:
+        return published
     job = plan.job
     result = SlideResult(
         slide_id=job.slide_id,
