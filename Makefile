@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres chromium slurm lint bench bench-service bench-viewer clean
+.PHONY: install demo test postgres chromium slurm lint bench bench-service bench-viewer gpu-carry bench-gpu clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,30 @@ bench-service: install
 
 bench-viewer: install
 	$(BIN)/slidemill bench-viewer --slide $(SAMPLE)
+
+# The GPU benchmark in one command. Here (the venv installed) it runs its CPU path. On a GPU
+# machine whose image has torch but not the rest: `make gpu-carry` here first writes build/gpu
+# (the wheels that image lacks, for its Python, and the sample slide; GPU_IMAGE_HAS names a
+# `pip freeze` of the image, whose packages are left out); carry build/gpu there, where
+# `make bench-gpu` installs the wheels into build/gpu/site without an index and runs.
+GPU_DIR ?= build/gpu
+GPU_PYTHON ?= 3.12
+GPU_IMAGE_HAS ?=
+
+gpu-carry: install
+	$(BIN)/slidemill bench-gpu --wheelhouse $(GPU_DIR)/wheels --python $(GPU_PYTHON) \
+	  $(if $(GPU_IMAGE_HAS),--image-has $(GPU_IMAGE_HAS))
+	cp $(SAMPLE) $(GPU_DIR)/
+
+bench-gpu:
+	@if [ -x $(BIN)/slidemill ]; then \
+	  $(BIN)/slidemill bench-gpu --slide $(SAMPLE); \
+	else \
+	  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
+	    --target $(GPU_DIR)/site $(GPU_DIR)/wheels/*.whl && \
+	  PYTHONPATH=$(GPU_DIR)/site PYTHONUNBUFFERED=1 python3 -m slidemill.cli bench-gpu \
+	    --slide $(GPU_DIR)/$(notdir $(SAMPLE)) --work $(GPU_DIR)/work; \
+	fi
 
 clean:
 	rm -rf $(DEMO) build .pytest_cache .mypy_cache .ruff_cache viewer/node_modules

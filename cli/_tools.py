@@ -189,14 +189,26 @@ def bench(
         str, typer.Option(help="Size WxH of the generated large slide; 'none' to skip it.")
     ] = "50000x20000",
     pipeline: Annotated[bool, typer.Option(help="Also time whole runs on 1 and 2 workers.")] = True,
+    many: Annotated[
+        list[int] | None,
+        typer.Option(
+            min=1,
+            help="Instead: N links to the slide through the whole pipeline as one batch "
+            "(repeatable): seconds and tasks per slide, client memory, first result.",
+        ),
+    ] = None,
 ) -> None:
     """Benchmark: tiling against the JPEG decode limit and a naive OpenSlide loop, whole runs on
-    1 and 2 workers, and peak worker memory, on the sample slide and a gigapixel one."""
-    from slidemill.pipeline.bench import default_sample, run_bench
+    1 and 2 workers, and peak worker memory, on the sample slide and a gigapixel one; with
+    --many, the per-slide overhead of a batch of many slides."""
+    from slidemill.pipeline.bench import default_sample, run_bench, run_many_bench
 
     path = slide or default_sample()
     if path is None:
         fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
+    if many:
+        run_many_bench(path, tuple(many), Console(width=max(Console().width, 120)), work)
+        return
     size = None if large.lower() == "none" else parse_size(large, "--large")
     out = Console(width=max(Console().width, 120))
     run_bench(path, seconds, out, workdir=work, large_size=size, pipeline=pipeline)
@@ -220,13 +232,38 @@ def bench_gpu(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Tiles per forward pass (default 256 GPU, 16 CPU).")
     ] = None,
+    wheelhouse: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of measuring: write into this folder the wheels a GPU image with only "
+            "torch lacks (slidemill's own too), for --python, and stop."
+        ),
+    ] = None,
+    python: Annotated[str, typer.Option(help="The GPU image's Python, for --wheelhouse.")] = "3.12",
+    image_has: Annotated[
+        Path | None,
+        typer.Option(help="The GPU image's `pip freeze`: what it has is left out of --wheelhouse."),
+    ] = None,
 ) -> None:
     """GPU benchmark: the encoders alone on pre-decoded tensors against the whole pipeline on a
     LocalCUDACluster, nvJPEG against host JPEG decode, GPU utilisation sampled; on a machine
-    without a GPU, the same on the CPU."""
+    without a GPU, the same on the CPU. With --wheelhouse, prepares the GPU machine instead."""
     import torch
 
-    from slidemill.pipeline.bench import default_sample, run_bench_gpu, write_large_slide
+    from slidemill.pipeline.bench import (
+        build_wheelhouse,
+        default_sample,
+        read_names,
+        run_bench_gpu,
+        write_large_slide,
+    )
+
+    if wheelhouse is not None:
+        names = read_names(image_has) if image_has is not None else []
+        wheels = build_wheelhouse(wheelhouse, python, names)
+        size = sum(w.stat().st_size for w in wheels) / 2**20
+        console.print(f"{len(wheels)} wheels, {size:.0f} MiB, in {wheelhouse}", highlight=False)
+        return
 
     path = slide or default_sample()
     if path is None:

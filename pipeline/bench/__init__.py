@@ -12,22 +12,30 @@ from slidemill.pipeline.bench._learning import (
     run_learning_study,
     study_table,
 )
+from slidemill.pipeline.bench._many import ManyRun, link_slides, run_many_bench
 from slidemill.pipeline.bench._run import pipeline_run
 from slidemill.pipeline.bench._slide import large_slide_geometry, write_large_slide
+from slidemill.pipeline.bench._wheels import build_wheelhouse, missing, read_names
 
 __all__ = [
     "GENERATORS",
     "STRATEGIES",
     "LearningSettings",
+    "ManyRun",
     "StudyRow",
+    "build_wheelhouse",
     "cohorts",
     "default_sample",
     "large_slide_geometry",
+    "link_slides",
+    "missing",
     "pipeline_run",
     "raw_decode",
+    "read_names",
     "run_bench",
     "run_bench_gpu",
     "run_learning_study",
+    "run_many_bench",
     "single_process",
     "study_table",
     "write_large_slide",
