@@ -88,6 +88,13 @@ log = logging.getLogger(__name__)
 
 # The PNG's slide image is at most this wide or tall.
 PNG_MAX_PX = 1024
+# The PNG draws each panel about this many pixels wide (4 inches at 100 dpi, `render_png`): a
+# stored thumbnail at least this fine on its longer side needs no read of the slide, and one
+# more than twice as fine is thinned first, so matplotlib resamples less.
+PNG_PANEL_PX = 400
+# Under this many pixels on its longer side (a small crop) the stored thumbnail would be too
+# coarse to show, and the slide is read at the PNG's size instead.
+PNG_MIN_STORED_PX = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,11 +604,12 @@ def reduce_slide(
         attrs.grid_shape,
     )
     write_array(job.store, StoreArray.HEATMAP, heat)
-    width, height = attrs.slide_dimensions
-    base_mpp = plan.provenance.slide_mpp or 1.0
-    display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
-    with READERS.lease(Path(job.path)) as reader:
-        thumb = read_thumbnail(reader, base_mpp, display_mpp)
+    thumb = png_thumbnail(
+        read_all(job.store, StoreArray.THUMBNAIL).astype(np.uint8, copy=False),
+        Path(job.path),
+        attrs.slide_dimensions,
+        plan.provenance.slide_mpp or 1.0,
+    )
     # the threshold was chosen on the head's own probabilities
     label_index = decide_label(mil.raw_probabilities or mil.probabilities, job.threshold)
     label = job.class_names[label_index]
@@ -639,6 +647,22 @@ def reduce_slide(
     )
     _publish(job, result)
     return result
+
+
+def png_thumbnail(
+    stored: NDArray[np.uint8], path: Path, dimensions: tuple[int, int], base_mpp: float
+) -> NDArray[np.uint8]:
+    """The slide image under the PNG's heatmap: the thumbnail the plan stored (no read of the
+    slide), thinned to about twice the PNG's panel; a small crop's too-coarse thumbnail is read
+    from the slide again at the PNG's size."""
+    longer = max(stored.shape[:2])
+    if longer >= PNG_MIN_STORED_PX:
+        step = max(1, longer // (2 * PNG_PANEL_PX))
+        return stored[::step, ::step]
+    width, height = dimensions
+    display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
+    with READERS.lease(path) as reader:
+        return read_thumbnail(reader, base_mpp, display_mpp)
 
 
 def finish_features(plan: SlidePlan, tiled: list[float], encoded: list[Encoded]) -> SlideResult:
