@@ -244,13 +244,6 @@ def test_a_worker_job_cancelled_mid_batch_is_replaced_and_nothing_is_lost(
     )
 
 
-@pytest.mark.xfail(
-    reason="a plan task run again after its worker retired rewrites the slide's store "
-    "(zarr mode 'w') under that slide's running tiling tasks: FileNotFoundError on "
-    ".partial/<slide>/slide.zarr/grid_index/zarr.json; seen on this SLURM, to be fixed in "
-    "pipeline.graph",
-    strict=False,
-)
 def test_workers_retire_before_their_walltime_and_new_jobs_take_over(
     slurm_env: SingleNodeSlurm,
     many_slides: tuple[Path, dict[str, str]],
