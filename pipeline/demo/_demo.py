@@ -3,7 +3,8 @@ ground truth and the real sample slide:
 
     synth (train and held-out sets) → pretrain the encoder on the training slides' tiles
     (self-supervised, no labels) → features → train attention MIL and the mean-pooling baseline
-    (k-fold, ensembles) → run both on the held-out set (and ABMIL on the sample slide) → evaluate
+    (k-fold, ensembles) → run both on the held-out set (and ABMIL on the sample slide and on
+    degraded copies of held-out slides) → evaluate; print each diagnosis with its QC flags
 
 Each step is the library function its command calls; each is skipped when its output exists, so
 an interrupted demo resumes.
@@ -15,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from slidemill.cluster import load_cluster_config
 from slidemill.pipeline.cohort import WEIGHTS_FILE, encoder_bundle, pretrain, progress_bar
 from slidemill.pipeline.evaluation import EvaluationRun, run_evaluation, synth_truth
-from slidemill.pipeline.graph import run_batch
-from slidemill.pipeline.synth import write_benchmark_set
-from slidemill.schemas import RunSpec
+from slidemill.pipeline.graph import BatchReport, run_batch
+from slidemill.pipeline.synth import DEGRADATIONS, write_benchmark_set, write_degraded_set
+from slidemill.schemas import AnyClusterConfig, RunSpec, SlideResult
 from slidemill.schemas.layout import TRAINING_JSON
 from slidemill.workers import PretrainConfig, TrainConfig, train_from_features
 
@@ -51,16 +53,22 @@ class DemoSettings:
     """Cross-validation folds."""
     seed: int = 0
     """Seed of the slides, the encoder and the training."""
+    n_degraded: int = 4
+    """Held-out slides of which a degraded copy of each kind (`DEGRADATIONS`) is run."""
 
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
-    """The evaluations the demo wrote, per head."""
+    """The evaluations the demo wrote, per head, and the attention head's diagnoses."""
 
     out_of_fold: dict[str, EvaluationRun]
     """Head → cross-validated predictions on the training set."""
     held_out: dict[str, EvaluationRun]
     """Head → the ensemble on the held-out set (with localisation)."""
+    diagnoses: tuple[SlideResult, ...] = ()
+    """The attention head's results on the held-out set and the sample slide."""
+    degraded: tuple[tuple[str, SlideResult], ...] = ()
+    """(degradation, result) of the attention head on each degraded copy."""
 
 
 def run_demo(
@@ -103,6 +111,7 @@ def run_demo(
     run_batch(RunSpec(slides=(train_set,), model=bundle, out=features, cluster=cluster,
                       stages="features", show_progress=True))  # fmt: skip
     result = DemoResult({}, {})
+    reports: dict[str, BatchReport] = {}
     for head in HEADS:
         model = out / f"model-{head}"
         if not (model / TRAINING_JSON).is_file():
@@ -115,7 +124,7 @@ def run_demo(
         run = out / f"run-{head}"
         extra = (sample,) if sample is not None and head == HEADS[0] else ()
         console.print(f"[bold]run[/bold] the {head} ensemble on {1 + len(extra)} input(s) → {run}")
-        run_batch(
+        reports[head] = run_batch(
             RunSpec(slides=(test_set, *extra), model=model, out=run, cluster=cluster,
                     show_progress=True)
         )  # fmt: skip
@@ -128,4 +137,53 @@ def run_demo(
             results=(run,),
             truth=synth_truth,
         )
-    return result
+    degraded = _run_degraded(out, test_set, s, cluster, console)
+    diagnoses = reports[HEADS[0]].results
+    print_diagnoses(console, diagnoses, degraded)
+    return DemoResult(result.out_of_fold, result.held_out, diagnoses, degraded)
+
+
+def _run_degraded(
+    out: Path, test_set: Path, s: DemoSettings, cluster: AnyClusterConfig, console: Console
+) -> tuple[tuple[str, SlideResult], ...]:
+    """Degraded copies of the first `n_degraded` held-out slides, run with the attention head."""
+    if s.n_degraded == 0:
+        return ()
+    folder = out / "degraded-set"
+    sources = sorted(test_set.glob("*.svs"))[: s.n_degraded]
+    if not (folder / "degradations.csv").is_file():
+        console.print(f"[bold]degrade[/bold] {len(sources)} held-out slides x {DEGRADATIONS}")
+        write_degraded_set(sources, folder, DEGRADATIONS, s.seed)
+    kind_of = {f"{src.stem}-{kind}": kind for src in sources for kind in DEGRADATIONS}
+    run = out / f"run-{HEADS[0]}-degraded"
+    console.print(f"[bold]run[/bold] the {HEADS[0]} ensemble on {len(kind_of)} degraded copies")
+    report = run_batch(
+        RunSpec(slides=(folder,), model=out / f"model-{HEADS[0]}", out=run,
+                cluster=cluster, show_progress=True)
+    )  # fmt: skip
+    return tuple((kind_of[r.slide_id], r) for r in report.results if r.slide_id in kind_of)
+
+
+def print_diagnoses(
+    console: Console,
+    diagnoses: tuple[SlideResult, ...],
+    degraded: tuple[tuple[str, SlideResult], ...],
+) -> None:
+    """Each diagnosis with its flags, then how many clean slides were flagged and how many
+    degraded copies of each kind were flagged."""
+    table = Table(title="diagnoses (attention MIL ensemble) and when not to trust them")
+    for column in ("slide", "degradation", "label", "p", "flags"):
+        table.add_column(column)
+    for kind, r in (*(("", r) for r in diagnoses), *degraded):
+        p = max(r.probabilities) if r.probabilities else float("nan")
+        table.add_row(
+            r.slide_id, kind, r.label or r.status, f"{p:.3f}", ";".join(r.flag_codes) or "—"
+        )
+    console.print(table)
+    clean = [r for r in diagnoses if r.slide_id.startswith("synthetic-")]
+    line = f"clean held-out slides flagged: {sum(bool(r.flag_codes) for r in clean)}/{len(clean)}"
+    for kind in DEGRADATIONS:
+        of_kind = [r for k, r in degraded if k == kind]
+        if of_kind:
+            line += f"; {kind} flagged {sum(bool(r.flag_codes) for r in of_kind)}/{len(of_kind)}"
+    console.print(line, highlight=False)

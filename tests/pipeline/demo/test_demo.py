@@ -10,13 +10,15 @@ import pytest
 from rich.console import Console
 
 from slidemill.pipeline.demo import HEADS, DemoSettings, run_demo
+from slidemill.pipeline.synth import DEGRADATIONS
+from slidemill.schemas import REFERENCE_FORMAT
 
 
 @pytest.mark.slow
 def test_demo_writes_every_step_and_resumes(tmp_path: Path, sample_slide: Path) -> None:
     settings = DemoSettings(
         n_train=8, n_test=2, size=(2048, 1536), pretrain_steps=2, tile_mpp=2.0, tile_px=64,
-        folds=2,
+        folds=2, n_degraded=1,
     )  # fmt: skip
     out = tmp_path / "demo"
     result = run_demo(out, sample_slide, settings, Console(quiet=True))
@@ -31,6 +33,12 @@ def test_demo_writes_every_step_and_resumes(tmp_path: Path, sample_slide: Path) 
     run = out / f"run-{HEADS[0]}"
     sample_result = json.loads((run / "CMU-1-Small-Region" / "result.json").read_text())
     assert sample_result["status"] == "done"
+    # the trained ensemble has a reference: every diagnosis comes with an OOD score
+    assert sample_result["qc"]["reference"] == REFERENCE_FORMAT
+    assert sample_result["qc"]["ood_score"] is not None
+    assert {r.slide_id for r in result.diagnoses} >= {"CMU-1-Small-Region"}
+    assert sorted(kind for kind, _ in result.degraded) == sorted(DEGRADATIONS)
+    assert all(r.qc is not None for _, r in result.degraded)
     # every model runs the encoder pretrained here, not a fresh random one
     pretrained = json.loads((out / "encoder" / "pretrain.json").read_text())["weights_sha256"]
     assert pretrained in (out / "features" / "encoder-bundle" / "manifest.json").read_text()
