@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import numpy as np
 import zarr
 from numpy.typing import NDArray
@@ -143,7 +144,11 @@ def write_ome_zarr(path: Path, maps: SlideMaps) -> Path:
         {"chunks": (1, min(level.shape[1], _CHUNK), min(level.shape[2], _CHUNK))}
         for level in levels
     ]
-    with _replacing(path) as tmp:
+    # ome-zarr writes through dask arrays. Inside a Dask worker that computation would go to the
+    # batch's own scheduler as a few tasks per slide, queued behind the whole batch's higher-
+    # priority work, so every slide's reduce waited for the batch to drain (first results only
+    # at its end). The heatmap is tile-grid sized: computed in this thread.
+    with _replacing(path) as tmp, dask.config.set(scheduler="synchronous"):
         group = zarr.open_group(store=str(tmp), mode="w")
         cell = maps.geometry.cell_um
         write_multiscale(
