@@ -29,7 +29,7 @@ def test_device_decode_gives_the_host_decodes_scores(
 
     def counted(data: list[object], **kw: object) -> object:
         calls.append(len(data))
-        return decode_jpeg(data, **kw)  # type: ignore[arg-type]
+        return decode_jpeg(data, **kw)
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", counted)
     results = {}
@@ -43,7 +43,7 @@ def test_device_decode_gives_the_host_decodes_scores(
                 model=bundle,
                 out=tmp_path / decode,
                 scheduler=cluster.scheduler_address,
-                jpeg_decode=decode,  # type: ignore[arg-type]
+                jpeg_decode=decode,
                 keep_tiles=True,
                 show_progress=False,
             )
