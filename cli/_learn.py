@@ -27,13 +27,18 @@ def train(
         str | None,
         typer.Option(help="Comma-separated class names in order (default: the sorted labels)."),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs per fold.")] = 50,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs per fold.")] = 40,
     patience: Annotated[
         int, typer.Option(min=1, help="Stop a fold after this many epochs without improvement.")
     ] = 8,
     min_epochs: Annotated[
-        int, typer.Option(min=1, help="No fold stops or picks its best epoch before this one.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="No fold stops or picks its best epoch before this one (default: --epochs, a "
+            "fixed schedule; 1 for plain early stopping).",
+        ),
+    ] = None,
     smoothing: Annotated[
         int,
         typer.Option(min=1, help="Stop on the mean of the last this-many validation losses."),
@@ -43,9 +48,9 @@ def train(
         typer.Option(
             min=0, help="Keep the mean of the last this-many epochs' weights (0: the best epoch's)."
         ),
-    ] = 0,
-    lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 2e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    ] = 20,
+    lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-2,
     seed: Annotated[int, typer.Option(min=0, help="Seed of everything random.")] = 0,
     head_kwargs: Annotated[
         str | None,

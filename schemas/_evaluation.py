@@ -170,6 +170,19 @@ class LocalisationMetrics(Frozen):
         default_factory=dict,
         description="Slide id → why it has no per-slide AUROC (its tiles are all one class).",
     )
+    attention_pooled_auroc: Unit | None = Field(
+        default=None,
+        description="The same pooled AUROC for the attention weights instead of the tile scores "
+        "(None where no attention was stored).",
+    )
+    attention_per_slide_mean_auroc: Unit | None = Field(
+        default=None, description="Mean of the per-slide AUROCs of the attention weights."
+    )
+    attention_top_k: dict[str, Unit] = Field(
+        default_factory=dict,
+        description="Slide id → share of its k most attended tiles that are lesion tiles, k its "
+        "number of lesion tiles (1: attention ranks every lesion tile first).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> LocalisationMetrics:

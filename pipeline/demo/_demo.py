@@ -118,7 +118,7 @@ def run_demo(
             console.print(f"[bold]train[/bold] {head}, {s.folds} folds → {model}")
             config = TrainConfig(
                 head=head, n_folds=s.folds, seed=s.seed, lr=5e-4, weight_decay=1e-2,
-                max_epochs=60, patience=15,
+                max_epochs=60, patience=15, min_epochs=1, weight_averaging=0,
             )  # fmt: skip
             train_from_features(train_set / "labels.csv", features, model, config)
         run = out / f"run-{head}"

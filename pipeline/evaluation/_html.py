@@ -122,11 +122,20 @@ def render_html(report: EvaluationReport) -> str:
             f"<p>Tile AUROC against lesion fraction ≥ {_num(loc.lesion_fraction_threshold, 2)}"
             f" over {_e(loc.n_slides)} slides ({_e(loc.n_tiles)} tiles, {_e(loc.n_lesion_tiles)}"
             f" lesion): pooled <b>{_num(loc.pooled_auroc)}</b>, mean per slide "
-            f"<b>{_num(loc.per_slide_mean_auroc)}</b>.</p>",
+            f"<b>{_num(loc.per_slide_mean_auroc)}</b> (tile scores); attention: pooled "
+            f"<b>{_num(loc.attention_pooled_auroc)}</b>, mean per slide "
+            f"<b>{_num(loc.attention_per_slide_mean_auroc)}</b>. Top-k: the share of a slide's "
+            "k most attended tiles that are lesion, k its number of lesion tiles.</p>",
             _table(
-                ["slide", "AUROC", "note"],
-                [[_e(s), _num(a), ""] for s, a in sorted(loc.per_slide_auroc.items())]
-                + [[_e(s), "—", _e(why)] for s, why in sorted(loc.skipped.items())],
+                ["slide", "AUROC (tile scores)", "top-k (attention)", "note"],
+                [
+                    [_e(s), _num(a), _num(loc.attention_top_k.get(s)), ""]
+                    for s, a in sorted(loc.per_slide_auroc.items())
+                ]
+                + [
+                    [_e(s), "—", _num(loc.attention_top_k.get(s)), _e(why)]
+                    for s, why in sorted(loc.skipped.items())
+                ],
             ),
         ]
     parts.append("</body></html>\n")

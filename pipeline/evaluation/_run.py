@@ -27,7 +27,7 @@ from slidemill.workers.metrics import (
     EvaluationError,
     LocalisationResult,
     apply_temperature,
-    localisation_auroc,
+    attention_localisation,
 )
 from slidemill.workers.training import LabelRow, match_labels, read_label_csv
 
@@ -147,14 +147,18 @@ def synth_truth(path: str) -> LesionFraction | None:
     return slide.lesion_fraction if slide is not None else None
 
 
-def tile_lesion_fractions(folder: Path, fraction: LesionFraction) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile scores of the last class and per-tile lesion fractions of one slide's outputs."""
+def tile_lesion_fractions(
+    folder: Path, fraction: LesionFraction
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-tile scores of the last class, attention weights and lesion fractions of one slide's
+    outputs."""
     store = folder / SLIDE_STORE
     coords = np.asarray(read_all(store, StoreArray.COORDS))
     scores = np.asarray(read_all(store, StoreArray.SCORES))[:, -1]
+    attention = np.asarray(read_all(store, StoreArray.ATTENTION)).reshape(-1)
     size = read_attrs(store).tile_size_level0
     fractions = np.array([fraction(float(x), float(y), size, size) for x, y in coords])
-    return scores, fractions
+    return scores, attention, fractions
 
 
 def run_evaluation(
@@ -190,7 +194,7 @@ def run_evaluation(
             if fraction is not None and label == positive:
                 tiles[r.slide_id] = tile_lesion_fractions(folder, fraction)
         if tiles:
-            localisation = localisation_auroc(tiles)
+            localisation = attention_localisation(tiles)
     elif (model / TRAINING_JSON).is_file():
         folds, class_names, model_sha = training_folds(model)
     else:

@@ -58,6 +58,9 @@ def test_synth_features_train_run_evaluate(tmp_path: Path) -> None:
     assert report["pooled"]["n_slides"] == 4
     assert report["localisation"]["n_slides"] == positives > 0
     assert report["localisation"]["n_lesion_tiles"] > 0
+    # attention scored beside the tile scores, with each positive slide's top-k share
+    assert 0.0 <= report["localisation"]["attention_pooled_auroc"] <= 1.0
+    assert len(report["localisation"]["attention_top_k"]) == positives
     assert "lesion localisation AUROC" in err
     for name in ("roc.png", "calibration.png", "report.html"):
         assert (held / name).stat().st_size > 0

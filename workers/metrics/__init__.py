@@ -41,6 +41,7 @@ from slidemill.workers.metrics._classification import (
 )
 from slidemill.workers.metrics._localisation import (
     LocalisationResult,
+    attention_localisation,
     localisation_auroc,
     top_k_lesion_share,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "Threshold",
     "UndefinedMetricError",
     "apply_temperature",
+    "attention_localisation",
     "auroc",
     "average_ranks",
     "balanced_accuracy",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -32,6 +32,10 @@ class LocalisationResult:
     """Tiles whose lesion fraction is at least `lesion_fraction_threshold`."""
     lesion_fraction_threshold: float
     """A tile counts as lesion when its lesion fraction is at least this."""
+    attention: LocalisationResult | None = None
+    """The same figures for the attention weights, when they were scored too."""
+    attention_top_k: Mapping[str, float] = field(default_factory=dict)
+    """Slide id → `top_k_lesion_share` of its attention (slides with a lesion tile)."""
 
     def to_metrics(self) -> LocalisationMetrics:
         """The report entry."""
@@ -44,6 +48,11 @@ class LocalisationResult:
             per_slide_mean_auroc=self.per_slide_mean_auroc,
             per_slide_auroc=dict(self.per_slide_auroc),
             skipped=dict(self.skipped),
+            attention_pooled_auroc=None if self.attention is None else self.attention.pooled_auroc,
+            attention_per_slide_mean_auroc=None
+            if self.attention is None
+            else self.attention.per_slide_mean_auroc,
+            attention_top_k=dict(self.attention_top_k),
         )
 
 
@@ -131,3 +140,27 @@ def top_k_lesion_share(scores: ArrayLike, lesion: ArrayLike, k: int | None = Non
     n = min(n, s.shape[0])
     top = np.argsort(-s, kind="stable")[:n]
     return float(mask[top].mean())
+
+
+def attention_localisation(
+    slides: Mapping[str, tuple[ArrayLike, ArrayLike, ArrayLike]],
+    *,
+    lesion_fraction_threshold: float = 0.5,
+) -> LocalisationResult:
+    """`localisation_auroc` of the tile scores, with the attention weights scored beside them.
+
+    slides: slide id → (tile scores (n,), attention (n,), lesion fraction of each tile (n,)).
+    The result is that of the tile scores; its `attention` holds the attention's, and
+    `attention_top_k` the per-slide share of lesion tiles among the most attended."""
+    tiles = {sid: (s, f) for sid, (s, _, f) in slides.items()}
+    attention = {sid: (a, f) for sid, (_, a, f) in slides.items()}
+    result = localisation_auroc(tiles, lesion_fraction_threshold=lesion_fraction_threshold)
+    by_attention = localisation_auroc(
+        attention, lesion_fraction_threshold=lesion_fraction_threshold
+    )
+    top_k = {}
+    for sid, (_, a, f) in slides.items():
+        lesion = np.asarray(f, dtype=np.float64) >= lesion_fraction_threshold
+        if lesion.any():
+            top_k[sid] = top_k_lesion_share(a, lesion)
+    return replace(result, attention=by_attention, attention_top_k=top_k)

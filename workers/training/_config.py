@@ -29,22 +29,23 @@ class TrainConfig:
     """The head's hyper-parameters (scalars: they are stored in the bundle's `head_kwargs`)."""
     n_folds: int = 5
     """Cross-validation folds (k ≥ 2); every class needs at least k slides."""
-    max_epochs: int = 50
+    max_epochs: int = 40
     """Upper bound on epochs per fold (one epoch = every training bag once)."""
     patience: int = 8
     """Stop after this many epochs without a lower (smoothed) validation loss."""
-    min_epochs: int = 1
+    min_epochs: int | None = None
     """No fold stops, and no epoch is chosen as the best, before this epoch: a validation split
-    of a few slides cannot decide at epoch 1."""
+    of a few slides cannot decide at epoch 1. None: `max_epochs` (a fixed schedule; the default,
+    chosen by `slidemill bench-learning` with `weight_averaging`)."""
     smoothing: int = 1
     """Early stopping and the best epoch follow the mean of the last this-many epochs'
     validation losses (1 = the raw loss); a few validation slides make it noisy."""
-    weight_averaging: int = 0
+    weight_averaging: int = 20
     """Above 0: keep the average of the weights at the end of the last this-many epochs run
     (stochastic weight averaging over a fixed schedule) instead of the best epoch's weights."""
-    lr: float = 2e-4
+    lr: float = 5e-4
     """Learning rate."""
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-2
     """Weight decay (decoupled for AdamW, L2 for Adam)."""
     optimizer: Literal["adamw", "adam"] = "adamw"
     """AdamW (Loshchilov & Hutter) or Adam with L2 weight decay (what CLAM uses)."""
@@ -61,6 +62,11 @@ class TrainConfig:
     device: str | None = None
     """torch device to train on; None = CUDA when available, else CPU."""
 
+    @property
+    def first_decision(self) -> int:
+        """The first epoch that may stop a fold or be kept: `min_epochs`, else `max_epochs`."""
+        return self.max_epochs if self.min_epochs is None else self.min_epochs
+
     def __post_init__(self) -> None:
         if self.n_folds < 2:
             raise TrainingError(f"need at least 2 folds, got {self.n_folds}")
@@ -68,7 +74,7 @@ class TrainConfig:
             raise TrainingError(
                 f"epochs and patience must be at least 1, got {self.max_epochs} and {self.patience}"
             )
-        if not 1 <= self.min_epochs <= self.max_epochs:
+        if self.min_epochs is not None and not 1 <= self.min_epochs <= self.max_epochs:
             raise TrainingError(
                 f"min_epochs must lie in [1, max_epochs={self.max_epochs}], got {self.min_epochs}"
             )

@@ -286,15 +286,15 @@ def train_fold(
                 )
             recent = [*recent, val_loss][-config.smoothing :]
             smoothed = sum(recent) / len(recent)
-            if epoch >= config.min_epochs and smoothed < best_loss:
+            if epoch >= config.first_decision and smoothed < best_loss:
                 best_loss, best_epoch = smoothed, epoch
                 if config.weight_averaging == 0:
                     best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
             if config.weight_averaging and epoch >= swa_from:
                 n_averaged = _accumulate(averaged, head, n_averaged)
             last = epoch == config.max_epochs or (
-                epoch >= config.min_epochs
-                and epoch - max(best_epoch, config.min_epochs) >= config.patience
+                epoch >= config.first_decision
+                and epoch - max(best_epoch, config.first_decision) >= config.patience
             )
             report = EpochReport(
                 fold=fold,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -20,7 +19,6 @@ from slidemill.pipeline.bench import (
 )
 from slidemill.schemas.errors import InvalidInputError
 from slidemill.workers import TrainConfig
-from slidemill.workers.metrics import top_k_lesion_share
 
 
 def test_cohorts_are_disjoint_balanced_and_seeded() -> None:
@@ -38,7 +36,9 @@ def test_every_strategy_is_a_valid_training_config() -> None:
     for name, settings in STRATEGIES.items():
         kwargs = {k: v for k, v in settings.items() if k != "instance_k"}
         config = TrainConfig(**kwargs)  # type: ignore[arg-type]
-        assert config.min_epochs <= config.max_epochs, name
+        assert config.first_decision <= config.max_epochs, name
+    defaults = LearningSettings()
+    assert set(defaults.strategies) | set(defaults.baseline_strategies) <= set(STRATEGIES)
 
 
 def test_the_table_has_a_column_per_generator_and_cohort() -> None:
@@ -50,14 +50,6 @@ def test_the_table_has_a_column_per_generator_and_cohort() -> None:
     table = study_table(rows).splitlines()
     assert table[0].startswith("| strategy | head | drawn n=16 | drawn n=32 | textured n=16")
     assert len(table) == 3 and table[2].count("0.900") == 4
-
-
-def test_top_k_lesion_share() -> None:
-    lesion = np.array([False, True, False, True, False])
-    assert top_k_lesion_share([0.1, 0.9, 0.2, 0.8, 0.3], lesion) == 1.0
-    assert top_k_lesion_share([0.9, 0.1, 0.8, 0.2, 0.3], lesion) == 0.0
-    assert top_k_lesion_share([0.1, 0.9, 0.8, 0.2, 0.3], lesion) == 0.5
-    assert top_k_lesion_share([0.1, 0.9, 0.8, 0.2, 0.3], lesion, k=1) == 1.0
 
 
 def test_a_cohort_larger_than_the_set_is_refused(tmp_path: Path) -> None:

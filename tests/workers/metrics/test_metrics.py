@@ -345,3 +345,20 @@ def test_localisation_auroc_on_a_constructed_example() -> None:
         localisation_auroc({"B": ([0.1, 0.2], [0.0])})
     with pytest.raises(EvaluationError, match=r"\[0, 1\]"):
         localisation_auroc({"B": ([0.1, 0.2], [0.0, 1.5])})
+
+
+def test_attention_is_scored_for_localisation_beside_the_tile_scores() -> None:
+    from slidemill.workers.metrics import attention_localisation, top_k_lesion_share
+
+    fractions = np.array([0.0, 1.0, 0.0, 0.6, 0.2])
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.3])  # tile scores rank the lesion first
+    attention = np.array([0.3, 0.1, 0.25, 0.15, 0.2])  # attention looks elsewhere
+    result = attention_localisation({"a": (scores, attention, fractions)})
+    assert result.pooled_auroc == 1.0
+    assert result.attention is not None and result.attention.pooled_auroc == 0.0
+    assert result.attention_top_k == {"a": 0.0}
+    metrics = result.to_metrics()
+    assert metrics.attention_pooled_auroc == 0.0 and metrics.attention_top_k == {"a": 0.0}
+    assert top_k_lesion_share(scores, fractions >= 0.5) == 1.0
+    assert top_k_lesion_share([0.1, 0.9, 0.8, 0.2, 0.3], fractions >= 0.5) == 0.5
+    assert top_k_lesion_share([0.1, 0.9, 0.8, 0.2, 0.3], fractions >= 0.5, k=1) == 1.0
