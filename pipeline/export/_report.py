@@ -199,7 +199,7 @@ def write_batch_report(
     """Write `<out>/report.html` for `results` (temporary name, then rename); return its path."""
     thumbnails = {}
     for r in results:
-        if r.status == "done":
+        if r.status == "done" and r.class_names:  # a features-only run draws no heatmap
             uri = thumbnail_uri(out / r.slide_id / HEATMAP_PNG)
             if uri is not None:
                 thumbnails[r.slide_id] = uri
