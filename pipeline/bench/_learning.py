@@ -309,6 +309,7 @@ def _study(
                     f"epochs {row.epochs:5.1f}  localisation attention {row.loc_attention:.3f} "
                     f"tiles {row.loc_tiles:.3f} top-k {row.top_k:.3f}",
                     highlight=False,
+                    soft_wrap=True,
                 )
                 rows.append(row)
     return rows

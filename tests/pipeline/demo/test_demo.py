@@ -39,6 +39,9 @@ def test_demo_writes_every_step_and_resumes(tmp_path: Path, sample_slide: Path) 
     assert {r.slide_id for r in result.diagnoses} >= {"CMU-1-Small-Region"}
     assert sorted(kind for kind, _ in result.degraded) == sorted(DEGRADATIONS)
     assert all(r.qc is not None for _, r in result.degraded)
+    # the demo keeps its own early stopping, whatever `train`'s defaults are
+    hyper = json.loads((out / f"model-{HEADS[0]}" / "training.json").read_text())["hyperparameters"]
+    assert (hyper["min_epochs"], hyper["weight_averaging"], hyper["max_epochs"]) == (1, 0, 60)
     # every model runs the encoder pretrained here, not a fresh random one
     pretrained = json.loads((out / "encoder" / "pretrain.json").read_text())["weights_sha256"]
     assert pretrained in (out / "features" / "encoder-bundle" / "manifest.json").read_text()
