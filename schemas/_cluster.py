@@ -24,7 +24,8 @@ from pydantic import (
 
 # SLURM walltime: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.
 _WALLTIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")
-# A byte count as dask and dask-jobqueue read it: "64GB", "7.5 GiB", "512M", "1000000".
+# A byte count as dask and dask-jobqueue read it (`dask.utils.parse_bytes`): a number, then an
+# optional unit k/M/G/T/P with an optional "i" and "B", or "B" alone.
 _BYTES = re.compile(r"^\d+(\.\d+)?\s*([kKmMgGtTpP]i?[bB]?|[bB])?$")
 # Kubernetes resource quantities.
 _CPU_QUANTITY = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
