@@ -1,7 +1,14 @@
 """`slidemill bench`: throughput against the raw JPEG decode limit and the naive OpenSlide loop;
 `slidemill bench-learning`: training settings on small cohorts of two generators."""
 
-from slidemill.pipeline.bench._bench import default_sample, raw_decode, run_bench, single_process
+from slidemill.pipeline.bench._bench import (
+    Pass,
+    default_sample,
+    fastest,
+    raw_decode,
+    run_bench,
+    single_process,
+)
 from slidemill.pipeline.bench._gpu import run_bench_gpu
 from slidemill.pipeline.bench._learning import (
     GENERATORS,
@@ -22,10 +29,12 @@ __all__ = [
     "STRATEGIES",
     "LearningSettings",
     "ManyRun",
+    "Pass",
     "StudyRow",
     "build_wheelhouse",
     "cohorts",
     "default_sample",
+    "fastest",
     "large_slide_geometry",
     "link_slides",
     "missing",
