@@ -3,13 +3,8 @@ process on loopback, its API timed while it is busy, its ledger counts checked a
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +45,7 @@ def load_benchmark(work: Path, *, batches: int = 20, slides_per_batch: int = 10)
     batches concurrently, time the API until all have ended, stop the service."""
     import httpx
 
+    from slidemill.pipeline.bench import served
     from slidemill.pipeline.synth import Ellipse, SyntheticSlide, write_slide
     from slidemill.workers import init_bundle
 
@@ -62,45 +58,48 @@ def load_benchmark(work: Path, *, batches: int = 20, slides_per_batch: int = 10)
         shutil.copy(first, slides / f"slide-{i:03d}.svs")
     model = work / "model"
     init_bundle(model, encoder="tiny_cnn", tile_px=64, mpp=2.0, seed=0)
-    service, url = _start(work)
     headers = {"Authorization": f"Bearer {_TOKEN}"}
     reads: list[float] = []
     ended = threading.Event()
     ids: list[str] = []
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-            all_slides = sorted(slides.iterdir())
+    serve = ["serve", "--state", str(work / "state"), "--allow-root", str(work)]
+    with (
+        served(
+            serve, "/api/health", work / "service.log", error=ServiceError,
+            env={"SLIDEMILL_TOKEN": _TOKEN}, headers=headers,
+        ) as service,
+        httpx.Client(base_url=service.url, headers=headers, timeout=60) as client,
+    ):  # fmt: skip
+        all_slides = sorted(slides.iterdir())
 
-            def submit(b: int) -> tuple[str, float]:
-                part = all_slides[b * slides_per_batch : (b + 1) * slides_per_batch]
-                body = {"slides": [str(p) for p in part], "model": str(model),
-                        "out": str(work / "out" / f"batch-{b:02d}")}  # fmt: skip
-                t0 = time.perf_counter()
-                response = client.post("/api/batches", json=body)
-                elapsed = (time.perf_counter() - t0) * 1e3
-                response.raise_for_status()
-                return response.json()["id"], elapsed
+        def submit(b: int) -> tuple[str, float]:
+            part = all_slides[b * slides_per_batch : (b + 1) * slides_per_batch]
+            body = {"slides": [str(p) for p in part], "model": str(model),
+                    "out": str(work / "out" / f"batch-{b:02d}")}  # fmt: skip
+            t0 = time.perf_counter()
+            response = client.post("/api/batches", json=body)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            response.raise_for_status()
+            return response.json()["id"], elapsed
 
-            def read() -> None:  # a dashboard polling while the batches run
-                while not ended.is_set():
-                    for path in ("/api/batches?limit=50", *(f"/api/batches/{i}" for i in ids)):
-                        t0 = time.perf_counter()
-                        client.get(path).raise_for_status()
-                        reads.append((time.perf_counter() - t0) * 1e3)
-                    ended.wait(0.05)
+        def read() -> None:  # a dashboard polling while the batches run
+            while not ended.is_set():
+                for path in ("/api/batches?limit=50", *(f"/api/batches/{i}" for i in ids)):
+                    t0 = time.perf_counter()
+                    client.get(path).raise_for_status()
+                    reads.append((time.perf_counter() - t0) * 1e3)
+                ended.wait(0.05)
 
-            start = time.perf_counter()
-            with ThreadPoolExecutor(batches) as pool:
-                submitted = list(pool.map(submit, range(batches)))
-            ids.extend(i for i, _ in submitted)
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            final = _wait(client, ids)
-            seconds = time.perf_counter() - start
-            ended.set()
-            reader.join()
-    finally:
-        _stop(service)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(batches) as pool:
+            submitted = list(pool.map(submit, range(batches)))
+        ids.extend(i for i, _ in submitted)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        final = _wait(client, ids)
+        seconds = time.perf_counter() - start
+        ended.set()
+        reader.join()
     exact = all(
         b["status"] == "done" and b["n_done"] == slides_per_batch and _csv_done(Path(b["out"]))
         == slides_per_batch for b in final
@@ -122,40 +121,3 @@ def _wait(client: Any, ids: list[str]) -> list[dict[str, Any]]:
         if all(b["status"] not in ("queued", "running") for b in batches):
             return batches
         time.sleep(0.5)
-
-
-def _start(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, "-m", "slidemill.cli", "serve", "--port", str(port),
-            "--state", str(work / "state"), "--allow-root", str(work)]  # fmt: skip
-    log = (work / "service.log").open("wb")
-    proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "SLIDEMILL_TOKEN": _TOKEN},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/api/health", headers={"Authorization": f"Bearer {_TOKEN}"},
-                         timeout=5).status_code == 200:  # fmt: skip
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    _stop(proc)
-    raise ServiceError(f"the service did not start; see {work / 'service.log'}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -5,12 +5,7 @@ It times each tile, uncached then cached, and samples the viewer's resident memo
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,20 +63,26 @@ class PanReport:
     """Its highest sample during the pan."""
 
 
-def pan_benchmark(runs: Sequence[Path], views: int = 30) -> list[PanReport]:
-    """Serve `runs` with `slidemill view` and pan every done slide of them."""
+def pan_benchmark(runs: Sequence[Path], work: Path, views: int = 30) -> list[PanReport]:
+    """Serve `runs` with `slidemill view` (its log in `work`) and pan every done slide of
+    them."""
+    from slidemill.pipeline.bench import served
+
     catalog = FolderCatalog(runs)
-    proc, url = _start_viewer(runs)
-    try:
-        reports = []
-        with httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=8)) as c:
-            for ref in catalog.runs():
-                for row in slide_rows(ref.path)[1]:
-                    if row.viewable and row.status == "done":
-                        reports.append(_pan(c, proc.pid, ref.key, ref.path, row.slide_id, views))
-        return reports
-    finally:
-        _stop(proc)
+    view = ["view", *map(str, runs)]
+    reports = []
+    with (
+        served(view, "/api/runs", work / "viewer.log", error=ViewerError) as server,
+        httpx.Client(
+            base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=8)
+        ) as client,
+    ):
+        for ref in catalog.runs():
+            for row in slide_rows(ref.path)[1]:
+                if row.viewable and row.status == "done":
+                    pid = server.proc.pid
+                    reports.append(_pan(client, pid, ref.key, ref.path, row.slide_id, views))
+    return reports
 
 
 def _pan(
@@ -177,38 +178,6 @@ class _RssSampler(threading.Thread):
         self.join()
 
 
-def _start_viewer(runs: Sequence[Path]) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, "-m", "slidemill.cli", "view", *map(str, runs), "--port", str(port)]
-    proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/api/runs", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    _stop(proc)
-    detail = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
-    raise ViewerError(f"the viewer did not start: {detail.strip() or 'no output'}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def viewer_benchmark(
     slides: Sequence[Path], work: Path, views: int = 30, on_step: Callable[[str], None] = print
 ) -> list[PanReport]:
@@ -233,4 +202,4 @@ def viewer_benchmark(
                 raise ViewerError(f"benchmark run of {slide.name} failed: {failed[0].error}")
         runs.append(out)
     on_step(f"panning {len(runs)} slide(s), {views} views each, uncached then cached…")
-    return pan_benchmark(runs, views)
+    return pan_benchmark(runs, work, views)

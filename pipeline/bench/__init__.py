@@ -21,6 +21,7 @@ from slidemill.pipeline.bench._learning import (
 )
 from slidemill.pipeline.bench._many import ManyRun, link_slides, run_many_bench
 from slidemill.pipeline.bench._run import pipeline_run
+from slidemill.pipeline.bench._served import Served, served
 from slidemill.pipeline.bench._slide import large_slide_geometry, write_large_slide
 from slidemill.pipeline.bench._wheels import build_wheelhouse, missing, read_names
 
@@ -30,6 +31,7 @@ __all__ = [
     "LearningSettings",
     "ManyRun",
     "Pass",
+    "Served",
     "StudyRow",
     "build_wheelhouse",
     "cohorts",
@@ -45,6 +47,7 @@ __all__ = [
     "run_bench_gpu",
     "run_learning_study",
     "run_many_bench",
+    "served",
     "single_process",
     "study_table",
     "write_large_slide",

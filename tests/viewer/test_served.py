@@ -193,9 +193,9 @@ def test_off_loopback_needs_a_token_and_the_token_is_checked(
 
 
 def test_the_pan_benchmark_asks_each_tile_twice_and_watches_the_viewer_memory(
-    viewed_run: ViewedRun,
+    viewed_run: ViewedRun, tmp_path: Path
 ) -> None:
-    reports = pan_benchmark([viewed_run.out], views=2)
+    reports = pan_benchmark([viewed_run.out], tmp_path, views=2)
     assert {r.slide_id for r in reports} == {"synth-svs", "synth-tiff"}
     for r in reports:
         assert r.views == 2
