@@ -142,6 +142,12 @@ TLS_DESCRIPTION = (
     "(a warning; anyone reaching the scheduler's port could run code as you)."
 )
 
+KUBERNETES_TLS_DESCRIPTION = (
+    f"{TLS_DESCRIPTION} The pods read the certificates from a Secret created for the run "
+    "(`<name>-tls`, deleted with the cluster); certificate files are read on the machine that "
+    "runs slidemill and copied into it."
+)
+
 
 # ---------------------------------------------------------------------------------------------
 # local and existing
@@ -462,6 +468,7 @@ class KubernetesClusterConfig(_Config):
     idle_timeout: int = Field(
         default=0, ge=0, description="Seconds idle before the operator deletes it; 0 = never."
     )
+    tls: TlsSetting = Field(default=True, description=KUBERNETES_TLS_DESCRIPTION)
     nanny_env: NannyEnv = NannyEnv()
     cpu: KubernetesCpuPool
     gpu: KubernetesGpuPool | None = None
