@@ -3,42 +3,50 @@ run that failed (1). Anything that is not a `SlidemillError` is a bug and keeps 
 
 from __future__ import annotations
 
+import functools
 from typing import NoReturn
 
 import typer
 from rich.console import Console
 
-from slidemill.cluster import ClusterConfigError, MissingExtraError
-from slidemill.pipeline.errors import one_line
-from slidemill.schemas import InvalidInputError, LayoutError, SlidemillError
-from slidemill.service.errors import ServiceConfigError
-from slidemill.viewer import ViewerConfigError
-from slidemill.workers import (
-    EvaluationError,
-    ModelBundleError,
-    TrainingError,
-    UnknownComponentError,
-)
+from slidemill.schemas import InvalidInputError, SlidemillError
 
 EXIT_FAILED = 1
 """The command ran and something failed: a slide, a cluster that did not start, a benchmark."""
 EXIT_USAGE = 2
 """The input is wrong (flags, files, configs, bundles, labels); the message says what to fix."""
 
-# The first class that matches wins, so subclasses come before their bases.
-EXIT_CODES: tuple[tuple[type[SlidemillError], int], ...] = (
-    (InvalidInputError, EXIT_USAGE),
-    (LayoutError, EXIT_USAGE),
-    (ClusterConfigError, EXIT_USAGE),
-    (MissingExtraError, EXIT_USAGE),
-    (ModelBundleError, EXIT_USAGE),
-    (UnknownComponentError, EXIT_USAGE),
-    (TrainingError, EXIT_USAGE),
-    (EvaluationError, EXIT_USAGE),
-    (ServiceConfigError, EXIT_USAGE),
-    (ViewerConfigError, EXIT_USAGE),
-    (SlidemillError, EXIT_FAILED),
-)
+
+@functools.cache
+def exit_codes() -> tuple[tuple[type[SlidemillError], int], ...]:
+    """Error class → exit status; the first class that matches wins, so subclasses come before
+    their bases. Built on first use: importing every room's errors loads the rooms (PyTorch
+    among them), which `slidemill --help` and a command's parsing need not wait for."""
+    from slidemill.cluster import ClusterConfigError, MissingExtraError
+    from slidemill.schemas import LayoutError
+    from slidemill.service.errors import ServiceConfigError
+    from slidemill.viewer import ViewerConfigError
+    from slidemill.workers import (
+        EvaluationError,
+        ModelBundleError,
+        TrainingError,
+        UnknownComponentError,
+    )
+
+    return (
+        (InvalidInputError, EXIT_USAGE),
+        (LayoutError, EXIT_USAGE),
+        (ClusterConfigError, EXIT_USAGE),
+        (MissingExtraError, EXIT_USAGE),
+        (ModelBundleError, EXIT_USAGE),
+        (UnknownComponentError, EXIT_USAGE),
+        (TrainingError, EXIT_USAGE),
+        (EvaluationError, EXIT_USAGE),
+        (ServiceConfigError, EXIT_USAGE),
+        (ViewerConfigError, EXIT_USAGE),
+        (SlidemillError, EXIT_FAILED),
+    )
+
 
 console = Console(stderr=True)
 """Where every command reports: stderr, so stdout stays for what a command prints as data."""
@@ -46,11 +54,13 @@ console = Console(stderr=True)
 
 def exit_code(err: SlidemillError) -> int:
     """The exit status for one of slidemill's own errors."""
-    return next(code for cls, code in EXIT_CODES if isinstance(err, cls))
+    return next(code for cls, code in exit_codes() if isinstance(err, cls))
 
 
 def report(err: SlidemillError) -> NoReturn:
     """Print `err` as one line and exit with its status."""
+    from slidemill.pipeline.errors import one_line
+
     console.print(f"[red]error:[/red] {one_line(err)}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code(err)) from err
 

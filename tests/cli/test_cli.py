@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,17 @@ def test_sizes_are_width_x_height(tmp_path: Path, text: str) -> None:
 def test_a_bad_size_is_a_usage_error_naming_the_option(tmp_path: Path) -> None:
     res = runner.invoke(app, ["bench", "--slide", str(tmp_path / "x.svs"), "--large", "huge"])
     assert res.exit_code == 2 and "--large 'huge'" in res.output
+
+
+def test_the_command_line_loads_no_library_room_until_a_command_runs() -> None:
+    # `slidemill --help` and parsing wait for nothing heavy: the rooms (PyTorch, the service's
+    # web stack, the Dask graph) load when a command calls into them or reports an error
+    code = (
+        "import sys, slidemill.cli; "
+        "print(sorted(m for m in ('torch', 'fastapi', 'distributed', 'slidemill.pipeline', "
+        "'slidemill.workers', 'slidemill.service') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert proc.stdout.strip() == "[]"
