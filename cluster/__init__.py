@@ -3,8 +3,8 @@
 Backends: the embedded LocalCluster (the default), an existing scheduler, SLURM (dask-jobqueue),
 Kubernetes (the dask-kubernetes operator) and a multi-GPU node (dask-cuda). `connect` hands back
 a `distributed.Client` either way; nothing else in slidemill knows which. CPU pools read and tile;
-GPU pools declare a `GPU` resource and run inference. SLURM and an existing scheduler speak TLS
-unless their config says otherwise; `check_pools` tells a batch that a pool never started.
+GPU pools declare a `GPU` resource and run inference. SLURM, Kubernetes and an existing scheduler
+speak TLS unless their config says otherwise; `check_pools` tells a batch that a pool never started.
 """
 
 from slidemill.cluster._backend import (
@@ -21,7 +21,23 @@ from slidemill.cluster._config import (
     load_cluster_config,
 )
 from slidemill.cluster._connect import connect, gpu_workers, register_worker_plugin
-from slidemill.cluster._kubernetes import KubernetesSpec, kubernetes_spec
+from slidemill.cluster._kubernetes import (
+    CA_PEM,
+    CERT_PEM,
+    HTTP_ROUTES_VAR,
+    KEY_PEM,
+    REQUIRE_ENCRYPTION_VAR,
+    SCHEDULER_ADDRESS_VAR,
+    SCHEDULER_API_ROUTE,
+    SCHEDULER_PORT,
+    TLS_MOUNT,
+    TLS_VOLUME,
+    KubernetesSpec,
+    kubernetes_spec,
+    tls_material,
+    tls_paths,
+    tls_secret,
+)
 from slidemill.cluster._preview import preview
 from slidemill.cluster._registry import BACKENDS
 from slidemill.cluster._security import existing_security, is_loopback, tls_security
@@ -36,10 +52,20 @@ from slidemill.cluster.errors import (
 
 __all__ = [
     "BACKENDS",
+    "CA_PEM",
+    "CERT_PEM",
     "CUDA_WORKER",
     "GPU_RESOURCE",
+    "HTTP_ROUTES_VAR",
+    "KEY_PEM",
     "PRE_SPAWN_ENVIRON",
     "PRE_SPAWN_ENVIRON_VAR",
+    "REQUIRE_ENCRYPTION_VAR",
+    "SCHEDULER_ADDRESS_VAR",
+    "SCHEDULER_API_ROUTE",
+    "SCHEDULER_PORT",
+    "TLS_MOUNT",
+    "TLS_VOLUME",
     "Backend",
     "ClusterConfigError",
     "ClusterError",
@@ -64,5 +90,8 @@ __all__ = [
     "register_worker_plugin",
     "slurm_pools",
     "start_failure",
+    "tls_material",
+    "tls_paths",
+    "tls_secret",
     "tls_security",
 ]

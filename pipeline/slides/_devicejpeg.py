@@ -4,13 +4,16 @@ by the same copies the host decode makes (`mosaic_copies`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from slidemill.pipeline.errors import UnreadableSlideError
 from slidemill.pipeline.slides._jpegtiles import JpegTiles, PackedBlock, mosaic_copies
-from slidemill.workers import decode_jpegs, full_stream
+
+if TYPE_CHECKING:
+    import torch
 
 
 def decode_block_tensor(
@@ -23,6 +26,11 @@ def decode_block_tensor(
     """One block's tiles decoded on `device`: (n, 3, tile_px, tile_px) uint8 RGB there, the
     tiles lying at level-0 `coords` (a mosaic needs them; one to one, rows are tiles). Glass
     (0-byte) stored tiles and parts outside the level are white, as the host decode gives them."""
+    # imported here: the readers (and the viewer, which serves through them) never need PyTorch
+    import torch
+
+    from slidemill.workers import decode_jpegs, full_stream
+
     s = spec.stored
     used = int((block.index >= 0).sum())
     nbytes = block.nbytes[:used].tolist()

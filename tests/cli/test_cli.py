@@ -72,14 +72,20 @@ def test_a_bad_size_is_a_usage_error_naming_the_option(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--large 'huge'" in res.output
 
 
-def test_the_command_line_loads_no_library_room_until_a_command_runs() -> None:
-    # `slidemill --help` and parsing wait for nothing heavy: the rooms (PyTorch, the service's
-    # web stack, the Dask graph) load when a command calls into them or reports an error
-    code = (
-        "import sys, slidemill.cli; "
-        "print(sorted(m for m in ('torch', 'fastapi', 'distributed', 'slidemill.pipeline', "
-        "'slidemill.workers', 'slidemill.service') if m in sys.modules))"
-    )
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        # `slidemill --help` and parsing wait for nothing heavy: the rooms load when a command
+        # calls into them or reports an error
+        ("slidemill.cli", ("torch", "fastapi", "distributed", "slidemill.pipeline.graph",
+                           "slidemill.workers", "slidemill.service")),
+        # the viewer serves slides through the readers, and neither needs PyTorch
+        ("slidemill.viewer", ("torch", "slidemill.workers", "slidemill.pipeline.graph")),
+        ("slidemill.pipeline.slides", ("torch", "slidemill.workers")),
+    ],
+)  # fmt: skip
+def test_light_entry_points_do_not_load_heavy_rooms(module: str, absent: tuple[str, ...]) -> None:
+    code = f"import sys, {module}; print(sorted(m for m in {absent!r} if m in sys.modules))"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )

@@ -28,8 +28,8 @@ import pytest
 from distributed.comm import connect
 from distributed.security import Security
 
-from slidemill.cluster import _kubernetes as kubernetes
-from slidemill.cluster._kubernetes import (
+from slidemill.cluster import (
+    BACKENDS,
     CA_PEM,
     CERT_PEM,
     HTTP_ROUTES_VAR,
@@ -394,11 +394,8 @@ def test_open_kubernetes_runs_the_specs_commands_as_a_tls_cluster(
     pods: Pods, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeKubernetes(pods)
-    real_require = kubernetes.require_extra
-    fakes = {"kr8s": fake, "kr8s.objects": fake}
-    monkeypatch.setattr(
-        kubernetes, "require_extra", lambda m, extra: fakes.get(m) or real_require(m, extra)
-    )
+    for module in ("kr8s", "kr8s.objects"):  # what the backend imports to reach the API
+        monkeypatch.setitem(sys.modules, module, fake)
     real_getaddrinfo = socket.getaddrinfo
 
     def outside_the_cluster(host: Any, *args: Any, **kwargs: Any) -> Any:
@@ -410,7 +407,7 @@ def test_open_kubernetes_runs_the_specs_commands_as_a_tls_cluster(
 
     config = _config(True)
     try:
-        with kubernetes.open_kubernetes(config) as client:
+        with BACKENDS["kubernetes"].open(config) as client:
             name = fake.resources["DaskCluster"]["metadata"]["name"]
             assert fake.created == [
                 ("Secret", f"{name}-tls"),  # before the pods that mount it
