@@ -3,10 +3,12 @@ cross-validation on two generators (the drawn benchmark and the textured one), n
 demo's held-out slides.
 
 For each generator: a set of `n_slides` slides (its own seed), an encoder pretrained on them
-(self-supervised, no labels), their features. Then for each cohort size, disjoint stratified
-cohorts of the set (one when the size is the whole set), and for each strategy of `STRATEGIES`
-k-fold cross-validation on every cohort: the pooled out-of-fold AUROC and log loss, and the
-epochs the folds ran. Every step is a library function, skipped when its output exists.
+(self-supervised, no labels), their features; one features folder per encoder of
+`LearningSettings.encoders` (`histo_cnn`, `handcrafted`, `histo_cnn+handcrafted`, ...). Then
+for each cohort size, disjoint stratified cohorts of the set (one when the size is the whole
+set), and for each strategy of `STRATEGIES` k-fold cross-validation on every cohort: the pooled
+out-of-fold AUROC and log loss, and the epochs the folds ran. Every step is a library
+function, skipped when its output exists.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class LearningSettings:
         "fixed 40 epochs + weight averaging",
     )
     """The strategies the other heads (the baselines) are trained with."""
+    encoders: tuple[str, ...] = ("histo_cnn",)
+    """Encoders whose features are studied; a `histo_cnn` part is the generator's pretrained one,
+    the `handcrafted` part needs no training."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,22 +117,38 @@ class StudyRow:
     top_k: float
     """Mean over those slides of the share of the k most attended tiles that are lesion, k the
     slide's lesion tiles."""
+    encoder: str = "histo_cnn"
+    """The encoder the features came from."""
 
 
 _SEED_OFFSET = 1000
 """The study's slides never coincide with the demo's (seeds 0 and 1)."""
 
 
+def features_folder(root: Path, encoder: str) -> Path:
+    """A generator's features folder for `encoder`: `features` for `histo_cnn` (as before
+    encoders were a setting), else `features-<encoder>` with ':' and '+' spelt '-' and '_'."""
+    if encoder == "histo_cnn":
+        return root / "features"
+    return root / ("features-" + encoder.replace(":", "-").replace("+", "_"))
+
+
 def prepare_generator(
-    out: Path, generator: str, texture: Path | None, s: LearningSettings, console: Console
+    out: Path,
+    generator: str,
+    texture: Path | None,
+    s: LearningSettings,
+    console: Console,
+    encoder: str = "histo_cnn",
 ) -> Path:
     """Slides, encoder and features of one generator under `out/generator`; returns the
-    features folder (labels in `out/generator/slides/labels.csv`)."""
+    features folder (labels in `out/generator/slides/labels.csv`). The `histo_cnn` is
+    pretrained only when `encoder` has it as a part."""
     from slidemill.cluster import load_cluster_config
     from slidemill.pipeline.cohort import WEIGHTS_FILE, encoder_bundle, pretrain
     from slidemill.pipeline.graph import run_batch
     from slidemill.schemas import RunSpec
-    from slidemill.workers import PretrainConfig
+    from slidemill.workers import ENCODERS, PretrainConfig
 
     root = out / generator
     slides = root / "slides"
@@ -140,8 +161,9 @@ def prepare_generator(
             size=s.size,
             texture=texture if generator == "textured" else None,
         )
+    learned = "histo_cnn" in ENCODERS.split(encoder)
     encoder_dir = root / "encoder"
-    if not (encoder_dir / WEIGHTS_FILE).is_file():
+    if learned and not (encoder_dir / WEIGHTS_FILE).is_file():
         console.print(f"[bold]pretrain[/bold] histo_cnn on {generator} tiles → {encoder_dir}")
         pretrain(
             (slides,),
@@ -151,16 +173,16 @@ def prepare_generator(
             tile_px=112,
             config=PretrainConfig(steps=s.pretrain_steps, seed=s.seed),
         )
-    features = root / "features"
+    features = features_folder(root, encoder)
     bundle = encoder_bundle(
         features,
-        encoder="histo_cnn",
-        encoder_weights=encoder_dir / WEIGHTS_FILE,
+        encoder=encoder,
+        encoder_weights=encoder_dir / WEIGHTS_FILE if learned else None,
         tile_mpp=1.0,
         tile_px=112,
         seed=s.seed,
     )
-    console.print(f"[bold]features[/bold] {generator} → {features}")
+    console.print(f"[bold]features[/bold] {encoder} on {generator} → {features}")
     run_batch(
         RunSpec(
             slides=(slides,),
@@ -221,6 +243,7 @@ def study_features(
     generator: str,
     s: LearningSettings,
     console: Console,
+    encoder: str = "histo_cnn",
 ) -> list[StudyRow]:
     """Cross-validate every head and strategy on every cohort of one generator's features; the
     folds' heads also score their held-out positive slides' tiles against the truth."""
@@ -250,7 +273,7 @@ def study_features(
     # second thread waiting at every op for a core makes training many times slower
     torch.set_num_threads(1)
     try:
-        return _study(bags, labels, lesion, generator, s, console)
+        return _study(bags, labels, lesion, generator, s, console, encoder)
     finally:
         torch.set_num_threads(threads)
 
@@ -262,6 +285,7 @@ def _study(
     generator: str,
     s: LearningSettings,
     console: Console,
+    encoder: str,
 ) -> list[StudyRow]:
     import torch
 
@@ -302,9 +326,10 @@ def _study(
                     auroc(where, np.concatenate(att)) if flags else math.nan,
                     auroc(where, np.concatenate(tile)) if flags else math.nan,
                     float(np.mean(top)) if top else math.nan,
+                    encoder,
                 )  # fmt: skip
                 console.print(
-                    f"{generator:9s} n={size:3d} {head:12s} {name:48s} "
+                    f"{generator:9s} {encoder} n={size:3d} {head:12s} {name:48s} "
                     f"AUROC {row.oof_auroc:.3f}  log loss {row.oof_log_loss:.3f}  "
                     f"epochs {row.epochs:5.1f}  localisation attention {row.loc_attention:.3f} "
                     f"tiles {row.loc_tiles:.3f} top-k {row.top_k:.3f}",
@@ -328,10 +353,10 @@ def run_learning_study(
             )
     rows: list[StudyRow] = []
     for generator in GENERATORS:
-        features = prepare_generator(out, generator, texture, settings, console)
-        rows += study_features(
-            features, out / generator / "slides" / "labels.csv", generator, settings, console
-        )
+        for encoder in settings.encoders:
+            features = prepare_generator(out, generator, texture, settings, console, encoder)
+            labels = out / generator / "slides" / "labels.csv"
+            rows += study_features(features, labels, generator, settings, console, encoder)
     doc = {
         "settings": {
             **asdict(settings),
@@ -344,20 +369,24 @@ def run_learning_study(
 
 
 def study_table(rows: Sequence[StudyRow]) -> str:
-    """The rows as a markdown table: one line per strategy and head, a column per generator and
-    cohort size (mean out-of-fold AUROC / log loss)."""
+    """The rows as a markdown table: one line per strategy, head and encoder, a column per
+    generator and cohort size (mean out-of-fold AUROC / log loss); an encoder column when the
+    rows are not all `histo_cnn`'s."""
     keys = sorted(
         {(r.generator, r.cohort) for r in rows}, key=lambda k: (GENERATORS.index(k[0]), k[1])
     )
-    head = "| strategy | head | " + " | ".join(f"{g} n={n}" for g, n in keys) + " |"
-    lines = [head, "|" + "---|" * (2 + len(keys))]
-    seen: dict[tuple[str, str], dict[tuple[str, int], StudyRow]] = {}
+    named = any(r.encoder != "histo_cnn" for r in rows)
+    first = "| strategy | head | encoder | " if named else "| strategy | head | "
+    head = first + " | ".join(f"{g} n={n}" for g, n in keys) + " |"
+    lines = [head, "|" + "---|" * (2 + named + len(keys))]
+    seen: dict[tuple[str, str, str], dict[tuple[str, int], StudyRow]] = {}
     for r in rows:
-        seen.setdefault((r.strategy, r.head), {})[(r.generator, r.cohort)] = r
-    for (strategy, h), cells in seen.items():
+        seen.setdefault((r.strategy, r.head, r.encoder), {})[(r.generator, r.cohort)] = r
+    for (strategy, h, enc), cells in seen.items():
         vals = [
             f"{cells[k].oof_auroc:.3f} / {cells[k].oof_log_loss:.3f}" if k in cells else "—"
             for k in keys
         ]
-        lines.append(f"| {strategy} | {h} | " + " | ".join(vals) + " |")
+        lead = f"| {strategy} | {h} | {enc} | " if named else f"| {strategy} | {h} | "
+        lines.append(lead + " | ".join(vals) + " |")
     return "\n".join(lines)

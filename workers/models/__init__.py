@@ -24,6 +24,7 @@ from slidemill.workers.models._clam_import import import_clam_checkpoint
 from slidemill.workers.models._device import InferenceSettings, default_device, inference_settings
 from slidemill.workers.models._encoders import (
     ENCODERS,
+    ConcatEncoder,
     Encoder,
     ResNet50Trunc,
     ResNetTrunk,
@@ -37,6 +38,7 @@ from slidemill.workers.models._ensemble import (
     ensemble_of,
     member_kwargs_json,
 )
+from slidemill.workers.models._handcrafted import HANDCRAFTED_FEATURES, HandcraftedEncoder
 from slidemill.workers.models._heads import (
     ABMIL,
     HEADS,
@@ -70,15 +72,18 @@ __all__ = [
     "CLAM",
     "ENCODERS",
     "ENSEMBLE",
+    "HANDCRAFTED_FEATURES",
     "HEADS",
     "REFERENCE_SHRINKAGE",
     "CLAMMultiBranch",
     "CLAMSingleBranch",
     "ClamSize",
     "ClamType",
+    "ConcatEncoder",
     "Encoder",
     "EnsembleMIL",
     "GatedABMIL",
+    "HandcraftedEncoder",
     "HistoCNN",
     "InferenceSettings",
     "InstanceABMIL",

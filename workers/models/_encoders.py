@@ -1,7 +1,9 @@
 """Tile encoders: the `Encoder` protocol, and the registered implementations.
 
 Names: the torchvision ResNets, `resnet50_trunc`, `tiny_cnn`, any timm model as
-`timm:<model_name>`, and `torchscript` (a user's TorchScript file). Weights never download:
+`timm:<model_name>`, and `torchscript` (a user's TorchScript file); `histo_cnn` and
+`handcrafted` register from their own files. "A+B" names the concatenation of encoders A and B
+(`ConcatEncoder`), e.g. `histo_cnn+handcrafted`. Weights never download:
 torchvision models are built with `weights=None` and timm models with `pretrained=False`, and
 both are filled from the model bundle (or a local weights file when a bundle is made).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -239,3 +242,71 @@ def _torchscript(
             "encoder 'torchscript' needs its TorchScript file (encoder_file, --encoder-file)"
         )
     return TorchScriptEncoder(file, feature_dim, probe_px)
+
+
+class ConcatEncoder(nn.Module):
+    """Encoders side by side on the same tiles (name "A+B"): their features concatenated in the
+    order named, e.g. a learned encoder with the `handcrafted` features.
+
+    The state dict holds `parts.<i>.*`, except when exactly one part has weights (a learned
+    encoder joined with weightless ones): then its keys are that part's own, so the learned
+    encoder's weights file (`model pretrain`'s, a timm state dict) fits the concatenation
+    unchanged, through `--encoder-weights` as for the encoder alone.
+
+    forward: (B, 3, H, W) → (B, Σ feature_dim of the parts) float32.
+    """
+
+    def __init__(self, parts: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(parts) < 2:
+            raise UnknownComponentError("a concatenation of encoders needs two or more parts")
+        if any(isinstance(p, TorchScriptEncoder) for p in parts):
+            raise UnknownComponentError(
+                "encoder 'torchscript' cannot be part of an 'A+B' encoder: its file travels "
+                "alone in a bundle; script the concatenation instead"
+            )
+        dims = [getattr(p, "feature_dim", None) for p in parts]
+        if not all(isinstance(d, int) for d in dims):
+            raise UnknownComponentError("every part of an 'A+B' encoder declares feature_dim")
+        self.parts = nn.ModuleList(parts)
+        self.feature_dims: tuple[int, ...] = tuple(int(d) for d in dims if isinstance(d, int))
+        self.feature_dim = sum(self.feature_dims)
+        holders = [i for i, p in enumerate(parts) if p.state_dict()]
+        self._owner = f"parts.{holders[0]}." if len(holders) == 1 else None
+        if self._owner is not None:
+            self.register_state_dict_post_hook(_unprefix_state)
+            self.register_load_state_dict_pre_hook(_prefix_state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32: under autocast a learned part answers in bf16, the others in float32
+        return torch.cat([torch.as_tensor(p(x)).float() for p in self.parts], 1)
+
+
+def _unprefix_state(
+    module: nn.Module, state: dict[str, torch.Tensor], prefix: str, _meta: object
+) -> None:
+    """Post state-dict hook: the one weighted part's keys without its `parts.<i>.`."""
+    owner = prefix + str(getattr(module, "_owner", ""))
+    for key in [k for k in state if k.startswith(owner)]:
+        state[prefix + key[len(owner) :]] = state.pop(key)
+
+
+def _prefix_state(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    prefix: str,
+    _meta: object,
+    _strict: bool,
+    _missing: list[str],
+    _unexpected: list[str],
+    _errors: list[str],
+) -> None:
+    """Load pre-hook: the keys `_unprefix_state` wrote back under their part."""
+    owner = prefix + str(getattr(module, "_owner", ""))
+    for key in [k for k in state if k.startswith(prefix) and not k.startswith(prefix + "parts.")]:
+        state[owner + key[len(prefix) :]] = state.pop(key)
+
+
+@ENCODERS.register_join
+def _concat(parts: list[nn.Module]) -> nn.Module:
+    return ConcatEncoder(parts)
