@@ -1,6 +1,7 @@
 """`slidemill bench --many N`: what one slide costs beyond its pixels. N links to the same small
-slide go through the whole pipeline as one batch; the figures are seconds per slide, the
-scheduler's tasks per slide, the client's peak memory and the time to the first result."""
+slide go through the whole pipeline as one batch; the figures are seconds per slide, the CPU
+seconds the workers and the client spend per slide, the scheduler's tasks per slide, the client's
+peak memory and the time to the first result."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ class ManyRun:
     """Its resident memory when the batch started."""
     first_result_s: float
     """Seconds from the batch's start to its first published slide."""
+    worker_cpu_s: float = 0.0
+    """CPU seconds (user and system) the worker processes spent during the batch."""
+    client_cpu_s: float = 0.0
+    """CPU seconds of the client's process (which holds the scheduler too) during the batch."""
 
     @property
     def per_slide(self) -> float:
@@ -57,6 +62,15 @@ class _TaskCount(SchedulerPlugin):
     def transition(self, key: object, start: str, finish: str, *args: object, **kw: object) -> None:
         if finish in ("memory", "erred"):
             self.done += 1
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds the processes `pids` have spent so far."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
 
 
 class _PeakRss:
@@ -116,11 +130,17 @@ def many_run(
         show_progress=False,
     )
     before = tasks.done
-    start_rss = psutil.Process().memory_info().rss
+    me = psutil.Process()
+    start_rss = me.memory_info().rss
     with Client(cluster) as client, _PeakRss() as peak:
+        # CPU time, unlike wall time, hardly depends on what else a shared machine runs
+        workers = list(client.run(os.getpid).values())
+        worker_cpu, client_cpu = _cpu_seconds(workers), _cpu_seconds([me.pid])
         t0 = time.perf_counter()
         report = run_batch(spec, hooks=BatchHooks(client=client, on_result=on_result))
         seconds = time.perf_counter() - t0
+        worker_cpu = _cpu_seconds(workers) - worker_cpu
+        client_cpu = _cpu_seconds([me.pid]) - client_cpu
     failed = [r for r in report.results if r.status != "done"]
     if failed:
         raise PipelineError(f"bench --many: {len(failed)} slides failed: {failed[0].error}")
@@ -133,6 +153,8 @@ def many_run(
         peak_rss_mib=peak.peak / 2**20,
         start_rss_mib=start_rss / 2**20,
         first_result_s=first[0] if first else seconds,
+        worker_cpu_s=worker_cpu,
+        client_cpu_s=client_cpu,
     )
 
 
@@ -161,15 +183,17 @@ def run_many_bench(slide: Path, counts: tuple[int, ...], console: Console, work:
         init_bundle(bundle, encoder="tiny_cnn", tile_px=256, mpp=0.5, seed=0)
     runs = many_runs(slide, bundle, tuple(sorted(set(counts))), work)
     table = Table(title=f"many slides: N links to {slide.name}, whole pipeline, one batch each")
-    for col in ("N", "s", "s/slide", "s per extra slide", "tasks/slide", "client peak MiB",
-                "client at start MiB", "first result s"):  # fmt: skip
+    for col in ("N", "s", "s/slide", "s per extra slide", "worker CPU s/slide",
+                "client CPU s/slide", "tasks/slide", "client peak MiB", "client at start MiB",
+                "first result s"):  # fmt: skip
         table.add_column(col, justify="right")
     prev: ManyRun | None = None
     for r in runs:
         extra = (r.seconds - prev.seconds) / (r.n - prev.n) if prev is not None else None
         table.add_row(
             str(r.n), f"{r.seconds:.1f}", f"{r.per_slide:.3f}",
-            "—" if extra is None else f"{extra:.3f}", f"{r.tasks / r.n:.1f}",
+            "—" if extra is None else f"{extra:.3f}", f"{r.worker_cpu_s / r.n:.3f}",
+            f"{r.client_cpu_s / r.n:.3f}", f"{r.tasks / r.n:.1f}",
             f"{r.peak_rss_mib:,.0f}", f"{r.start_rss_mib:,.0f}", f"{r.first_result_s:.2f}",
         )  # fmt: skip
         prev = r

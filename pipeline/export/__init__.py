@@ -10,6 +10,7 @@ from slidemill.pipeline.export._files import (
     export_run,
     export_slide,
     read_slide_maps,
+    slide_maps,
     write_ome_zarr,
     write_qupath,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "region_features",
     "render_batch_report",
     "result_flags",
+    "slide_maps",
     "thumbnail_uri",
     "tile_features",
     "write_batch_report",

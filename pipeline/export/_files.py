@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import numpy as np
 import zarr
 from numpy.typing import NDArray
@@ -93,6 +92,20 @@ def read_slide_maps(store: Path) -> SlideMaps:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:  # ValidationError is a ValueError
         raise ExportError(f"{store}: cannot read the slide store ({one_line(err)})") from err
+    return slide_maps(store, attrs, heatmap, grid_index, scores, attention)
+
+
+def slide_maps(
+    store: Path,
+    attrs: SlideStoreAttrs,
+    heatmap: NDArray[np.float32],
+    grid_index: NDArray[np.int64],
+    scores: NDArray[np.float32],
+    attention: NDArray[np.float32],
+) -> SlideMaps:
+    """The exports' input from a slide store's attributes and arrays, as `read_slide_maps` reads
+    them (the reduce task, which holds them already, passes them itself); `ExportError` names
+    `store` when they do not fit together."""
     mpp = attrs.provenance.slide_mpp
     if mpp is None:
         raise ExportError(f"{store}: the store records no µm/px (provenance.slide_mpp)")
@@ -125,7 +138,7 @@ def write_ome_zarr(path: Path, maps: SlideMaps) -> Path:
     class labelled with its name, levels 2× apart, each with its scale and translation."""
     with warnings.catch_warnings():  # ome-zarr 0.18 warns about its own Scaler default on import
         warnings.simplefilter("ignore", DeprecationWarning)
-        from ome_zarr.writer import write_multiscale, write_multiscales_metadata
+        from ome_zarr.writer import write_multiscales_metadata
 
     levels = pyramid(maps.heatmap)
     transforms = level_transforms(maps.geometry, len(levels))
@@ -140,24 +153,23 @@ def write_ome_zarr(path: Path, maps: SlideMaps) -> Path:
             for i, name in enumerate(maps.attrs.class_names)
         ]
     }
-    storage = [
-        {"chunks": (1, min(level.shape[1], _CHUNK), min(level.shape[2], _CHUNK))}
-        for level in levels
-    ]
-    # ome-zarr writes through dask arrays. Inside a Dask worker that computation would go to the
-    # batch's own scheduler as a few tasks per slide, queued behind the whole batch's higher-
-    # priority work, so every slide's reduce waited for the batch to drain (first results only
-    # at its end). The heatmap is tile-grid sized: computed in this thread.
-    with _replacing(path) as tmp, dask.config.set(scheduler="synchronous"):
+    # The levels are tile-grid sized arrays in memory: written straight through zarr, as
+    # ome-zarr's `write_multiscale` would write them (the same array metadata and chunks,
+    # test_export.py compares the two file for file) but without building and running a dask
+    # graph per level, which costs more than the writing. Within a Dask worker that graph must
+    # not go to the batch's own scheduler either: it would queue behind the whole batch.
+    # ome-zarr's metadata writer writes, and validates, the multiscales metadata.
+    with _replacing(path) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w")
-        cell = maps.geometry.cell_um
-        write_multiscale(
-            levels, group, axes=_AXES, name="heatmap", storage_options=storage,
-            scale={"y": cell, "x": cell}, metadata={"omero": omero},
-        )  # fmt: skip
-        # `write_multiscale` derives scale-only transforms from the level shapes; the datasets'
-        # translations (and exact 2× scales for odd sizes) are written again through the
-        # library's metadata writer, which validates them.
+        for k, level in enumerate(levels):
+            array = group.create_array(
+                f"s{k}",
+                shape=level.shape,
+                dtype=level.dtype,
+                chunks=(1, min(level.shape[1], _CHUNK), min(level.shape[2], _CHUNK)),
+                dimension_names=[axis["name"] for axis in _AXES],
+            )
+            array[...] = level
         datasets = [
             {"path": f"s{k}", "coordinateTransformations": t.ngff()}
             for k, t in enumerate(transforms)
@@ -175,11 +187,16 @@ def write_qupath(path: Path, maps: SlideMaps, threshold: float) -> Path:
     return path
 
 
-def export_slide(folder: Path, *, threshold: float | None = None) -> tuple[Path, ...]:
+def export_slide(
+    folder: Path, *, threshold: float | None = None, maps: SlideMaps | None = None
+) -> tuple[Path, ...]:
     """Write `heatmap.ome.zarr` and `qupath.geojson` into a slide's folder from its store.
 
-    `threshold` is the model's trained one (regions of P(positive) ≥ it); None means 0.5."""
-    maps = read_slide_maps(folder / SLIDE_STORE)
+    `threshold` is the model's trained one (regions of P(positive) ≥ it); None means 0.5.
+    `maps`: the store's contents when the caller holds them already (`slide_maps`), else they
+    are read from the store."""
+    if maps is None:
+        maps = read_slide_maps(folder / SLIDE_STORE)
     t = DEFAULT_THRESHOLD if threshold is None else threshold
     return (
         write_ome_zarr(folder / HEATMAP_OME_ZARR, maps),

@@ -8,14 +8,14 @@ import base64
 import html
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from slidemill.schemas import SlideResult, TilingSpec, slidemill_version
-from slidemill.schemas.files import write_atomic
+from slidemill.schemas.files import staged
 from slidemill.schemas.layout import HEATMAP_PNG, REPORT_HTML
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,22 @@ def render_batch_report(
 ) -> str:
     """The page for `results` (pure); `thumbnails` maps slide id → an image data URI. Every
     value is escaped."""
+    return "".join(
+        _report_pieces(results, thumbnails.get, title=title, stopped=stopped, created=created)
+    )
+
+
+def _report_pieces(
+    results: Sequence[SlideResult],
+    thumbnail: Callable[[str], str | None],
+    *,
+    title: str,
+    stopped: str | None,
+    created: datetime | None,
+) -> Iterator[str]:
+    """The page of `render_batch_report` in pieces, one per diagnosed slide's row, asking
+    `thumbnail` for each slide's data URI as its row comes: a writer that writes each piece as
+    it comes holds one thumbnail at a time, however many slides the batch had."""
     created = created or datetime.now(UTC)
     classes = _distinct([c for r in results for c in r.class_names])
     flags = {r.slide_id: result_flags(r) for r in results}
@@ -98,7 +114,7 @@ def render_batch_report(
     head = ["slide", "label", *[f"P({c})" for c in classes], "tiles"]
     head += ["flags"] if any_flags else []
     head += ["heatmap"]
-    rows = []
+    rows: list[tuple[str, str]] = []  # slide id, its row up to the thumbnail's cell
     for r in done:
         probs = dict(zip(r.class_names, r.probabilities, strict=False))
         cells = [
@@ -110,10 +126,7 @@ def render_batch_report(
         if any_flags:
             text = ", ".join(flags[r.slide_id])
             cells.append(f'<td class="l flag">{_e(text) if text else ""}</td>')
-        uri = thumbnails.get(r.slide_id)
-        img = f'<img src="{_e(uri)}" alt="heatmap of {_e(r.slide_id)}">' if uri else "—"
-        cells.append(f'<td class="l">{img}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        rows.append((r.slide_id, "<tr>" + "".join(cells)))
 
     def th(h: str, i: int) -> str:
         return (
@@ -122,11 +135,6 @@ def render_batch_report(
             else (f"<th>{_e(h)}</th>")
         )
 
-    diagnoses = (
-        "<table><thead><tr>" + "".join(th(h, i) for i, h in enumerate(head)) + "</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        if rows else "<p>No slide was diagnosed.</p>"
-    )  # fmt: skip
     failure_rows = "".join(
         f'<tr><td class="l">{_e(r.slide_id)}</td><td class="l">{_e(r.status)}</td>'
         f'<td class="l">{_e(r.error or "")}</td></tr>'
@@ -165,16 +173,27 @@ def render_batch_report(
     ]
     if stopped:
         parts.append(f'<p class="flag">The batch stopped early: {_e(stopped)}</p>')
-    parts += [
-        "<h2>Diagnoses</h2>",
-        diagnoses,
-        "<h2>Failed and skipped slides</h2>",
-        failed_table,
-        "<h2>Provenance</h2>",
-        f"<table><tbody>{prov}</tbody></table>",
-        "</body></html>\n",
-    ]
-    return "\n".join(parts)
+    parts.append("<h2>Diagnoses</h2>")
+    yield "\n".join(parts) + "\n"
+    if rows:
+        yield "<table><thead><tr>" + "".join(th(h, i) for i, h in enumerate(head))
+        yield "</tr></thead><tbody>"
+        for slide_id, row in rows:
+            uri = thumbnail(slide_id)
+            img = f'<img src="{_e(uri)}" alt="heatmap of {_e(slide_id)}">' if uri else "—"
+            yield f'{row}<td class="l">{img}</td></tr>'
+        yield "</tbody></table>"
+    else:
+        yield "<p>No slide was diagnosed.</p>"
+    yield "\n" + "\n".join(
+        [
+            "<h2>Failed and skipped slides</h2>",
+            failed_table,
+            "<h2>Provenance</h2>",
+            f"<table><tbody>{prov}</tbody></table>",
+            "</body></html>\n",
+        ]
+    )
 
 
 def thumbnail_uri(png: Path, max_px: int = THUMB_MAX_PX) -> str | None:
@@ -196,16 +215,21 @@ def thumbnail_uri(png: Path, max_px: int = THUMB_MAX_PX) -> str | None:
 def write_batch_report(
     out: Path, results: Sequence[SlideResult], *, stopped: str | None = None
 ) -> Path:
-    """Write `<out>/report.html` for `results` (temporary name, then rename); return its path."""
-    thumbnails = {}
-    for r in results:
-        if r.status == "done" and r.class_names:  # a features-only run draws no heatmap
-            uri = thumbnail_uri(out / r.slide_id / HEATMAP_PNG)
-            if uri is not None:
-                thumbnails[r.slide_id] = uri
-    page = render_batch_report(
-        results, thumbnails, title=f"slidemill batch report: {out.name}", stopped=stopped
-    )
+    """Write `<out>/report.html` for `results` (temporary name, then rename); return its path.
+
+    Written row by row, each slide's thumbnail made as its row is written: the client holds
+    one thumbnail at a time rather than a night's worth."""
+    drawn = {r.slide_id for r in results if r.status == "done" and r.class_names}
+
+    def thumbnail(slide_id: str) -> str | None:
+        # a features-only run draws no heatmap
+        return thumbnail_uri(out / slide_id / HEATMAP_PNG) if slide_id in drawn else None
+
     path = out / REPORT_HTML
-    write_atomic(path, page)
+    pieces = _report_pieces(
+        results, thumbnail, title=f"slidemill batch report: {out.name}", stopped=stopped,
+        created=None,
+    )  # fmt: skip
+    with staged(path) as tmp, tmp.open("w", encoding="utf-8") as page:
+        page.writelines(pieces)
     return path

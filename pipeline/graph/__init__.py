@@ -9,7 +9,7 @@ from slidemill.pipeline.graph._batch import (
     run_batch,
     tiling_for,
 )
-from slidemill.pipeline.graph._heatmap import rasterise
+from slidemill.pipeline.graph._heatmap import rasterise, render_png
 from slidemill.pipeline.graph._lock import LockHolder, hold_output, is_stale
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
@@ -76,6 +76,7 @@ __all__ = [
     "read_tile_tensor",
     "read_tiles",
     "reduce_slide",
+    "render_png",
     "resume_key",
     "run_batch",
     "runs",

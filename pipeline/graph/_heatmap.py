@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless workers; must precede pyplot
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from slidemill.schemas.files import staged
@@ -51,12 +48,9 @@ def render_png(
     panel_w = 4.0
     panel_h = panel_w * h / w
     flag_h = 0.25 * len(flags)
-    fig, axes = plt.subplots(
-        1,
-        len(shown) + 1,
-        figsize=(panel_w * (len(shown) + 1) + 1.0, panel_h + 0.8 + flag_h),
-        squeeze=False,
-    )
+    # a bare Figure draws on Agg by itself: no pyplot figure manager, nothing to close
+    fig = Figure(figsize=(panel_w * (len(shown) + 1) + 1.0, panel_h + 0.8 + flag_h))
+    axes = fig.subplots(1, len(shown) + 1, squeeze=False)
     axes[0, 0].imshow(thumbnail)
     axes[0, 0].set_title("slide")
     image = None
@@ -75,6 +69,10 @@ def render_png(
         ax.set_title(f"P({class_names[c]}) per tile")
     for ax in axes[0]:
         ax.set_axis_off()
+        # hidden, not only undrawn: placing a panel's title otherwise lays out the tick labels
+        # of axes that are never drawn
+        ax.xaxis.set_visible(False)
+        ax.yaxis.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=axes[0, 1:].tolist(), fraction=0.04, label="tile probability")
     fig.suptitle(title)
@@ -94,4 +92,3 @@ def render_png(
         # zlib level 1: several times faster than the default 6 on a figure this size, for a
         # file a little larger; the PNG is written once per slide, on the critical path
         fig.savefig(tmp, dpi=100, pil_kwargs={"compress_level": 1})
-    plt.close(fig)

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from pydantic import TypeAdapter, ValidationError
 
 from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
-from slidemill.pipeline.export import export_slide
+from slidemill.pipeline.export import export_slide, slide_maps
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
 from slidemill.pipeline.graph._resume import ResumeKey, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
@@ -550,15 +550,17 @@ def mil_slide(plan: SlidePlan, _encoded: list[Encoded]) -> MILResult:
     )
 
 
-def slide_qc(plan: SlidePlan, mil: MILResult) -> SlideQC | None:
-    """The slide's QC from what its tasks stored (thumbnail, mask, per-tile QC) and the MIL
-    task's OOD score; None with --qc off."""
+def slide_qc(
+    plan: SlidePlan, mil: MILResult, attrs: SlideStoreAttrs, thumb: NDArray[np.uint8]
+) -> SlideQC | None:
+    """The slide's QC from what its tasks stored (thumbnail, mask, per-tile QC; the store's
+    attributes and thumbnail as the caller read them) and the MIL task's OOD score; None with
+    --qc off."""
     job = plan.job
     if job.qc is QCMode.OFF:
         return None
-    thumb = read_all(job.store, StoreArray.THUMBNAIL).astype(np.uint8, copy=False)
     mask = read_all(job.store, StoreArray.TISSUE_MASK).astype(bool)
-    width = read_attrs(job.store).slide_dimensions[0]
+    width = attrs.slide_dimensions[0]
     thumb_mpp = (plan.provenance.slide_mpp or 1.0) * width / thumb.shape[1]
     measured = thumbnail_qc(thumb, mask, thumb_mpp)
     blur = read_all(job.store, StoreArray.QC_BLUR).astype(np.float32, copy=False)
@@ -604,17 +606,15 @@ def reduce_slide(
         attrs.grid_shape,
     )
     write_array(job.store, StoreArray.HEATMAP, heat)
+    stored_thumb = read_all(job.store, StoreArray.THUMBNAIL).astype(np.uint8, copy=False)
     thumb = png_thumbnail(
-        read_all(job.store, StoreArray.THUMBNAIL).astype(np.uint8, copy=False),
-        Path(job.path),
-        attrs.slide_dimensions,
-        plan.provenance.slide_mpp or 1.0,
+        stored_thumb, Path(job.path), attrs.slide_dimensions, plan.provenance.slide_mpp or 1.0
     )
     # the threshold was chosen on the head's own probabilities
     label_index = decide_label(mil.raw_probabilities or mil.probabilities, job.threshold)
     label = job.class_names[label_index]
     work = job.work
-    qc = slide_qc(plan, mil)
+    qc = slide_qc(plan, mil, attrs, stored_thumb)
     render_png(
         work / HEATMAP_PNG,
         thumb,
@@ -624,8 +624,11 @@ def reduce_slide(
         title=f"{job.slide_id}: {label} (p={mil.probabilities[label_index]:.2f})",
         flags=tuple(f"{f.code.value}: {f.reason}" for f in qc.flags) if qc else (),
     )
-    # the files QuPath and napari open, inside the work folder so they publish with the rest
-    export_slide(work, threshold=job.threshold)
+    # the files QuPath and napari open, inside the work folder so they publish with the rest;
+    # from the arrays in hand rather than read back from the store
+    attention = read_all(job.store, StoreArray.ATTENTION).astype(np.float32, copy=False)
+    maps = slide_maps(job.store, attrs, heat, grid_index.astype(np.int64), scores, attention)
+    export_slide(work, threshold=job.threshold, maps=maps)
     result = SlideResult(
         slide_id=job.slide_id,
         path=job.path,

@@ -4,11 +4,13 @@ Reader and `geojson-pydantic`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -34,6 +36,8 @@ from slidemill.pipeline.export import (
     level_transforms,
     positive_classes,
     pyramid,
+    read_slide_maps,
+    write_ome_zarr,
 )
 from slidemill.pipeline.tissue import grid_shape, origin
 from slidemill.schemas import Provenance, SlideResult, SlideStoreAttrs, TilingSpec
@@ -289,6 +293,46 @@ def test_ome_zarr_opens_in_the_reference_reader_with_scale_translation_and_chann
     np.testing.assert_array_equal(level0, heat)  # NaN where NaN (assert_array_equal: equal_nan)
     assert np.isnan(level0).any()
     np.testing.assert_array_equal(np.asarray(image.data[1]), downsample(heat))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+
+@pytest.mark.parametrize("fill", ["maps", "zeros"])
+def test_ome_zarr_is_what_the_libraries_own_writer_writes_file_for_file(
+    tmp_path: Path, fill: str
+) -> None:
+    """The levels are written straight through zarr rather than through ome-zarr's dask-based
+    `write_multiscale`: the files must be the same, byte for byte (all-zero chunks, which zarr
+    leaves unwritten, included)."""
+    from ome_zarr.writer import write_multiscale, write_multiscales_metadata
+
+    maps = read_slide_maps(write_store(tmp_path / "slide-a", heat_shape=(600, 90)) / SLIDE_STORE)
+    if fill == "zeros":
+        maps = dataclasses.replace(maps, heatmap=np.zeros_like(maps.heatmap))
+    ours = write_ome_zarr(tmp_path / "ours.ome.zarr", maps)
+    # the reference: ome-zarr's writer through dask, then the same metadata with translations
+    levels = pyramid(maps.heatmap)
+    group = zarr.open_group(store=str(tmp_path / "reference.ome.zarr"), mode="w")
+    attrs = json.loads((ours / "zarr.json").read_text())["attributes"]["ome"]
+    axes, omero = attrs["multiscales"][0]["axes"], attrs["omero"]
+    with dask.config.set(scheduler="synchronous"):
+        write_multiscale(
+            levels, group, axes=axes, name="heatmap", metadata={"omero": omero},
+            storage_options=[
+                {"chunks": (1, min(lv.shape[1], 512), min(lv.shape[2], 512))} for lv in levels
+            ],
+        )  # fmt: skip
+    datasets = [
+        {"path": f"s{k}", "coordinateTransformations": t.ngff()}
+        for k, t in enumerate(level_transforms(maps.geometry, len(levels)))
+    ]
+    write_multiscales_metadata(
+        group, datasets, axes=axes, name="heatmap", metadata={"omero": omero}
+    )
+    assert len(levels) > 2
+    assert _files(ours) == _files(tmp_path / "reference.ome.zarr")
 
 
 def test_export_run_skips_done_slides_unless_forced_and_a_broken_folder_fails_alone(

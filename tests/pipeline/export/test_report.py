@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -17,6 +18,7 @@ from slidemill.pipeline.export import (
     THUMB_MAX_PX,
     render_batch_report,
     result_flags,
+    thumbnail_uri,
     write_batch_report,
 )
 from slidemill.schemas import Provenance, SlideResult, TilingSpec
@@ -87,6 +89,19 @@ def test_report_is_self_contained_escaped_with_small_thumbnails(tmp_path: Path) 
         thumb = Image.open(io.BytesIO(base64.b64decode(uri)))
         assert thumb.width <= THUMB_MAX_PX
         assert abs(thumb.height / thumb.width - 400 / 1300) < 0.02
+
+    # written row by row (one thumbnail held at a time), it is the pure function's page
+    thumbnails = {
+        r.slide_id: u for r in results[:2] if (u := thumbnail_uri(out / r.slide_id / HEATMAP_PNG))
+    }
+    written = re.search(r"written (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", page)
+    assert written is not None
+    created = datetime.strptime(written[1], "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    title = f"slidemill batch report: {out.name}"
+    pure = render_batch_report(
+        results, thumbnails, title=title, stopped="no workers for 300 s", created=created
+    )
+    assert page == pure
 
 
 def test_flags_are_read_where_results_carry_them() -> None:

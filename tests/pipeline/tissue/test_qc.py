@@ -122,3 +122,59 @@ def test_glass_and_ink_pixels() -> None:
     assert glass(px).tolist() == [True, False, False, False, False, False]
     # eosin and haematoxylin are not ink; blue, green and black marker are
     assert ink(px).tolist() == [False, False, False, True, True, True]
+
+
+def _tile_qc_by_axis(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The measures spelt out with reductions over the channel axis, as the definitions read."""
+    blur = np.full(len(tiles), np.nan, np.float32)
+    pen = np.empty(len(tiles), np.float32)
+    background = np.empty(len(tiles), np.float32)
+    for i, tile in enumerate(tiles):
+        lo, hi = tile.min(axis=-1).astype(np.int16), tile.max(axis=-1).astype(np.int16)
+        bare = (lo >= 200) & (hi - lo <= 30)
+        r, g, b = (tile[..., c].astype(np.int16) for c in range(3))
+        inked = ((b - r > 70) & (b - g > 20) & (r < 90)) | ((g - r > 20) & (g - b > 10)) | (hi < 40)
+        pen[i], background[i] = inked.mean(), bare.mean()
+        grey = tile.astype(np.float32).mean(axis=-1) / 255.0
+        lap = (
+            grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
+            - 4.0 * grey[1:-1, 1:-1]
+        )  # fmt: skip
+        tissue = ~bare[1:-1, 1:-1]
+        if tissue.mean() >= 0.1:
+            blur[i] = float(lap[tissue].var())
+    return blur, pen, background
+
+
+def test_tile_measures_are_exactly_the_channel_axis_definitions() -> None:
+    """`tile_qc` works on the three channel planes (far faster than reducing a 3-long axis); its
+    measures must be the definitions' to the bit, on rendered tissue, glass, ink and noise."""
+    slide = synthetic()
+    level0 = slide.render(400, 500, 448, 448, 1.0)
+    rng = np.random.default_rng(5)
+    # the grey level is a pixel's channel sum over 3: a tile holding every sum, 0 to 765
+    sums = np.resize(np.arange(766), 112 * 112)
+    every_channel_sum = (
+        np.stack(
+            [np.minimum(sums, 255), np.clip(sums - 255, 0, 255), np.clip(sums - 510, 0, 255)], -1
+        )
+        .astype(np.uint8)[rng.permutation(112 * 112)]
+        .reshape(1, 112, 112, 3)
+    )
+    tiles = np.concatenate(
+        [
+            level0.reshape(4, 112, 4, 112, 3).swapaxes(1, 2).reshape(16, 112, 112, 3),
+            degrade(level0, "pen", 0.5, seed=3)[:112, :112][None],
+            rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8),
+            rng.integers(190, 256, (2, 112, 112, 3), dtype=np.uint8),  # glass and near glass
+            rng.integers(0, 50, (1, 112, 112, 3), dtype=np.uint8),  # near black
+            np.full((1, 112, 112, 3), 235, np.uint8),
+            every_channel_sum,
+        ]
+    )
+    qc = tile_qc(tiles)
+    blur, pen, background = _tile_qc_by_axis(tiles)
+    np.testing.assert_array_equal(qc.blur, blur)  # NaN where NaN
+    np.testing.assert_array_equal(qc.pen, pen)
+    np.testing.assert_array_equal(qc.background, background)
+    assert np.isnan(qc.blur).any() and (qc.pen > 0).any()
