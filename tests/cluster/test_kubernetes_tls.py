@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -48,7 +47,7 @@ from slidemill.cluster import (
 )
 from slidemill.cluster.errors import ClusterConfigError
 from slidemill.schemas import KubernetesClusterConfig, TlsFiles
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_groups
 
 NAME = "slidemill-tls-test"
 DEADLINE_S = 30.0
@@ -242,16 +241,7 @@ class Pods:
         return "\n".join(p.read_text() for p in sorted(self.folder.glob("*.log")))
 
     def close(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_groups(self.procs)
 
 
 @pytest.fixture

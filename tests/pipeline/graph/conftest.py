@@ -3,7 +3,6 @@ test may kill any of them; each worker loads `_hold.py`, which holds a stage whe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+
+from tests.helpers import stop_groups
 
 HOLD = Path(__file__).with_name("_hold.py")
 DEADLINE_S = 120.0
@@ -100,16 +101,7 @@ class DaskProcesses:
     def close(self) -> None:
         """Stop every process and what it started (a nanny's worker may still be starting, and
         would wait for a scheduler that is gone)."""
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_groups(self.procs)
 
 
 @pytest.fixture()
