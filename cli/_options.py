@@ -83,8 +83,10 @@ KeepJpeg = Annotated[
 EncoderName = Annotated[
     str,
     typer.Option(
-        help="Registered encoder (resnet18, resnet50_trunc, histo_cnn, …), timm:<name> for any "
-        "timm model, or torchscript with --encoder-file."
+        help="Registered encoder (resnet18, resnet50_trunc, histo_cnn, handcrafted: H&E "
+        "features with no training, …), timm:<name> for any timm model, torchscript with "
+        "--encoder-file, or A+B for the features of both side by side (e.g. "
+        "histo_cnn+handcrafted)."
     ),
 ]
 EncoderFile = Annotated[

@@ -3,6 +3,7 @@ throughput, the contracts as JSON Schema."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -147,11 +148,34 @@ def bench_learning(
         "abmil_gated,mean_pool"
     ),
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    encoders: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated encoders whose features are studied (histo_cnn, handcrafted, "
+            "histo_cnn+handcrafted, …); a histo_cnn part is pretrained on each generator."
+        ),
+    ] = "histo_cnn",
+    tile_px: Annotated[int, typer.Option(min=16, help="Tile edge in pixels.")] = 112,
+    tile_mpp: Annotated[
+        float, typer.Option(min=0.01, help="µm/px of the tiles (the slides are 0.5).")
+    ] = 1.0,
+    generators: Annotated[
+        str, typer.Option(help="Comma-separated generators to study (drawn, textured).")
+    ] = "drawn,textured",
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A strategy to train every head with (repeat for more; default: all of them "
+            "on the first head, two on the others)."
+        ),
+    ] = None,
 ) -> None:
     """Which training settings hold on small cohorts: cross-validation of each strategy on
     cohorts of the drawn and the textured benchmark (never the demo's held-out slides), with
     lesion localisation of attention and tile scores; writes OUT/learning-study.json."""
     from slidemill.pipeline.bench import (
+        GENERATORS,
+        STRATEGIES,
         LearningSettings,
         default_sample,
         run_learning_study,
@@ -165,6 +189,15 @@ def bench_learning(
         sizes = tuple(int(c) for c in cohorts.split(","))
     except ValueError:
         fail(f"--cohorts {cohorts!r}: give sizes like 16,32")
+    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
+    if not names:
+        fail("--encoders: give at least one encoder, e.g. histo_cnn,handcrafted")
+    chosen = tuple(g.strip() for g in generators.split(",") if g.strip())
+    if not chosen or any(g not in GENERATORS for g in chosen):
+        fail(f"--generators {generators!r}: give some of {', '.join(GENERATORS)}")
+    for name in strategy or ():
+        if name not in STRATEGIES:
+            fail(f"--strategy {name!r}: one of " + "; ".join(repr(k) for k in STRATEGIES))
     settings = LearningSettings(
         n_slides=n,
         cohorts=sizes,
@@ -172,7 +205,15 @@ def bench_learning(
         pretrain_steps=pretrain_steps,
         heads=tuple(h.strip() for h in heads.split(",") if h.strip()),
         seed=seed,
+        encoders=names,
+        tile_px=tile_px,
+        tile_mpp=tile_mpp,
+        generators=chosen,
     )
+    if strategy:
+        settings = replace(
+            settings, strategies=tuple(strategy), baseline_strategies=tuple(strategy)
+        )
     rows = run_learning_study(out, source, settings, console)
     console.print(study_table(rows), soft_wrap=True, highlight=False, markup=False)
 

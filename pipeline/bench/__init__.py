@@ -11,12 +11,17 @@ from slidemill.pipeline.bench._bench import (
 )
 from slidemill.pipeline.bench._gpu import run_bench_gpu
 from slidemill.pipeline.bench._learning import (
+    DEFAULT_TILING,
     GENERATORS,
     STRATEGIES,
     LearningSettings,
     StudyRow,
     cohorts,
+    encoder_folder,
+    features_folder,
+    prepare_generator,
     run_learning_study,
+    study_features,
     study_table,
 )
 from slidemill.pipeline.bench._many import ManyRun, link_slides, run_many_bench
@@ -26,6 +31,7 @@ from slidemill.pipeline.bench._slide import large_slide_geometry, write_large_sl
 from slidemill.pipeline.bench._wheels import build_wheelhouse, missing, read_names
 
 __all__ = [
+    "DEFAULT_TILING",
     "GENERATORS",
     "STRATEGIES",
     "LearningSettings",
@@ -36,11 +42,14 @@ __all__ = [
     "build_wheelhouse",
     "cohorts",
     "default_sample",
+    "encoder_folder",
     "fastest",
+    "features_folder",
     "large_slide_geometry",
     "link_slides",
     "missing",
     "pipeline_run",
+    "prepare_generator",
     "raw_decode",
     "read_names",
     "run_bench",
@@ -49,6 +58,7 @@ __all__ = [
     "run_many_bench",
     "served",
     "single_process",
+    "study_features",
     "study_table",
     "write_large_slide",
 ]

@@ -2,9 +2,10 @@
 cross-validation on two generators (the drawn benchmark and the textured one), never on the
 demo's held-out slides.
 
-For each generator: a set of `n_slides` slides (its own seed), an encoder pretrained on them
-(self-supervised, no labels), their features; one features folder per encoder of
-`LearningSettings.encoders` (`histo_cnn`, `handcrafted`, `histo_cnn+handcrafted`, ...). Then
+For each generator of `LearningSettings.generators`: a set of `n_slides` slides (its own seed),
+an encoder pretrained on them (self-supervised, no labels), their features; one features folder
+per encoder of `LearningSettings.encoders` (`histo_cnn`, `handcrafted`, `histo_cnn+handcrafted`,
+...) and tiling (`tile_px`, `tile_mpp`). Then
 for each cohort size, disjoint stratified cohorts of the set (one when the size is the whole
 set), and for each strategy of `STRATEGIES` k-fold cross-validation on every cohort: the pooled
 out-of-fold AUROC and log loss, and the epochs the folds ran. Every step is a library
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 
 GENERATORS = ("drawn", "textured")
 """The drawn benchmark (`synth`) and the textured one (`synth --texture`)."""
+
+DEFAULT_TILING = (112, 1.0)
+"""Tile edge in pixels and µm/px of the study unless set otherwise."""
 
 STRATEGIES: Mapping[str, Mapping[str, float | int | str]] = {
     # the `train` defaults before the study
@@ -87,6 +91,12 @@ class LearningSettings:
     encoders: tuple[str, ...] = ("histo_cnn",)
     """Encoders whose features are studied; a `histo_cnn` part is the generator's pretrained one,
     the `handcrafted` part needs no training."""
+    tile_px: int = 112
+    """Tile side in pixels, of the features and of the `histo_cnn` pretraining."""
+    tile_mpp: float = 1.0
+    """Resolution of the tiles in µm/px (the slides are at 0.5 µm/px)."""
+    generators: tuple[str, ...] = GENERATORS
+    """Names from `GENERATORS` to study."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +135,29 @@ _SEED_OFFSET = 1000
 """The study's slides never coincide with the demo's (seeds 0 and 1)."""
 
 
-def features_folder(root: Path, encoder: str) -> Path:
+def _tiling_suffix(tile_px: int, tile_mpp: float) -> str:
+    """'' at the default tiling, else `-<px>px-<mpp>mpp`."""
+    if (tile_px, tile_mpp) == DEFAULT_TILING:
+        return ""
+    return f"-{tile_px}px-{tile_mpp:g}mpp"
+
+
+def features_folder(root: Path, encoder: str, tile_px: int = 112, tile_mpp: float = 1.0) -> Path:
     """A generator's features folder for `encoder`: `features` for `histo_cnn` (as before
-    encoders were a setting), else `features-<encoder>` with ':' and '+' spelt '-' and '_'."""
-    if encoder == "histo_cnn":
-        return root / "features"
-    return root / ("features-" + encoder.replace(":", "-").replace("+", "_"))
+    encoders were a setting), else `features-<encoder>` with ':' and '+' spelt '-' and '_';
+    away from 112 px at 1 µm/px, `-<px>px-<mpp>mpp` follows."""
+    name = (
+        "features"
+        if encoder == "histo_cnn"
+        else "features-" + encoder.replace(":", "-").replace("+", "_")
+    )
+    return root / (name + _tiling_suffix(tile_px, tile_mpp))
+
+
+def encoder_folder(root: Path, tile_px: int = 112, tile_mpp: float = 1.0) -> Path:
+    """A generator's pretrained `histo_cnn`: `encoder`, with the tiling suffix of
+    `features_folder` away from 112 px at 1 µm/px."""
+    return root / ("encoder" + _tiling_suffix(tile_px, tile_mpp))
 
 
 def prepare_generator(
@@ -162,24 +189,24 @@ def prepare_generator(
             texture=texture if generator == "textured" else None,
         )
     learned = "histo_cnn" in ENCODERS.split(encoder)
-    encoder_dir = root / "encoder"
+    encoder_dir = encoder_folder(root, s.tile_px, s.tile_mpp)
     if learned and not (encoder_dir / WEIGHTS_FILE).is_file():
         console.print(f"[bold]pretrain[/bold] histo_cnn on {generator} tiles → {encoder_dir}")
         pretrain(
             (slides,),
             encoder_dir,
             encoder="histo_cnn",
-            tile_mpp=1.0,
-            tile_px=112,
+            tile_mpp=s.tile_mpp,
+            tile_px=s.tile_px,
             config=PretrainConfig(steps=s.pretrain_steps, seed=s.seed),
         )
-    features = features_folder(root, encoder)
+    features = features_folder(root, encoder, s.tile_px, s.tile_mpp)
     bundle = encoder_bundle(
         features,
         encoder=encoder,
         encoder_weights=encoder_dir / WEIGHTS_FILE if learned else None,
-        tile_mpp=1.0,
-        tile_px=112,
+        tile_mpp=s.tile_mpp,
+        tile_px=s.tile_px,
         seed=s.seed,
     )
     console.print(f"[bold]features[/bold] {encoder} on {generator} → {features}")
@@ -351,8 +378,13 @@ def run_learning_study(
             raise InvalidInputError(
                 f"cohort size {size}: must lie in [{2 * settings.folds}, {settings.n_slides}]"
             )
+    unknown = [g for g in settings.generators if g not in GENERATORS]
+    if unknown:
+        from slidemill.schemas.errors import InvalidInputError
+
+        raise InvalidInputError(f"generator {unknown[0]!r}: one of {', '.join(GENERATORS)}")
     rows: list[StudyRow] = []
-    for generator in GENERATORS:
+    for generator in settings.generators:
         for encoder in settings.encoders:
             features = prepare_generator(out, generator, texture, settings, console, encoder)
             labels = out / generator / "slides" / "labels.csv"

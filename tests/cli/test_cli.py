@@ -90,3 +90,18 @@ def test_light_entry_points_do_not_load_heavy_rooms(module: str, absent: tuple[s
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert proc.stdout.strip() == "[]"
+
+
+def test_model_pretrain_refuses_a_joined_encoder_naming_the_fix(tmp_path: Path) -> None:
+    out = tmp_path / "enc"
+    res = runner.invoke(
+        app,
+        ["model", "pretrain", str(tmp_path), "--out", str(out), "--encoder",
+         "histo_cnn+handcrafted"],
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().count("\n") == 0, res.output
+    line = res.output
+    assert "--encoder histo_cnn" in line and "features" in line
+    assert "--encoder-weights" in line and "encoder.safetensors" in line
+    assert not out.exists()

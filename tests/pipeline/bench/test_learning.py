@@ -10,10 +10,13 @@ from typer.testing import CliRunner
 
 from slidemill.cli import app
 from slidemill.pipeline.bench import (
+    DEFAULT_TILING,
     STRATEGIES,
     LearningSettings,
     StudyRow,
     cohorts,
+    encoder_folder,
+    features_folder,
     run_learning_study,
     study_table,
 )
@@ -58,3 +61,64 @@ def test_a_cohort_larger_than_the_set_is_refused(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
     res = CliRunner().invoke(app, ["bench-learning", "--out", str(tmp_path), "--cohorts", "x"])
     assert res.exit_code == 2 and "--cohorts" in res.output
+
+
+def test_features_and_encoder_folders_name_the_encoder_and_any_other_tiling(
+    tmp_path: Path,
+) -> None:
+    assert features_folder(tmp_path, "histo_cnn") == tmp_path / "features"
+    assert features_folder(tmp_path, "histo_cnn+handcrafted") == (
+        tmp_path / "features-histo_cnn_handcrafted"
+    )
+    assert features_folder(tmp_path, "timm:resnet18", *DEFAULT_TILING) == (
+        tmp_path / "features-timm-resnet18"
+    )
+    assert features_folder(tmp_path, "handcrafted", 112, 0.5) == (
+        tmp_path / "features-handcrafted-112px-0.5mpp"
+    )
+    assert features_folder(tmp_path, "histo_cnn", 128, 1.0) == tmp_path / "features-128px-1mpp"
+    assert encoder_folder(tmp_path) == tmp_path / "encoder"
+    assert encoder_folder(tmp_path, 112, 0.5) == tmp_path / "encoder-112px-0.5mpp"
+
+
+def test_the_command_passes_encoders_tiling_generators_and_strategies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slidemill.pipeline.bench as bench
+
+    seen: list[LearningSettings] = []
+
+    def fake(out: Path, texture: Path, s: LearningSettings, console: object) -> list[StudyRow]:
+        seen.append(s)
+        return []
+
+    monkeypatch.setattr(bench, "run_learning_study", fake)
+    wa = "fixed 40 epochs + weight averaging"
+    args = ["bench-learning", "--out", str(tmp_path), "--texture", str(tmp_path)]
+    res = CliRunner().invoke(
+        app,
+        [*args, "--encoders", "handcrafted, histo_cnn+handcrafted", "--tile-px", "128",
+         "--tile-mpp", "0.5", "--generators", "textured", "--strategy", wa],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (s,) = seen
+    assert s.encoders == ("handcrafted", "histo_cnn+handcrafted")
+    assert (s.tile_px, s.tile_mpp, s.generators) == (128, 0.5, ("textured",))
+    assert s.strategies == s.baseline_strategies == (wa,)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and seen[1] == LearningSettings(), res.output
+    for bad, option in (
+        (["--generators", "drawn,painted"], "--generators"),
+        (["--strategy", "no such"], "--strategy"),
+        (["--encoders", " , "], "--encoders"),
+    ):
+        res = CliRunner().invoke(app, [*args, *bad])
+        assert res.exit_code == 2 and option in res.output, res.output
+    assert len(seen) == 2
+
+
+def test_an_unknown_generator_is_refused_before_any_work(tmp_path: Path) -> None:
+    s = LearningSettings(generators=("drawn", "painted"))
+    with pytest.raises(InvalidInputError, match="painted"):
+        run_learning_study(tmp_path, tmp_path, s, console=None)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
