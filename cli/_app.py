@@ -78,5 +78,11 @@ app.add_typer(cluster_app, name="cluster")
 
 def main() -> None:
     """The `slidemill` console script."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # the handler's own level, not only the root's: Dask loaded later sets its loggers to INFO,
+    # and with a root handler in place it adds none of its own for LocalCluster to quieten
+    stderr = logging.StreamHandler()
+    stderr.setLevel(logging.WARNING)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", handlers=[stderr]
+    )
     app()

@@ -56,6 +56,8 @@ def test_exit_status_is_nonzero_when_a_slide_failed(
     _, proc = batch
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "dashboard: http" in proc.stderr
+    # the embedded scheduler's and workers' INFO chatter stays out of the user's terminal
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("INFO ")]
 
 
 def test_every_bad_input_fails_alone_with_a_line_naming_it(
