@@ -182,7 +182,9 @@ def test_a_client_without_the_certificate_is_refused(
             {"address": address.replace("tls://", "tcp://")},
         ):
             with pytest.raises((OSError, TimeoutError, TypeError)):
-                Client(**attempt, timeout=5).close()
+                # not the default client: one that fails to connect would leave dask's
+                # `scheduler` setting behind in this test process
+                Client(**attempt, timeout=5, set_as_default=False).close()
         assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
 
 
