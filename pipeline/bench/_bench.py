@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import openslide
@@ -112,17 +113,23 @@ def fastest(
     ]
 
 
+def stored_tiles(tif: tifffile.TiffFile) -> list[bytes]:
+    """Level 0's stored tiles as their bytes, in tile order (b"" for a tile stored empty)."""
+    page = tif.pages.first
+    segments = cast(
+        Iterator[tuple[bytes | None, int]],
+        tif.filehandle.read_segments(page.dataoffsets, page.databytecounts, sort=False),
+    )
+    return [seg or b"" for seg, _ in segments]
+
+
 def raw_decode(path: Path, stack: ExitStack) -> Pass:
     """Decode the stored level-0 JPEG tiles from bytes in RAM (tifffile + imagecodecs)."""
     tif = stack.enter_context(tifffile.TiffFile(path))
     page = tif.pages.first
     if not page.is_tiled or page.compression != 7:
         raise InvalidInputError(f"{path}: level 0 is not JPEG-tiled; no decode limit to measure")
-    fh = tif.filehandle
-    blobs = []
-    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-        fh.seek(offset)
-        blobs.append(fh.read(count))
+    blobs = stored_tiles(tif)
     tile_mp = page.tilewidth * page.tilelength / 1e6
     tables = page.jpegtables
 

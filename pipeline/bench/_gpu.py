@@ -25,6 +25,7 @@ from distributed import LocalCluster
 from rich.console import Console
 from rich.table import Table
 
+from slidemill.pipeline.bench._bench import stored_tiles
 from slidemill.pipeline.errors import PipelineError
 from slidemill.pipeline.graph import run_batch
 from slidemill.pipeline.slides import decode_stored
@@ -160,11 +161,7 @@ def stored_streams(path: Path) -> tuple[list[bytes], list[bytes], bytes | None, 
         page = tif.pages.first
         if not page.is_tiled or page.compression != 7 or page.tilewidth != page.tilelength:
             raise InvalidInputError(f"{path}: level 0 is not stored as square JPEG tiles")
-        fh = tif.filehandle
-        raw = []
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-            fh.seek(offset)
-            raw.append(fh.read(count))
+        raw = stored_tiles(tif)
         tables = page.jpegtables or None
         rgb_as_is = int(page.photometric) == 2  # RGB JPEG (Aperio) without a marker
         px = int(page.tilewidth)
