@@ -22,6 +22,7 @@ from slidemill.pipeline.synth._synth import (
     write_benchmark_set,
     write_slide,
 )
+from slidemill.pipeline.synth._texture import TextureSource, load_texture
 
 __all__ = [
     "BACKGROUND",
@@ -32,8 +33,10 @@ __all__ = [
     "Blob",
     "Ellipse",
     "SyntheticSlide",
+    "TextureSource",
     "degrade",
     "degraded_copy",
+    "load_texture",
     "load_truth",
     "plan_benchmark_slide",
     "truth_beside",

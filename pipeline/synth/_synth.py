@@ -897,7 +897,11 @@ def _shade_textured(
     source = load_texture(texture, slide.texture_mpp)
     od = sample_texture(source, xs, ys, _key(slide.seed, 40))
     gain = stain_gain(slide.stain, _BASE_STAIN)
-    haem = _od(slide.stain[1])
+    # lesion chromatin in the texture's own nuclear hue (at the base stain's haematoxylin
+    # strength), under this slide's stain perturbation: a synthetic hue would be a colour cue
+    # that no real nucleus around it shares
+    strength = float(np.linalg.norm(_od(_BASE_STAIN[1])))
+    haem = tuple(strength * v * g for v, g in zip(source.nuclear_hue, gain, strict=True))
     ny, nx = ys.size, xs.size
     keep: F32 | float = 1.0
     add: F32 | float = 0.0

@@ -33,6 +33,9 @@ _TISSUE_SHARE = 0.85
 """Share of a source patch that must be tissue."""
 _TISSUE_OD = 0.18
 """Summed optical density above which a source pixel counts as tissue (glass is ~0.05)."""
+_NUCLEAR_QUANTILE = 0.85
+"""Tissue pixels whose haematoxylin density lies above this quantile are taken as nuclei (the
+hue drifts from purple towards blue-black as it rises: the darkest cores)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -47,6 +50,10 @@ class TextureSource:
     """Side of a patch (and of a texture cell), px."""
     mean_od: tuple[float, float, float]
     """Mean optical density of the patches' pixels per channel."""
+    nuclear_hue: tuple[float, float, float]
+    """Unit direction of the optical density of the texture's nuclei (the hue of its
+    haematoxylin-stained chromatin): the mean unit OD vector of its tissue pixels densest in
+    haematoxylin."""
 
 
 def _read_level0(path: Path) -> tuple[NDArray[np.uint8], float | None]:
@@ -108,7 +115,22 @@ def load_texture(path: str, mpp: float) -> TextureSource:
         mean += od[oy : oy + patch, ox : ox + patch].reshape(-1, 3).mean(axis=0)
     mean /= len(origins[:: max(1, origins.shape[0] // 64)])
     m = tuple(float(v) for v in mean)
-    return TextureSource(od, origins, patch, (m[0], m[1], m[2]))
+    return TextureSource(od, origins, patch, (m[0], m[1], m[2]), _nuclear_hue(od, tissue))
+
+
+def _nuclear_hue(od: F32, tissue: NDArray[np.bool_]) -> tuple[float, float, float]:
+    """`TextureSource.nuclear_hue` of the source's optical density (h x w x 3) and tissue mask;
+    haematoxylin from skimage's H&E-DAB deconvolution."""
+    from skimage.color import hed_from_rgb
+
+    step = max(1, int(math.sqrt(tissue.size / 2e6)))  # a lattice of at most ~2M pixels suffices
+    pixels = od[::step, ::step][tissue[::step, ::step]]
+    haem = pixels @ np.asarray(hed_from_rgb, dtype=np.float32)[:, 0]
+    nuclei = pixels[haem >= np.quantile(haem, _NUCLEAR_QUANTILE)]
+    unit = nuclei / np.maximum(np.linalg.norm(nuclei, axis=1, keepdims=True), 1e-6)
+    d = unit.mean(axis=0)
+    d /= np.linalg.norm(d)
+    return float(d[0]), float(d[1]), float(d[2])
 
 
 def _hash(ix: NDArray[np.int64], iy: NDArray[np.int64], key: int) -> NDArray[np.uint32]:

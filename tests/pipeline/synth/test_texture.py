@@ -15,6 +15,7 @@ from slidemill.pipeline.synth import (
     Blob,
     Ellipse,
     SyntheticSlide,
+    load_texture,
     load_truth,
     plan_benchmark_slide,
     write_slide,
@@ -71,6 +72,35 @@ def test_look_alikes_match_the_lesion_colour_not_its_structure(sample_slide: Pat
         return float((grey < np.median(grey) - 30).mean())
 
     assert nuclei(a) > 1.5 * nuclei(b)
+
+
+def test_lesion_nuclei_take_the_texture_s_own_nuclear_hue(sample_slide: Path) -> None:
+    """The darkest pixels of a large lesion (its nuclei) and of the normal tissue beside it
+    (the real nuclei) have optical densities pointing the same way within a few degrees: the
+    lesion's chromatin is not a colour no real nucleus has. The hue measured from the texture
+    is purple, between red and blue absorption, not the base stain's."""
+    mpp, r = 0.5, 700.0
+    lesion = Blob(1500.0, 1500.0, r)
+    slide = SyntheticSlide(
+        6000, 3000, mpp, (Ellipse(3000, 1500, 3000, 1500),), seed=3,
+        lesions=(lesion,), texture=str(sample_slide),
+    )  # fmt: skip
+    side = 600
+
+    def nuclear_hue(cx: float, cy: float) -> np.ndarray:
+        rgb = slide.render(cx - side / 2, cy - side / 2, side, side, 1.0).astype(float)
+        od = -np.log(np.maximum(rgb, 1.0) / 255.0).reshape(-1, 3)
+        dark = od[od.sum(1) >= np.quantile(od.sum(1), 0.95)]
+        unit = dark / np.linalg.norm(dark, axis=1, keepdims=True)
+        d = unit.mean(0)
+        return d / np.linalg.norm(d)
+
+    inside, beside = nuclear_hue(lesion.cx, lesion.cy), nuclear_hue(3700.0, 1500.0)
+    angle = np.degrees(np.arccos(np.clip(inside @ beside, -1.0, 1.0)))
+    print(f"lesion nuclei {inside.round(3)}, real nuclei {beside.round(3)}: {angle:.1f}°")
+    assert angle < 4.5  # lesion nuclei in the base stain's haematoxylin: 7°
+    hue = load_texture(str(sample_slide), mpp).nuclear_hue
+    assert abs(np.linalg.norm(hue) - 1.0) < 1e-6 and hue[1] > hue[0] > hue[2]
 
 
 def test_textured_set_writes_truth_that_rebuilds_the_pixels(
