@@ -91,9 +91,9 @@ class LearningSettings:
     encoders: tuple[str, ...] = ("histo_cnn",)
     """Encoders whose features are studied; a `histo_cnn` part is the generator's pretrained one,
     the `handcrafted` part needs no training."""
-    tile_px: int = 112
+    tile_px: int = DEFAULT_TILING[0]
     """Tile side in pixels, of the features and of the `histo_cnn` pretraining."""
-    tile_mpp: float = 1.0
+    tile_mpp: float = DEFAULT_TILING[1]
     """Resolution of the tiles in µm/px (the slides are at 0.5 µm/px)."""
     generators: tuple[str, ...] = GENERATORS
     """Names from `GENERATORS` to study."""
@@ -142,10 +142,15 @@ def _tiling_suffix(tile_px: int, tile_mpp: float) -> str:
     return f"-{tile_px}px-{tile_mpp:g}mpp"
 
 
-def features_folder(root: Path, encoder: str, tile_px: int = 112, tile_mpp: float = 1.0) -> Path:
+def features_folder(
+    root: Path,
+    encoder: str,
+    tile_px: int = DEFAULT_TILING[0],
+    tile_mpp: float = DEFAULT_TILING[1],
+) -> Path:
     """A generator's features folder for `encoder`: `features` for `histo_cnn` (as before
     encoders were a setting), else `features-<encoder>` with ':' and '+' spelt '-' and '_';
-    away from 112 px at 1 µm/px, `-<px>px-<mpp>mpp` follows."""
+    away from `DEFAULT_TILING`, `-<px>px-<mpp>mpp` follows."""
     name = (
         "features"
         if encoder == "histo_cnn"
@@ -154,9 +159,11 @@ def features_folder(root: Path, encoder: str, tile_px: int = 112, tile_mpp: floa
     return root / (name + _tiling_suffix(tile_px, tile_mpp))
 
 
-def encoder_folder(root: Path, tile_px: int = 112, tile_mpp: float = 1.0) -> Path:
+def encoder_folder(
+    root: Path, tile_px: int = DEFAULT_TILING[0], tile_mpp: float = DEFAULT_TILING[1]
+) -> Path:
     """A generator's pretrained `histo_cnn`: `encoder`, with the tiling suffix of
-    `features_folder` away from 112 px at 1 µm/px."""
+    `features_folder` away from `DEFAULT_TILING`."""
     return root / ("encoder" + _tiling_suffix(tile_px, tile_mpp))
 
 
