@@ -832,7 +832,8 @@ def _lesion_gain(
 
 
 # The textured benchmark: a real slide's tissue (`_texture`), lesions of crowded, enlarged,
-# dark nuclei over its effaced structure, look-alikes of the lesions' mean colour.
+# dark nuclei over its effaced structure, in the texture's own nuclear hue; look-alikes of the
+# lesions' mean colour.
 
 _BASE_STAIN = ((226, 150, 190), (110, 60, 150))
 """The stain `random_stain` perturbs; the texture's density is scaled by the perturbation."""
