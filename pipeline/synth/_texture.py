@@ -48,8 +48,6 @@ class TextureSource:
     """Top-left (x, y) of each patch that is mostly tissue. Shape: n x 2."""
     patch: int
     """Side of a patch (and of a texture cell), px."""
-    mean_od: tuple[float, float, float]
-    """Mean optical density of the patches' pixels per channel."""
     nuclear_hue: tuple[float, float, float]
     """Unit direction of the optical density of the texture's nuclei (the hue of its
     haematoxylin-stained chromatin): the mean unit OD vector of its tissue pixels densest in
@@ -110,12 +108,7 @@ def load_texture(path: str, mpp: float) -> TextureSource:
             f"{_TISSUE_SHARE:.0%} tissue; choose a slide with more tissue"
         )
     origins = np.stack([xs[good[:, 1]], ys[good[:, 0]]], axis=1).astype(np.int64)
-    mean = np.zeros(3)
-    for ox, oy in origins[:: max(1, origins.shape[0] // 64)]:
-        mean += od[oy : oy + patch, ox : ox + patch].reshape(-1, 3).mean(axis=0)
-    mean /= len(origins[:: max(1, origins.shape[0] // 64)])
-    m = tuple(float(v) for v in mean)
-    return TextureSource(od, origins, patch, (m[0], m[1], m[2]), _nuclear_hue(od, tissue))
+    return TextureSource(od, origins, patch, _nuclear_hue(od, tissue))
 
 
 def _nuclear_hue(od: F32, tissue: NDArray[np.bool_]) -> tuple[float, float, float]:
