@@ -95,7 +95,7 @@ def model_pretrain(
     max_tiles: Annotated[
         int, typer.Option(min=2, help="Cap on all tiles (held in memory); fewer per slide beyond.")
     ] = 50_000,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 150,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 400,
     batch_size: Annotated[int, typer.Option(min=2, help="Tiles per step (two views each).")] = 128,
     mpp: FallbackMpp = None,
     seed: Annotated[int, typer.Option()] = 0,

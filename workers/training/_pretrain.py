@@ -31,8 +31,9 @@ from slidemill.workers.models import encoder_width
 class PretrainConfig:
     """Hyper-parameters of contrastive pretraining."""
 
-    steps: int = 150
-    """Optimiser steps (one batch each)."""
+    steps: int = 400
+    """Optimiser steps (one batch each); 400 rather than 80 raised ABMIL's slide AUROC on the
+    drawn benchmark (README, "Learning on small cohorts")."""
     batch_size: int = 128
     """Tiles per batch (2 views each: the loss contrasts 2·batch_size − 2 negatives)."""
     lr: float = 2e-3
