@@ -1,8 +1,9 @@
 """Helpers shared by the tests: the command line in a subprocess, generated slides, the sample
-slide's path, and dask processes."""
+slide's path, dask processes, and dask connections that must be refused."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -63,6 +64,23 @@ def dask_process(*args: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def refused(address: str, **connection_args: Any) -> bool:
+    """Whether a dask connection (the handshake included) to `address` fails. A comm in a
+    loop of its own, not a `Client`: a refused Client leaves its loop thread and can leave
+    dask's `scheduler` setting behind, and under load its thread's start alone can time out."""
+    from distributed.comm import connect
+
+    async def attempt() -> None:
+        comm = await connect(address, timeout=5, **connection_args)
+        await comm.close()
+
+    try:
+        asyncio.run(attempt())
+    except OSError:
+        return True
+    return False
 
 
 def stop_groups(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:

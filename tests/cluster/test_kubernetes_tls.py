@@ -6,7 +6,6 @@ processes on loopback with the Secret's files in a folder (there is no Kubernete
 from __future__ import annotations
 
 import ast
-import asyncio
 import base64
 import contextlib
 import json
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from distributed.comm import connect
 from distributed.security import Security
 
 from slidemill.cluster import (
@@ -47,7 +45,7 @@ from slidemill.cluster import (
 )
 from slidemill.cluster.errors import ClusterConfigError
 from slidemill.schemas import KubernetesClusterConfig, TlsFiles
-from tests.helpers import free_port, stop_groups
+from tests.helpers import free_port, refused, stop_groups
 
 NAME = "slidemill-tls-test"
 DEADLINE_S = 30.0
@@ -254,20 +252,6 @@ def pods(tmp_path: Path) -> Iterator[Pods]:
         running.close()
 
 
-def _refused(address: str, **connection_args: Any) -> bool:
-    """Whether a dask connection (the handshake included) to `address` fails."""
-
-    async def attempt() -> None:
-        comm = await connect(address, timeout=2, **connection_args)
-        await comm.close()
-
-    try:
-        asyncio.run(attempt())
-    except OSError:
-        return True
-    return False
-
-
 class FakeKubernetes:
     """The few kr8s calls the TLS path makes, answered without Kubernetes; its "operator" starts
     each created resource's containers as real processes on loopback (`Pods`). What Kubernetes
@@ -428,13 +412,13 @@ def test_open_kubernetes_runs_the_specs_commands_as_a_tls_cluster(
                 assert "workers" in json.loads(target.read())
 
             # nobody without the run's certificate gets in; the same probe lets the run's in
-            assert not _refused(address, **client.security.get_connection_args("client"))
-            assert _refused(f"tcp://127.0.0.1:{fake.port}")
+            assert not refused(address, **client.security.get_connection_args("client"))
+            assert refused(f"tcp://127.0.0.1:{fake.port}")
             no_cert = ssl.create_default_context(cafile=str(pods.mounted / CA_PEM))
             no_cert.check_hostname = False
-            assert _refused(address, ssl_context=no_cert)
+            assert refused(address, ssl_context=no_cert)
             stranger = Security.temporary().get_connection_args("client")
-            assert _refused(address, **stranger)
+            assert refused(address, **stranger)
     except Exception:
         print(pods.logs())
         raise
