@@ -7,7 +7,7 @@ from typing import Annotated, cast
 
 import typer
 
-from slidemill.cli._errors import console, fail
+from slidemill.cli._errors import console
 from slidemill.cli._options import EncoderFile, EncoderName, FallbackMpp, class_list
 
 
@@ -105,12 +105,6 @@ def model_pretrain(
     from slidemill.pipeline.cohort import WEIGHTS_FILE, pretrain, progress_bar
     from slidemill.workers import PretrainConfig
 
-    if "+" in encoder:
-        fail(
-            f"--encoder {encoder!r}: pretrain the learned part alone (e.g. --encoder histo_cnn), "
-            f"then give `features` the join: --encoder {encoder} --encoder-weights "
-            f"{out / WEIGHTS_FILE}"
-        )
     config = PretrainConfig(steps=steps, batch_size=batch_size, seed=seed)
     with progress_bar(console, steps) as progress:
         sample, report = pretrain(

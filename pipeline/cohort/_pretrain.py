@@ -118,9 +118,16 @@ def pretrain(
     fallback_mpp: float | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> tuple[TileSample, PretrainReport]:
-    """Sample tiles, pretrain a seeded fresh `encoder` on them, and write `out`."""
+    """Sample tiles, pretrain a seeded fresh `encoder` on them, and write `out`. A joined name
+    ("A+B") is refused: pretrain its learned part, then join it in `features`."""
     config = config or PretrainConfig()
     out = out.absolute()
+    if len(ENCODERS.split(encoder)) > 1:
+        raise InvalidInputError(
+            f"--encoder {encoder!r}: pretrain the learned part alone (e.g. --encoder histo_cnn), "
+            f"then give `features` the join: --encoder {encoder} --encoder-weights "
+            f"{out / WEIGHTS_FILE}"
+        )
     if out.exists():
         raise InvalidInputError(f"{out}: exists; choose a new folder for the pretrained encoder")
     spec = TilingSpec(mpp=tile_mpp, tile_px=tile_px)

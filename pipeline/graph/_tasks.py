@@ -625,7 +625,8 @@ def reduce_slide(
         flags=tuple(f"{f.code.value}: {f.reason}" for f in qc.flags) if qc else (),
     )
     # the files QuPath and napari open, inside the work folder so they publish with the rest;
-    # from the arrays in hand rather than read back from the store
+    # from the arrays this task already read or made (only the attention, written by the MIL
+    # task, is read for them) rather than the whole store read again
     attention = read_all(job.store, StoreArray.ATTENTION).astype(np.float32, copy=False)
     maps = slide_maps(job.store, attrs, heat, grid_index.astype(np.int64), scores, attention)
     export_slide(work, threshold=job.threshold, maps=maps)

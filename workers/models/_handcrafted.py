@@ -247,7 +247,7 @@ class HandcraftedEncoder(nn.Module):
         inside = cover_map.flatten(1)
         n_in = inside.sum(1).clamp_min(1)
         hs_flat = hs.flatten(1)
-        h_in = (hs_flat * inside).sum(1) / inside.sum(1).clamp_min(1)
+        h_in = (hs_flat * inside).sum(1) / n_in
         h_out = (hs_flat * (1 - inside)).sum(1) / (1 - inside).sum(1).clamp_min(1)
         per_tile = torch.from_numpy(stats.per_tile).to(dev)  # (B, 6)
         return torch.stack(
