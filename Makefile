@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres chromium slurm lint bench bench-service bench-viewer gpu-carry bench-gpu clean
+.PHONY: install demo test postgres chromium slurm lint bench bench-service bench-viewer bench-textured gpu-carry bench-gpu clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,14 @@ bench-service: install
 
 bench-viewer: install
 	$(BIN)/slidemill bench-viewer --slide $(SAMPLE)
+
+# The textured benchmark (README, "Learning on small cohorts"): 32 slides of the sample slide's
+# tissue at the size of issue 13's held-out set, tiled at 0.5 um/px, the `handcrafted` features,
+# and cross-validation of the default head against mean pooling on cohorts of 16 and 32.
+bench-textured: install
+	$(BIN)/slidemill bench-learning --out .bench-textured --texture $(SAMPLE) \
+	  --generators textured --size 6144x6144 --tile-mpp 0.5 --encoders handcrafted \
+	  --heads topk_linear,mean_pool --strategy "fixed 40 epochs + weight averaging"
 
 # The GPU benchmark in one command. Here (the venv installed) it runs its CPU path. On a GPU
 # machine whose image has torch but not the rest: `make gpu-carry` here first writes build/gpu

@@ -21,7 +21,9 @@ def train(
     out: Annotated[
         Path, typer.Option(help="New folder: a bundle per fold, the ensemble, training.json.")
     ],
-    head: Annotated[str, typer.Option(help="Registered MIL head to train.")] = "abmil_gated",
+    head: Annotated[
+        str, typer.Option(help="Registered MIL head to train (abmil_gated: attention MIL).")
+    ] = "topk_linear",
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 5,
     classes: Annotated[
         str | None,

@@ -145,7 +145,7 @@ def bench_learning(
     ),
     pretrain_steps: Annotated[int, typer.Option(min=1, help="Encoder pretraining steps.")] = 80,
     heads: Annotated[str, typer.Option(help="Comma-separated MIL heads.")] = (
-        "abmil_gated,mean_pool"
+        "abmil_gated,mean_pool,topk_linear"
     ),
     seed: Annotated[int, typer.Option(min=0)] = 0,
     encoders: Annotated[

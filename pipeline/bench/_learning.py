@@ -77,8 +77,8 @@ class LearningSettings:
     """Self-supervised steps of each generator's encoder."""
     folds: int = 4
     """Cross-validation folds."""
-    heads: tuple[str, ...] = ("abmil_gated", "mean_pool")
-    """MIL heads to train."""
+    heads: tuple[str, ...] = ("abmil_gated", "mean_pool", "topk_linear")
+    """MIL heads to train: every strategy on the first, `baseline_strategies` on the others."""
     seed: int = 0
     """Seed of the slides (offset from the demo's), encoders, cohorts and training."""
     strategies: tuple[str, ...] = field(default_factory=lambda: tuple(STRATEGIES))

@@ -42,12 +42,14 @@ from slidemill.workers.models._handcrafted import HANDCRAFTED_FEATURES, Handcraf
 from slidemill.workers.models._heads import (
     ABMIL,
     HEADS,
+    FittedInputHead,
     GatedABMIL,
     InstanceABMIL,
     InstanceLossHead,
     MILHead,
     MILOutput,
     PoolingMIL,
+    TopKMIL,
 )
 from slidemill.workers.models._histocnn import HistoCNN
 from slidemill.workers.models._reference import (
@@ -82,6 +84,7 @@ __all__ = [
     "ConcatEncoder",
     "Encoder",
     "EnsembleMIL",
+    "FittedInputHead",
     "GatedABMIL",
     "HandcraftedEncoder",
     "HistoCNN",
@@ -98,6 +101,7 @@ __all__ = [
     "ResNetTrunk",
     "TimmEncoder",
     "TinyCNN",
+    "TopKMIL",
     "TorchScriptEncoder",
     "TransMIL",
     "check_bundle",

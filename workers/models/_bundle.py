@@ -318,6 +318,9 @@ def init_bundle(
         )
     if encoder_file is not None and encoder_kwargs:
         raise ModelBundleError(f"encoder {TORCHSCRIPT!r} takes no encoder_kwargs")
+    if encoder_file is None:
+        # an encoder that measures in µm is told the tiles' resolution, unless the caller did
+        encoder_kwargs = {**ENCODERS.resolution_kwargs(encoder, mpp), **(encoder_kwargs or {})}
     torch.manual_seed(seed)
     fields: dict[str, object] = {
         "encoder": encoder,

@@ -43,7 +43,7 @@ HANDCRAFTED_FEATURES: tuple[str, ...] = (
     "blob_count_log",  # log(1 + blobs)
     "blob_cover",  # share of the tile inside blobs
     "blob_cover_window_max",  # the most covered window's share
-    "blob_area_log_mean",  # mean and spread of log(area in px)
+    "blob_area_log_mean",  # mean and spread of log(area in µm²)
     "blob_area_log_std",
     "blob_area_log_q90",
     "blob_h_mean",  # mean H inside blobs
@@ -86,12 +86,22 @@ _BLOB_FLOOR = 0.35
 """Smoothed H a nucleus pixel must exceed."""
 _BLOB_RISE = 0.15
 """...and by how much it must exceed its neighbourhood's mean H."""
-_MIN_BLOB_PX = 4
+# Sizes below are in µm; the encoder turns them into pixels at its tiles' µm/px.
+_MIN_BLOB_UM2 = 4.0
 """Blobs smaller than this are noise, not nuclei."""
-_LARGE_BLOB_PX = 60
-"""A round blob at least this large counts as an enlarged nucleus (tile px)."""
-_DOG_SIGMAS = (1.5, 3.0, 5.0)
-"""Nucleus radii, in tile px, the three difference-of-Gaussians scales look for."""
+_LARGE_BLOB_UM2 = 60.0
+"""A round blob at least this large counts as an enlarged nucleus."""
+_DOG_SIGMAS_UM = (1.5, 3.0, 5.0)
+"""Nucleus radii the three difference-of-Gaussians scales look for."""
+_SMOOTH_UM = 1.0
+"""Blur of H before blobs are found (the chromatin's grain is not a nucleus)."""
+_SURROUND_UM = 6.0
+"""Blur of the neighbourhood a nucleus must stand above."""
+_PAIR_OFFSETS_UM = (1.0, 2.0, 4.0)
+"""Offsets of the grey-level pair statistics."""
+_WINDOW_UM = 28.0
+"""Side of the windows whose maxima the crowding and density columns report: a few nuclei
+across, so that a lesion covering a corner of the tile is not diluted in its mean."""
 _DOG_THRESHOLD = 0.08
 """Response a DoG peak must exceed."""
 
@@ -125,11 +135,6 @@ def _local_sum(x: torch.Tensor, size: int) -> torch.Tensor:
     return functional.avg_pool2d(x, (size, 1), 1, (size // 2, 0), count_include_pad=True) * size**2
 
 
-def _window(px: int) -> int:
-    """A window a quarter of the tile wide (at least 8 px), for the window maxima."""
-    return max(8, px // 4)
-
-
 def _window_max(x: torch.Tensor, size: int) -> torch.Tensor:
     """Largest mean of `x` (B, 1, H, W) over size² windows, stride size/2 → (B,)."""
     size = min(size, x.shape[-1], x.shape[-2])
@@ -154,7 +159,11 @@ class HandcraftedEncoder(nn.Module):
     count, core-to-rim H ratio, the window maximum of large round blobs, E and D inside blobs;
     difference-of-Gaussians peaks at three nucleus scales: log counts, maximal responses, window
     maxima of the two larger scales' counts; grey-level pair contrast and homogeneity at offsets
-    1, 2, 4 px, and the gradient energy of H and of E.
+    1, 2, 4 µm, and the gradient energy of H and of E.
+
+    Sizes are physical (µm, `_..._UM`), turned into pixels at `mpp`, the tiles' µm/px: the
+    bundle passes its tiling's (`ENCODERS.resolution_kwargs`), so the same nucleus gives the
+    same columns at 1 and at 0.5 µm/px.
 
     forward: (B, 3, H, W) float, normalised → (B, len(HANDCRAFTED_FEATURES)) float32, on the
     device of x.
@@ -162,8 +171,12 @@ class HandcraftedEncoder(nn.Module):
 
     feature_dim = len(HANDCRAFTED_FEATURES)
 
-    def __init__(self) -> None:
+    def __init__(self, mpp: float = 1.0) -> None:
         super().__init__()
+        if not mpp > 0:
+            raise ValueError(f"handcrafted: mpp must be positive, got {mpp}")
+        self.mpp = float(mpp)
+        px = 1.0 / self.mpp  # pixels per µm
         from skimage.color import hed_from_rgb  # the well-kept stain matrix, not a copy of it
 
         norm = Normalisation()
@@ -176,6 +189,11 @@ class HandcraftedEncoder(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1), False)
+        self.dog_sigmas = tuple(r * px for r in _DOG_SIGMAS_UM)
+        self.smooth, self.surround = _SMOOTH_UM * px, _SURROUND_UM * px
+        self.pair_offsets = tuple(max(1, round(d * px)) for d in _PAIR_OFFSETS_UM)
+        self.window = max(8, round(_WINDOW_UM * px))
+        self.step = max(1, round(px))  # the gradients' and erosion's reach: about 1 µm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 throughout: thresholds on optical densities do not survive bf16
@@ -189,7 +207,7 @@ class HandcraftedEncoder(nn.Module):
         hed = torch.einsum("bchw,cs->bshw", od, self.stains)
         hc, ec, dc = hed[:, 0:1], hed[:, 1:2], hed[:, 2:3]
         grey = rgb.mean(1, keepdim=True)
-        win = _window(min(h, w))
+        win = min(self.window, h, w)
         flat_h = hc.flatten(1)
         qs = torch.quantile(flat_h, torch.tensor([0.5, 0.9, 0.99], device=x.device), dim=1).T
         stain = [
@@ -208,11 +226,11 @@ class HandcraftedEncoder(nn.Module):
         ]
         blobs = self._blobs(hc, ec, dc, win)
         dog = self._dog(hc, win)
-        pairs = [_pair_stats(grey, d) for d in (1, 2, 4)]
+        pairs = [_pair_stats(grey, d) for d in self.pair_offsets]
         texture = [
             torch.stack([c for c, _ in pairs], 1),
             torch.stack([hom for _, hom in pairs], 1),
-            torch.stack([_gradient_energy(hc), _gradient_energy(ec)], 1),
+            torch.stack([_gradient_energy(hc, self.step), _gradient_energy(ec, self.step)], 1),
         ]
         out = torch.cat([*stain, blobs, dog, *texture], 1)
         return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
@@ -221,12 +239,15 @@ class HandcraftedEncoder(nn.Module):
         self, hc: torch.Tensor, ec: torch.Tensor, dc: torch.Tensor, win: int
     ) -> torch.Tensor:
         """The 17 nuclear-blob columns from H, E and D, each (B, 1, H, W) → (B, 17)."""
-        hs = _blur(hc, 1.0)
-        surround = _blur(hs, 6.0)
+        hs = _blur(hc, self.smooth)
+        surround = _blur(hs, self.surround)
         mask = (hs > _BLOB_FLOOR) & (hs > surround + _BLOB_RISE)  # (B, 1, H, W)
         b, _, h, w = hc.shape
         stats = _blob_moments(
-            mask[:, 0].cpu().numpy(), hs[:, 0].cpu().numpy(), _erode(mask)[:, 0].cpu().numpy()
+            mask[:, 0].cpu().numpy(),
+            hs[:, 0].cpu().numpy(),
+            _erode(mask, self.step)[:, 0].cpu().numpy(),
+            self.mpp,
         )
         dev = hc.device
         count = torch.from_numpy(stats.count).to(dev)
@@ -280,7 +301,7 @@ class HandcraftedEncoder(nn.Module):
         yy = torch.arange(h, device=hc.device, dtype=torch.float32).view(h, 1)
         xx = torch.arange(w, device=hc.device, dtype=torch.float32).view(1, w)
         tie_break = 1e-6 * (xx + 16.0 * yy)
-        for s in _DOG_SIGMAS:
+        for s in self.dog_sigmas:
             # a blob of radius r answers most strongly at sigma r/√2 against a wider surround
             sigma = s / 2**0.5
             dog = _blur(hc, sigma) - _blur(hc, 1.6 * sigma)
@@ -304,9 +325,9 @@ class HandcraftedEncoder(nn.Module):
         )
 
 
-def _erode(mask: torch.Tensor) -> torch.Tensor:
-    """Binary erosion of (B, 1, H, W) by a 3×3 square."""
-    return -_local_max(-mask.float(), 3) > 0.5
+def _erode(mask: torch.Tensor, step: int) -> torch.Tensor:
+    """Binary erosion of (B, 1, H, W) by a (2·step + 1)² square."""
+    return -_local_max(-mask.float(), 2 * step + 1) > 0.5
 
 
 def _pair_stats(grey: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,11 +345,12 @@ def _pair_stats(grey: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]
     return contrast, homogeneity
 
 
-def _gradient_energy(x: torch.Tensor) -> torch.Tensor:
-    """Mean squared central-difference gradient of (B, 1, H, W) → (B,)."""
-    gx = x[..., :, 2:] - x[..., :, :-2]
-    gy = x[..., 2:, :] - x[..., :-2, :]
-    return 0.25 * (gx.pow(2).flatten(1).mean(1) + gy.pow(2).flatten(1).mean(1))
+def _gradient_energy(x: torch.Tensor, step: int) -> torch.Tensor:
+    """Mean squared central-difference gradient of (B, 1, H, W), over ±`step` px, per step²
+    → (B,)."""
+    gx = x[..., :, 2 * step :] - x[..., :, : -2 * step]
+    gy = x[..., 2 * step :, :] - x[..., : -2 * step, :]
+    return 0.25 * (gx.pow(2).flatten(1).mean(1) + gy.pow(2).flatten(1).mean(1)) / step**2
 
 
 class _BlobStats:
@@ -348,10 +370,13 @@ class _BlobStats:
 
 
 def _blob_moments(
-    mask: NDArray[np.bool_], h: NDArray[np.float32], core: NDArray[np.bool_]
+    mask: NDArray[np.bool_],
+    h: NDArray[np.float32],
+    core: NDArray[np.bool_],
+    mpp: float,
 ) -> _BlobStats:
     """Connected components of a batch's masks (B, H, W), labelled in one call with no
-    connection across tiles, and their moments by bincount."""
+    connection across tiles, and their moments by bincount; areas in µm² at `mpp`."""
     from skimage.measure import label
 
     b, hh, ww = mask.shape
@@ -366,15 +391,16 @@ def _blob_moments(
         return out
     lab = labels.ravel()
     tt, yy, xx = np.indices(labels.shape).reshape(3, -1).astype(np.float64)
-    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    area_px = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     sy = np.bincount(lab, yy, n + 1)[1:]
     sx = np.bincount(lab, xx, n + 1)[1:]
-    tile = (np.bincount(lab, tt, n + 1)[1:] / area).round().astype(np.int64)
-    my, mx = sy / area, sx / area
-    vyy = np.bincount(lab, yy * yy, n + 1)[1:] / area - my**2
-    vxx = np.bincount(lab, xx * xx, n + 1)[1:] / area - mx**2
-    vxy = np.bincount(lab, xx * yy, n + 1)[1:] / area - mx * my
-    keep = area >= _MIN_BLOB_PX
+    tile = (np.bincount(lab, tt, n + 1)[1:] / area_px).round().astype(np.int64)
+    my, mx = sy / area_px, sx / area_px
+    vyy = np.bincount(lab, yy * yy, n + 1)[1:] / area_px - my**2
+    vxx = np.bincount(lab, xx * xx, n + 1)[1:] / area_px - mx**2
+    vxy = np.bincount(lab, xx * yy, n + 1)[1:] / area_px - mx * my
+    area = area_px * mpp**2
+    keep = area >= _MIN_BLOB_UM2
     out.kept = (keep[np.maximum(labels - 1, 0)] & (labels > 0)).astype(np.bool_)
     # the axes of the blob's second-moment ellipse
     half_tr = 0.5 * (vyy + vxx) + 1.0 / 12  # the pixel's own extent keeps tiny blobs finite
@@ -383,7 +409,7 @@ def _blob_moments(
     core_h = np.bincount(lab, h.ravel() * core.ravel(), n + 1)[1:]
     core_n = np.bincount(lab, core.ravel().astype(np.float64), n + 1)[1:]
     all_h = np.bincount(lab, h.ravel(), n + 1)[1:]
-    tile, area, ratio = tile[keep], area[keep], ratio[keep]
+    tile, area, area_px, ratio = tile[keep], area[keep], area_px[keep], ratio[keep]
     core_h, core_n, all_h = core_h[keep], core_n[keep], all_h[keep]
     out.tile = tile
     out.cy = np.clip(my[keep].round(), 0, hh - 1).astype(np.int64)
@@ -403,7 +429,7 @@ def _blob_moments(
         vals = log_area[order[starts[i] : starts[i] + int(count[i])]]
         q90[i] = np.quantile(vals, 0.9)
     round_ = ratio >= 0.6
-    out.large_round = round_ & (area >= _LARGE_BLOB_PX)
+    out.large_round = round_ & (area >= _LARGE_BLOB_UM2)
     out.per_tile[:, 0] = mean_la
     out.per_tile[:, 1] = std_la
     out.per_tile[:, 2] = q90
@@ -411,7 +437,7 @@ def _blob_moments(
     out.per_tile[:, 4] = np.bincount(tile, round_.astype(np.float64), b) / n_
     out.per_tile[:, 5] = np.bincount(tile, out.large_round.astype(np.float64), b)
     # core over rim: blobs with a core (eroded pixels) only
-    rim_n = area - core_n
+    rim_n = area_px - core_n
     has = (core_n > 0) & (rim_n > 0)
     core_mean = np.where(has, core_h / np.maximum(core_n, 1), 0.0)
     rim_mean = np.where(has, (all_h - core_h) / np.maximum(rim_n, 1), 0.0)
@@ -423,6 +449,6 @@ def _blob_moments(
     return out
 
 
-@ENCODERS.register("handcrafted")
-def _handcrafted() -> nn.Module:
-    return HandcraftedEncoder()
+@ENCODERS.register("handcrafted", resolution_arg="mpp")
+def _handcrafted(mpp: float = 1.0) -> nn.Module:
+    return HandcraftedEncoder(mpp)

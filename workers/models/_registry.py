@@ -20,6 +20,9 @@ class Registry(Generic[T]):
     A registry with a join (`register_join`) also builds names "A+B+…": each part by its own
     name, then `join(parts)`. Keyword arguments of a joined name are addressed to one part as
     "<part name>.<argument>" (e.g. `histo_cnn.width`).
+
+    A factory registered with `resolution_arg` takes the tiles' µm/px under that name:
+    `resolution_kwargs` gives it, so a bundle records the resolution its encoder was built for.
     """
 
     def __init__(self, kind: str) -> None:
@@ -27,8 +30,11 @@ class Registry(Generic[T]):
         self._factories: dict[str, Callable[..., T]] = {}
         self._families: dict[str, Callable[..., T]] = {}
         self._join: Callable[[list[T]], T] | None = None
+        self._resolution_args: dict[str, str] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str, *, resolution_arg: str | None = None
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         if ":" in name or "+" in name:
             raise ValueError(f"{self.kind} name {name!r}: ':' and '+' are kept for families, joins")
 
@@ -36,9 +42,22 @@ class Registry(Generic[T]):
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._factories[name] = factory
+            if resolution_arg is not None:
+                self._resolution_args[name] = resolution_arg
             return factory
 
         return decorate
+
+    def resolution_kwargs(self, name: str, mpp: float) -> dict[str, float]:
+        """The keyword arguments that tell `name` (or each part of a joined name) its tiles'
+        µm/px: empty when none of them takes one."""
+        parts = self.split(name)
+        prefix = "" if len(parts) == 1 else "{part}."
+        return {
+            prefix.format(part=p) + self._resolution_args[p]: float(mpp)
+            for p in parts
+            if p in self._resolution_args
+        }
 
     def register_family(self, prefix: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Register `factory(member, **kwargs)` for the names "<prefix>:<member>"."""

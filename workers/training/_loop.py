@@ -37,6 +37,7 @@ from slidemill.workers.metrics import UndefinedMetricError, choose_threshold, sl
 from slidemill.workers.models import (
     ENSEMBLE,
     HEADS,
+    FittedInputHead,
     InstanceLossHead,
     MILOutput,
     default_device,
@@ -239,6 +240,8 @@ def train_fold(
     history: list[EpochReport] = []
     with deterministic(run_seed, device):
         head = build_head(config.head, config.head_kwargs, in_dim, n_classes).to(device)
+        if isinstance(head, FittedInputHead):
+            head.fit_input(torch.cat([_bag_tensor(bags[i], device) for i in train_ids]).float())
         optimiser_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         optimiser = optimiser_cls(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         weights = torch.tensor(w, dtype=torch.float32, device=device)

@@ -62,9 +62,9 @@ def flat_like(tile: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.broadcast_to(mean, tile.shape).copy()
 
 
-def encode(tiles: NDArray[np.uint8]) -> torch.Tensor:
+def encode(tiles: NDArray[np.uint8], mpp: float = 1.0) -> torch.Tensor:
     with torch.inference_mode():
-        out: torch.Tensor = HandcraftedEncoder()(normalised(tiles))
+        out: torch.Tensor = HandcraftedEncoder(mpp)(normalised(tiles))
     return out
 
 
@@ -163,13 +163,60 @@ def test_a_tile_darkened_evenly_has_no_more_nuclei() -> None:
 
 def test_runs_under_the_inference_code_on_uint8_tiles(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
-    manifest = init_bundle(bundle, encoder="handcrafted", head="mean_pool", tile_px=PX)
+    manifest = init_bundle(bundle, encoder="handcrafted", head="mean_pool", tile_px=PX, mpp=1.0)
     assert manifest.feature_dim == len(HANDCRAFTED_FEATURES)
+    assert manifest.encoder_kwargs == {"mpp": 1.0}
     model = load_bundle(bundle, torch.device("cpu"))
     tiles = np.stack([discs([(40, 40)], 6), flat_like(discs([(40, 40)], 6))])
     out = encode_tiles(model, tiles, batch_size=1)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, encode(tiles).numpy(), rtol=1e-5, atol=1e-5)
+
+
+# resolution
+
+
+NUCLEAR_COLUMNS = (
+    "blob_count_log",
+    "blob_area_log_mean",
+    "blob_round_frac",
+    "blob_large_round_log",
+    "blob_centres_window_max_log",
+    "dog_peaks_s2_log",
+    "dog_peaks_s3_log",
+)
+
+
+def test_the_same_nuclei_at_half_the_pixel_size_give_the_same_nuclear_columns() -> None:
+    """Sizes are in µm: a field at 0.5 µm/px, told so, reads as the same field at 1 µm/px."""
+    centres = [(20.0, 20.0), (20.0, 45.0), (50.0, 30.0), (80.0, 85.0), (95.0, 40.0)]
+    coarse = discs(centres, 5.0)
+    fine = discs([(2 * y, 2 * x) for y, x in centres], 10.0, px=2 * PX)
+    at_1 = encode(coarse[None], mpp=1.0)
+    at_half = encode(fine[None], mpp=0.5)
+    unaware = encode(fine[None], mpp=1.0)
+    for name in NUCLEAR_COLUMNS:
+        np.testing.assert_allclose(
+            column(at_half, name), column(at_1, name), atol=0.12, err_msg=name
+        )
+    # the control: read as 1 µm/px, the same nuclei are four times the area
+    gap = column(unaware, "blob_area_log_mean") - column(at_1, "blob_area_log_mean")
+    assert gap[0] == pytest.approx(np.log(4.0), abs=0.15)
+
+
+def test_a_bundle_tells_an_encoder_that_measures_in_um_its_resolution(tmp_path: Path) -> None:
+    assert ENCODERS.resolution_kwargs("handcrafted", 0.5) == {"mpp": 0.5}
+    assert ENCODERS.resolution_kwargs("histo_cnn+handcrafted", 2) == {"handcrafted.mpp": 2.0}
+    assert ENCODERS.resolution_kwargs("histo_cnn", 0.5) == {}
+    told = init_bundle(tmp_path / "a", encoder="handcrafted", head="mean_pool", mpp=0.25)
+    assert told.encoder_kwargs == {"mpp": 0.25}
+    # the caller's own argument wins over the tiling's
+    own = init_bundle(
+        tmp_path / "b", encoder="handcrafted", head="mean_pool", mpp=0.25, encoder_kwargs={"mpp": 1}
+    )
+    assert own.encoder_kwargs == {"mpp": 1}
+    with pytest.raises(ValueError, match="mpp must be positive"):
+        HandcraftedEncoder(0.0)
 
 
 # "A+B": concatenation
@@ -244,12 +291,13 @@ def test_a_joined_encoder_round_trips_through_a_bundle(tmp_path: Path) -> None:
         encoder_weights=weights,
     )
     assert manifest.encoder == "histo_cnn+handcrafted"
+    assert manifest.encoder_kwargs == {"handcrafted.mpp": 0.5}  # init_bundle's default mpp
     assert manifest.feature_dim == 128 + len(HANDCRAFTED_FEATURES)
     model = load_bundle(bundle, torch.device("cpu"))
     x = normalised(np.stack([discs([(30, 30), (70, 80)], 6), discs([], 5)]))
     with torch.inference_mode():
         got = model.encoder(x)
-        expected = torch.cat([learned.eval()(x), HandcraftedEncoder()(x)], 1)
+        expected = torch.cat([learned.eval()(x), HandcraftedEncoder(0.5)(x)], 1)
     torch.testing.assert_close(got, expected)
 
 

@@ -14,9 +14,11 @@ from torch import nn
 from slidemill.workers import (
     CLAM,
     HEADS,
+    FittedInputHead,
     InstanceLossHead,
     MILHead,
     MILOutput,
+    TopKMIL,
     TransMIL,
     init_bundle,
     load_bundle,
@@ -38,12 +40,18 @@ SMALL: dict[str, dict[str, int | float | str | bool]] = {
     "transmil": {"dim": 32, "heads": 4, "n_landmarks": 8},
 }
 ORDER_DEPENDENT = {"transmil"}  # PPEG lays tiles on a grid in bag order: by design
-EXPECTED = {"abmil", "abmil_gated", "clam_sb", "clam_mb", "transmil", "mean_pool", "max_pool"}
+EXPECTED = {
+    "abmil", "abmil_gated", "clam_sb", "clam_mb", "transmil", "mean_pool", "max_pool", "topk_linear"
+}  # fmt: skip
 
 
 def build(name: str, n_classes: int = N_CLASSES, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return HEADS.build(name, in_dim=IN_DIM, n_classes=n_classes, **SMALL.get(name, {})).eval()
+    head = HEADS.build(name, in_dim=IN_DIM, n_classes=n_classes, **SMALL.get(name, {})).eval()
+    if isinstance(head, TopKMIL):
+        # it starts at zero, where every tile ties; the shared tests want a trained one's scores
+        nn.init.normal_(head.score.weight, std=0.01)
+    return head
 
 
 def run(head: nn.Module, x: torch.Tensor) -> MILOutput:
@@ -181,6 +189,45 @@ def test_manifest_settings_rebuild_the_head(name: str, tmp_path: Path) -> None:
     assert float(pred.attention.sum()) == pytest.approx(1.0, abs=1e-5)
     again = predict_slide(load_bundle(tmp_path / name, torch.device("cpu")), features)
     np.testing.assert_array_equal(pred.probabilities, again.probabilities)
+
+
+# --- topk_linear: instance scores on standardised features, top-k pooling ------------------------
+
+
+def test_topk_pools_the_k_most_suspect_tiles_against_a_negative_class_at_zero() -> None:
+    head = build("topk_linear")
+    out = run(head, torch.randn(30, IN_DIM))
+    s = out.tile_logits[:, 1:]
+    assert bool((out.tile_logits[:, 0] == 0).all()) and float(out.logits[0]) == 0.0
+    torch.testing.assert_close(out.logits[1:], s.topk(3, dim=0).values.mean(dim=0))
+    strongest = 1 + int(out.logits[1:].argmax())
+    top = set(out.tile_logits[:, strongest].topk(3).indices.tolist())
+    assert set(torch.nonzero(out.attention).flatten().tolist()) == top
+    torch.testing.assert_close(out.attention[sorted(top)], torch.full((3,), 1 / 3))
+    # a bag of fewer tiles than k pools them all
+    few = run(head, torch.randn(2, IN_DIM))
+    torch.testing.assert_close(few.logits[1:], few.tile_logits[:, 1:].mean(dim=0))
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2, k=0)
+
+
+def test_topk_standardises_with_the_training_tiles_and_keeps_them_in_its_state(
+    tmp_path: Path,
+) -> None:
+    head = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2)
+    assert isinstance(head, FittedInputHead)
+    x = torch.randn(500, IN_DIM) * torch.linspace(0.01, 5.0, IN_DIM) + 3.0
+    x[:, 0] = 7.0  # a constant feature: unit spread, not a division by zero
+    head.fit_input(x)
+    state = head.state_dict()
+    torch.testing.assert_close(state["input_mean"], x.mean(0))
+    assert float(state["input_std"][0]) == 1.0
+    torch.testing.assert_close(state["input_std"][1:], x.std(0)[1:])
+    nn.init.normal_(head.score.weight)
+    again = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2)
+    again.load_state_dict(state)
+    bag = torch.randn(40, IN_DIM)
+    torch.testing.assert_close(run(again.eval(), bag).logits, run(head.eval(), bag).logits)
 
 
 # --- CLAM: the instance-level clustering loss ---------------------------------------------------

@@ -167,7 +167,14 @@ def weights_sha(bundle: Path) -> str:
 
 NAMES = ("negative", "positive")
 CONFIG = TrainConfig(
-    head_kwargs=SMALL, n_folds=4, max_epochs=25, patience=6, lr=1e-3, seed=0, device="cpu"
+    head="abmil_gated",
+    head_kwargs=SMALL,
+    n_folds=4,
+    max_epochs=25,
+    patience=6,
+    lr=1e-3,
+    seed=0,
+    device="cpu",
 )
 
 
@@ -242,9 +249,17 @@ def _fold_ids(data: Cohort, every: int = 5) -> tuple[list[str], list[str]]:
 
 
 def test_class_weighting_changes_the_loss_of_an_imbalanced_set_only() -> None:
-    cfg = TrainConfig(head_kwargs=SMALL, max_epochs=2, patience=5, lr=1e-3, device="cpu")
+    cfg = TrainConfig(
+        head="abmil_gated", head_kwargs=SMALL, max_epochs=2, patience=5, lr=1e-3, device="cpu"
+    )
     unweighted = TrainConfig(
-        head_kwargs=SMALL, max_epochs=2, patience=5, lr=1e-3, class_weighting=False, device="cpu"
+        head="abmil_gated",
+        head_kwargs=SMALL,
+        max_epochs=2,
+        patience=5,
+        lr=1e-3,
+        class_weighting=False,
+        device="cpu",
     )
     imbalanced = cohort(18, 6, seed=2)
     train, val = _fold_ids(imbalanced, every=4)
@@ -270,6 +285,7 @@ def test_early_stopping_stops_and_keeps_the_best_epoch() -> None:
     noise = cohort(12, 12, seed=5, shift=0.0)  # nothing to learn: validation loss soon rises
     train, val = _fold_ids(noise, every=3)
     cfg = TrainConfig(
+        head="abmil_gated",
         head_kwargs=SMALL, max_epochs=80, patience=3, lr=5e-3, device="cpu", min_epochs=1,
         weight_averaging=0,
     )  # fmt: skip
@@ -296,12 +312,14 @@ def test_min_epochs_and_smoothing_keep_early_epochs_from_deciding() -> None:
     noise = cohort(12, 12, seed=5, shift=0.0)  # nothing to learn: validation loss soon rises
     train, val = _fold_ids(noise, every=3)
     plain = TrainConfig(
+        head="abmil_gated",
         head_kwargs=SMALL, max_epochs=80, patience=3, lr=5e-3, device="cpu", min_epochs=1,
         weight_averaging=0,
     )  # fmt: skip
     early = train_fold(noise.bags, noise.labels, train, val, 2, plain)
     m = early.best_epoch + 5
     cfg = TrainConfig(
+        head="abmil_gated",
         head_kwargs=SMALL, max_epochs=80, patience=3, lr=5e-3, device="cpu", min_epochs=m,
         smoothing=4, weight_averaging=0,
     )  # fmt: skip
@@ -325,12 +343,22 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights() -> None:
 
     def last_weights(epochs: int) -> dict[str, torch.Tensor]:
         cfg = TrainConfig(
-            head_kwargs=SMALL, max_epochs=epochs, lr=1e-3, device="cpu", weight_averaging=0
+            head="abmil_gated",
+            head_kwargs=SMALL,
+            max_epochs=epochs,
+            lr=1e-3,
+            device="cpu",
+            weight_averaging=0,
         )
         return train_fold(data.bags, data.labels, train, val, 2, cfg).head.state_dict()
 
     cfg = TrainConfig(
-        head_kwargs=SMALL, max_epochs=6, weight_averaging=3, lr=1e-3, device="cpu"
+        head="abmil_gated",
+        head_kwargs=SMALL,
+        max_epochs=6,
+        weight_averaging=3,
+        lr=1e-3,
+        device="cpu",
     )  # the default schedule is fixed: every epoch runs
     result = train_fold(data.bags, data.labels, train, val, 2, cfg)
     assert result.epochs_run == 6 and result.best_epoch == 6
@@ -384,6 +412,7 @@ def test_abmil_instance_supervision_lowers_the_tile_scores_of_negative_slides() 
     negatives, ranks = [], []
     for kwargs in (SMALL, {**SMALL, "instance_k": 2}):
         cfg = TrainConfig(
+            head="abmil_gated",
             head_kwargs=kwargs, max_epochs=30, lr=1e-3, device="cpu", weight_averaging=0,
             instance_loss_weight=0.5,
         )  # fmt: skip
@@ -405,8 +434,45 @@ def test_abmil_instance_supervision_lowers_the_tile_scores_of_negative_slides() 
     assert ranks[1] > 0.85, ranks
     with pytest.raises(TrainingError, match="instance_k"):
         train_fold(
-            data.bags, data.labels, train, val, 2, TrainConfig(head_kwargs={"instance_k": -1})
+            data.bags,
+            data.labels,
+            train,
+            val,
+            2,
+            TrainConfig(head="abmil_gated", head_kwargs={"instance_k": -1}),
         )
+
+
+def test_topk_linear_with_the_defaults_finds_rare_tiles_among_features_of_any_scale() -> None:
+    """The small-cohort head under `train`'s default schedule: 16 slides of 300 tiles, 3 of a
+    positive slide's tiles shifted, the columns on natural scales from 1e-3 to 1e2 (as
+    `handcrafted`'s are). Each fold standardises with its own training tiles, and the slides
+    and the planted tiles are found."""
+    rng = np.random.default_rng(3)
+    scales = np.geomspace(1e-3, 1e2, D).astype(np.float32)
+    bags, labels, planted = {}, {}, {}
+    for i in range(16):
+        sid = f"r{i:02d}"
+        x = rng.standard_normal((300, D)).astype(np.float32)
+        if i % 2:
+            idx = rng.choice(300, 3, replace=False)
+            x[idx, ::4] += 3.0
+            planted[sid] = idx
+        bags[sid], labels[sid] = x * scales + 5.0 * scales, i % 2
+    config = TrainConfig(head="topk_linear", n_folds=4, seed=0, device="cpu")
+    cv = cross_validate(bags, labels, NAMES, config)
+    assert cv.oof_auroc is not None and cv.oof_auroc >= 0.9, cv.oof_auroc
+    flags, scores = [], []
+    for f in cv.folds:
+        head = f.training.head
+        seen = np.concatenate([bags[sid] for sid in f.train_ids])
+        np.testing.assert_allclose(head.input_mean.numpy(), seen.mean(0), rtol=1e-4, atol=1e-6)
+        for sid in f.test_ids:
+            if sid in planted:
+                with torch.inference_mode():
+                    scores.append(head(torch.from_numpy(bags[sid])).tile_logits[:, 1].numpy())
+                flags.append(np.isin(np.arange(300), planted[sid]))
+    assert auroc(np.concatenate(flags), np.concatenate(scores)) >= 0.9
 
 
 def test_a_bad_head_setting_fails_before_training() -> None:
@@ -422,7 +488,7 @@ def test_three_classes_cross_validate_without_a_threshold() -> None:
     rng = np.random.default_rng(0)
     bags = {f"t{i:02d}": rng.standard_normal((10, D)).astype(np.float32) for i in range(12)}
     labels = {sid: i % 3 for i, sid in enumerate(sorted(bags))}
-    cfg = TrainConfig(head_kwargs=SMALL, n_folds=2, max_epochs=2, device="cpu")
+    cfg = TrainConfig(head="abmil_gated", head_kwargs=SMALL, n_folds=2, max_epochs=2, device="cpu")
     cv = cross_validate(bags, labels, ("a", "b", "c"), cfg)
     assert cv.oof_probabilities.shape == (12, 3)
     np.testing.assert_allclose(cv.oof_probabilities.sum(axis=1), 1.0)
@@ -529,7 +595,14 @@ def test_the_same_run_twice_gives_identical_weights(trained: Trained, tmp_path: 
     ).read_bytes()
     # and the seed matters: another seed gives other weights
     other = TrainConfig(
-        head_kwargs=SMALL, n_folds=4, max_epochs=2, patience=6, lr=1e-3, seed=1, device="cpu"
+        head="abmil_gated",
+        head_kwargs=SMALL,
+        n_folds=4,
+        max_epochs=2,
+        patience=6,
+        lr=1e-3,
+        seed=1,
+        device="cpu",
     )
     seeded = train_from_features(root / "labels.csv", root / "features", tmp_path / "o", other)
     assert weights_sha(seeded.fold_dirs[0]) != weights_sha(first.fold_dirs[0])
@@ -657,13 +730,17 @@ def test_train_command(small_features: Path, tmp_path: Path) -> None:
     labels = write_csv(tmp_path / "labels.csv", ["slide_id", "label"], rows)
     args = ["train", "--labels", str(labels), "--features", str(small_features)]
     small = ["--folds", "2", "--epochs", "3", "--patience", "2", "--lr", "1e-3"]
-    res = runner.invoke(
-        app, [*args, "--out", str(tmp_path / "m"), *small, "--head-kwargs", json.dumps(SMALL)]
-    )
+    # the default head, through the folds' and the ensemble's bundles
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "m"), *small])
     assert res.exit_code == 0, res.output
     assert "held-out folds" in res.output and "out-of-fold AUROC" in res.output
     assert "ghost" in res.output and "no label" in res.output  # both kinds reported
     assert resolve_model_dir(tmp_path / "m") == tmp_path / "m" / "ensemble"
+    ensemble = load_bundle(tmp_path / "m" / "ensemble", CPU)
+    assert ensemble.manifest.head == "ensemble"
+    bag = np.asarray(zarr.open_group(str(small_features / "s000" / "slide.zarr"))["features"])
+    pred = predict_slide(ensemble, bag)
+    assert pred.probabilities.sum() == pytest.approx(1.0) and pred.tile_scores.shape[0] == len(bag)
     info = json.loads((tmp_path / "m" / "training.json").read_text())
     assert [f["epochs_run"] <= 3 for f in info["folds"]] == [True, True]
 
