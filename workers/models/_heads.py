@@ -9,6 +9,7 @@ attention-MIL heads of Ilse et al. and the pooling baselines; CLAM (`_clam.py`) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -55,8 +56,8 @@ class FittedInputHead(Protocol):
     """A head that standardises its input with statistics of the training tiles: training calls
     `fit_input` once, before the first step, and the statistics travel in the state dict."""
 
-    def fit_input(self, features: torch.Tensor) -> None:
-        """features: every training tile, (N, in_dim)."""
+    def fit_input(self, bags: Sequence[torch.Tensor]) -> None:
+        """bags: every training slide's features, each (N_i, in_dim)."""
         ...
 
 
@@ -286,20 +287,25 @@ _TOPK_GAIN = 100.0
 
 
 class TopKMIL(nn.Module):
-    """Instance MIL for small cohorts: a linear score per tile on standardised features, a
-    slide's evidence for each class the mean of its `k` tiles that show most of it.
+    """Instance MIL for small cohorts: a linear score per tile on features taken relative to
+    the slide's own median tile and standardised, a slide's evidence for each class the mean of
+    its `k` tiles that show most of it.
 
     Class 0 is the negative class (as for CLAM's instance loss): a tile's logits are
-    (0, s_1, …, s_{C-1}) with s = W ((x_i - μ) / σ) + b, μ, σ the training tiles' mean and
-    spread (`fit_input`; identity until then); the slide's logit of class c ≥ 1 is the mean of
-    the k highest s_c, its logit of class 0 is 0.
+    (0, s_1, …, s_{C-1}) with s = W ((x_i - m - μ) / σ) + b, m the bag's per-feature median,
+    μ, σ the mean and spread of the training tiles so centred (`fit_input`; identity until
+    then); the slide's logit of class c ≥ 1 is the mean of the k highest s_c, its logit of
+    class 0 is 0.
 
     Why: a lesion of 0.1–2% of the tissue is a handful of tiles among hundreds. Attention over
     an MLP embedding (ABMIL) has thousands of weights to fit from 8–16 positive slides and finds
     slide-specific directions instead; one weight per feature, fed only by each slide's few
     most suspect tiles, does not. Standardising makes one learning rate and weight decay fit
     features of natural scales as different as `handcrafted`'s (0.002 to 0.7). The mean of k
-    tiles rather than the maximum keeps the gradient off a single outlier tile.
+    tiles rather than the maximum keeps the gradient off a single outlier tile. Each slide's
+    stain and scan move all its tiles alike, and a lesion is what stands out from the slide's
+    own tissue: with the median tile as the reference, 8–16 positive slides need not teach the
+    head every slide's colour.
 
     The weights are kept in units of 1/`_TOPK_GAIN` and start at zero: `train`'s one learning
     rate (5e-4, set for ABMIL's embedding) then moves these few weights as far per step as
@@ -326,9 +332,12 @@ class TopKMIL(nn.Module):
         nn.init.zeros_(self.score.weight)
         nn.init.zeros_(self.score.bias)
 
-    def fit_input(self, features: torch.Tensor) -> None:
-        check_bag(features, self.in_dim)
-        x = features.to(self.input_mean.device, torch.float32)
+    def fit_input(self, bags: Sequence[torch.Tensor]) -> None:
+        if not bags:
+            raise ValueError("fit_input needs at least one bag")
+        for bag in bags:
+            check_bag(bag, self.in_dim)
+        x = torch.cat([_centred(b.to(self.input_mean.device, torch.float32)) for b in bags])
         self.input_mean.copy_(x.mean(0))
         # a constant feature keeps unit spread: it carries nothing, and must not blow up
         std = x.std(0) if x.shape[0] > 1 else torch.ones_like(self.input_std)
@@ -336,7 +345,8 @@ class TopKMIL(nn.Module):
 
     def forward(self, features: torch.Tensor) -> MILOutput:
         check_bag(features, self.in_dim)
-        s = _TOPK_GAIN * self.score((features - self.input_mean) / self.input_std)  # (N, C-1)
+        x = (_centred(features) - self.input_mean) / self.input_std
+        s = _TOPK_GAIN * self.score(x)  # (N, C - 1)
         k = min(self.k, s.shape[0])
         top = s.topk(k, dim=0)
         evidence = top.values.mean(dim=0)  # (C - 1,)
@@ -346,6 +356,11 @@ class TopKMIL(nn.Module):
         attention = torch.zeros(s.shape[0], dtype=s.dtype, device=features.device)
         attention[top.indices[:, strongest]] = 1.0 / k
         return MILOutput(logits=logits, attention=attention, tile_logits=tile_logits)
+
+
+def _centred(features: torch.Tensor) -> torch.Tensor:
+    """A bag's features minus its per-feature median tile: (N, D) → (N, D)."""
+    return features - features.median(dim=0).values
 
 
 @HEADS.register("topk_linear")

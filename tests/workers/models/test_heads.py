@@ -211,23 +211,39 @@ def test_topk_pools_the_k_most_suspect_tiles_against_a_negative_class_at_zero() 
         HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2, k=0)
 
 
-def test_topk_standardises_with_the_training_tiles_and_keeps_them_in_its_state(
-    tmp_path: Path,
-) -> None:
+def test_topk_standardises_with_the_training_tiles_and_keeps_them_in_its_state() -> None:
     head = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2)
     assert isinstance(head, FittedInputHead)
-    x = torch.randn(500, IN_DIM) * torch.linspace(0.01, 5.0, IN_DIM) + 3.0
-    x[:, 0] = 7.0  # a constant feature: unit spread, not a division by zero
-    head.fit_input(x)
+    scales = torch.linspace(0.01, 5.0, IN_DIM)
+    bags = [torch.randn(n, IN_DIM) * scales + float(n) for n in (200, 301, 150)]
+    for bag in bags:
+        bag[:, 0] = 7.0  # a constant feature: unit spread, not a division by zero
+    head.fit_input(bags)
+    centred = torch.cat([b - b.median(dim=0).values for b in bags])
     state = head.state_dict()
-    torch.testing.assert_close(state["input_mean"], x.mean(0))
+    torch.testing.assert_close(state["input_mean"], centred.mean(0))
     assert float(state["input_std"][0]) == 1.0
-    torch.testing.assert_close(state["input_std"][1:], x.std(0)[1:])
+    torch.testing.assert_close(state["input_std"][1:], centred.std(0)[1:])
     nn.init.normal_(head.score.weight)
     again = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2)
     again.load_state_dict(state)
     bag = torch.randn(40, IN_DIM)
     torch.testing.assert_close(run(again.eval(), bag).logits, run(head.eval(), bag).logits)
+    with pytest.raises(ValueError, match="at least one bag"):
+        head.fit_input([])
+
+
+def test_topk_reads_each_tile_against_its_own_slide() -> None:
+    """A shift of every tile of a slide alike (its stain, its scanner) changes nothing; a few
+    tiles that stand out from their slide do."""
+    head = build("topk_linear", n_classes=2)
+    bag = torch.randn(60, IN_DIM)
+    shifted = bag + 3.0 * torch.randn(IN_DIM)
+    torch.testing.assert_close(run(head, shifted).logits, run(head, bag).logits)
+    outliers = bag.clone()
+    direction = head.score.weight[0] / head.score.weight[0].norm()
+    outliers[:3] += 4.0 * direction
+    assert float(run(head, outliers).logits[1]) > float(run(head, bag).logits[1]) + 1.0
 
 
 # --- CLAM: the instance-level clustering loss ---------------------------------------------------
