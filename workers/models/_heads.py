@@ -284,18 +284,20 @@ def _max_pool(
 
 _TOPK_GAIN = 100.0
 """`TopKMIL`'s weights are in units of 1/this: a learning-rate multiplier carried by the head."""
+_TOPK_INIT = 1e-3
+"""Spread of `TopKMIL`'s random start, in those units (0.1 in the scores' own)."""
 
 
 class TopKMIL(nn.Module):
-    """Instance MIL for small cohorts: a linear score per tile on features taken relative to
+    """Instance MIL for small cohorts: linear scores per tile on features taken relative to
     the slide's own median tile and standardised, a slide's evidence for each class the mean of
-    its `k` tiles that show most of it.
+    its `k` tiles that show most of it, averaged over `scorers` scorers from random starts.
 
-    Class 0 is the negative class (as for CLAM's instance loss): a tile's logits are
-    (0, s_1, …, s_{C-1}) with s = W ((x_i - m - μ) / σ) + b, m the bag's per-feature median,
-    μ, σ the mean and spread of the training tiles so centred (`fit_input`; identity until
-    then); the slide's logit of class c ≥ 1 is the mean of the k highest s_c, its logit of
-    class 0 is 0.
+    Class 0 is the negative class (as for CLAM's instance loss). Scorer r gives tile i the
+    scores s_r = W_r ((x_i - m - μ) / σ) + b_r for classes 1 … C-1, m the bag's per-feature
+    median, μ, σ the mean and spread of the training tiles so centred (`fit_input`; identity
+    until then). The slide's logit of class c ≥ 1 is the mean over scorers of the mean of each
+    one's k highest s_r,c; class 0's is 0. A tile's logits are (0, mean_r s_r).
 
     Why: a lesion of 0.1–2% of the tissue is a handful of tiles among hundreds. Attention over
     an MLP embedding (ABMIL) has thousands of weights to fit from 8–16 positive slides and finds
@@ -305,31 +307,32 @@ class TopKMIL(nn.Module):
     tiles rather than the maximum keeps the gradient off a single outlier tile. Each slide's
     stain and scan move all its tiles alike, and a lesion is what stands out from the slide's
     own tissue: with the median tile as the reference, 8–16 positive slides need not teach the
-    head every slide's colour.
+    head every slide's colour. Which tiles a scorer picks first decides where it ends up;
+    with a few slides, one start is luck (README, "Learning on small cohorts"), the mean of
+    several is not.
 
-    The weights are kept in units of 1/`_TOPK_GAIN` and start at zero: `train`'s one learning
-    rate (5e-4, set for ABMIL's embedding) then moves these few weights as far per step as
-    0.05 would, the rate at which they learn in the 40 epochs of the default schedule
-    (README, "Learning on small cohorts"); decoupled weight decay is unaffected.
+    The weights are kept in units of 1/`_TOPK_GAIN`: `train`'s one learning rate (5e-4, set
+    for ABMIL's embedding) then moves these few weights as far per step as 0.05 would, the rate
+    at which they learn in the 40 epochs of the default schedule; decoupled weight decay is
+    unaffected.
 
-    Attention is what the pooling weighs: 1/k on each of the top-k tiles of the most likely
-    class other than 0. forward: (N, in_dim) → MILOutput(logits (C,), attention (N,),
-    tile_logits (N, C)).
+    Attention: 1/k on each of the k tiles of highest mean score for the most likely class other
+    than 0. forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
     """
 
-    def __init__(self, in_dim: int, n_classes: int, k: int = 3) -> None:
+    def __init__(self, in_dim: int, n_classes: int, k: int = 3, scorers: int = 5) -> None:
         super().__init__()
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        if k < 1 or scorers < 1:
+            raise ValueError(f"k and scorers must be at least 1, got {k} and {scorers}")
         if n_classes < 2:
             raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-        self.in_dim, self.k = in_dim, k
+        self.in_dim, self.k, self.scorers, self.n_out = in_dim, k, scorers, n_classes - 1
         self.input_mean: torch.Tensor
         self.input_std: torch.Tensor
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
-        self.score = nn.Linear(in_dim, n_classes - 1)
-        nn.init.zeros_(self.score.weight)
+        self.score = nn.Linear(in_dim, scorers * self.n_out)
+        nn.init.normal_(self.score.weight, std=_TOPK_INIT)
         nn.init.zeros_(self.score.bias)
 
     def fit_input(self, bags: Sequence[torch.Tensor]) -> None:
@@ -345,16 +348,17 @@ class TopKMIL(nn.Module):
 
     def forward(self, features: torch.Tensor) -> MILOutput:
         check_bag(features, self.in_dim)
+        n = features.shape[0]
         x = (_centred(features) - self.input_mean) / self.input_std
-        s = _TOPK_GAIN * self.score(x)  # (N, C - 1)
-        k = min(self.k, s.shape[0])
-        top = s.topk(k, dim=0)
-        evidence = top.values.mean(dim=0)  # (C - 1,)
+        s = (_TOPK_GAIN * self.score(x)).view(n, self.scorers, self.n_out)
+        k = min(self.k, n)
+        evidence = s.topk(k, dim=0).values.mean(dim=0).mean(dim=0)  # (C - 1,)
         logits = torch.cat([evidence.new_zeros(1), evidence])
-        tile_logits = torch.cat([s.new_zeros(s.shape[0], 1), s], dim=1)
+        mean_score = s.mean(dim=1)  # (N, C - 1)
+        tile_logits = torch.cat([s.new_zeros(n, 1), mean_score], dim=1)
         strongest = int(torch.argmax(evidence))
-        attention = torch.zeros(s.shape[0], dtype=s.dtype, device=features.device)
-        attention[top.indices[:, strongest]] = 1.0 / k
+        attention = torch.zeros(n, dtype=s.dtype, device=features.device)
+        attention[mean_score[:, strongest].topk(k).indices] = 1.0 / k
         return MILOutput(logits=logits, attention=attention, tile_logits=tile_logits)
 
 
@@ -364,5 +368,5 @@ def _centred(features: torch.Tensor) -> torch.Tensor:
 
 
 @HEADS.register("topk_linear")
-def _topk_linear(in_dim: int, n_classes: int, k: int = 3) -> nn.Module:
-    return TopKMIL(in_dim, n_classes, k)
+def _topk_linear(in_dim: int, n_classes: int, k: int = 3, scorers: int = 5) -> nn.Module:
+    return TopKMIL(in_dim, n_classes, k, scorers)

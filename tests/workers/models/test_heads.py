@@ -47,11 +47,7 @@ EXPECTED = {
 
 def build(name: str, n_classes: int = N_CLASSES, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    head = HEADS.build(name, in_dim=IN_DIM, n_classes=n_classes, **SMALL.get(name, {})).eval()
-    if isinstance(head, TopKMIL):
-        # it starts at zero, where every tile ties; the shared tests want a trained one's scores
-        nn.init.normal_(head.score.weight, std=0.01)
-    return head
+    return HEADS.build(name, in_dim=IN_DIM, n_classes=n_classes, **SMALL.get(name, {})).eval()
 
 
 def run(head: nn.Module, x: torch.Tensor) -> MILOutput:
@@ -195,8 +191,9 @@ def test_manifest_settings_rebuild_the_head(name: str, tmp_path: Path) -> None:
 
 
 def test_topk_pools_the_k_most_suspect_tiles_against_a_negative_class_at_zero() -> None:
-    head = build("topk_linear")
-    out = run(head, torch.randn(30, IN_DIM))
+    torch.manual_seed(0)
+    one = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=N_CLASSES, scorers=1).eval()
+    out = run(one, torch.randn(30, IN_DIM))
     s = out.tile_logits[:, 1:]
     assert bool((out.tile_logits[:, 0] == 0).all()) and float(out.logits[0]) == 0.0
     torch.testing.assert_close(out.logits[1:], s.topk(3, dim=0).values.mean(dim=0))
@@ -205,10 +202,30 @@ def test_topk_pools_the_k_most_suspect_tiles_against_a_negative_class_at_zero() 
     assert set(torch.nonzero(out.attention).flatten().tolist()) == top
     torch.testing.assert_close(out.attention[sorted(top)], torch.full((3,), 1 / 3))
     # a bag of fewer tiles than k pools them all
-    few = run(head, torch.randn(2, IN_DIM))
+    few = run(one, torch.randn(2, IN_DIM))
     torch.testing.assert_close(few.logits[1:], few.tile_logits[:, 1:].mean(dim=0))
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match="k and scorers must be at least 1"):
         HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2, k=0)
+
+
+def test_topk_averages_each_scorer_s_own_pooling() -> None:
+    """Each scorer pools its own top k (not the top k of the mean score), so the slide's
+    evidence is the mean of the scorers' evidence; the tile scores are the mean scores."""
+    torch.manual_seed(1)
+    five = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2).eval()
+    assert isinstance(five, TopKMIL) and five.scorers == 5
+    bag = torch.randn(50, IN_DIM)
+    one = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2, scorers=1).eval()
+    alone = []
+    for r in range(5):
+        one.score.weight.data.copy_(five.score.weight[r : r + 1])
+        one.score.bias.data.copy_(five.score.bias[r : r + 1])
+        alone.append(run(one, bag))
+    out = run(five, bag)
+    torch.testing.assert_close(out.logits, torch.stack([o.logits for o in alone]).mean(0))
+    torch.testing.assert_close(out.tile_logits, torch.stack([o.tile_logits for o in alone]).mean(0))
+    # the scorers start apart: one start's picks are not every scorer's
+    assert len({tuple(o.tile_logits[:, 1].topk(3).indices.tolist()) for o in alone}) > 1
 
 
 def test_topk_standardises_with_the_training_tiles_and_keeps_them_in_its_state() -> None:
@@ -237,11 +254,12 @@ def test_topk_reads_each_tile_against_its_own_slide() -> None:
     """A shift of every tile of a slide alike (its stain, its scanner) changes nothing; a few
     tiles that stand out from their slide do."""
     head = build("topk_linear", n_classes=2)
+    nn.init.normal_(head.score.weight, std=0.01)  # weights of a trained head's size
     bag = torch.randn(60, IN_DIM)
     shifted = bag + 3.0 * torch.randn(IN_DIM)
     torch.testing.assert_close(run(head, shifted).logits, run(head, bag).logits)
     outliers = bag.clone()
-    direction = head.score.weight[0] / head.score.weight[0].norm()
+    direction = head.score.weight.mean(dim=0) / head.score.weight.mean(dim=0).norm()
     outliers[:3] += 4.0 * direction
     assert float(run(head, outliers).logits[1]) > float(run(head, bag).logits[1]) + 1.0
 
