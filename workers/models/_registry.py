@@ -52,12 +52,12 @@ class Registry(Generic[T]):
         """The keyword arguments that tell `name` (or each part of a joined name) its tiles'
         µm/px: empty when none of them takes one."""
         parts = self.split(name)
-        prefix = "" if len(parts) == 1 else "{part}."
-        return {
-            prefix.format(part=p) + self._resolution_args[p]: float(mpp)
-            for p in parts
-            if p in self._resolution_args
-        }
+        out: dict[str, float] = {}
+        for part in parts:
+            arg = self._resolution_args.get(part)
+            if arg is not None:
+                out[arg if len(parts) == 1 else f"{part}.{arg}"] = float(mpp)
+        return out
 
     def register_family(self, prefix: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Register `factory(member, **kwargs)` for the names "<prefix>:<member>"."""

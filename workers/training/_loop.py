@@ -220,7 +220,8 @@ def train_fold(
     training slides), plus the head's `instance_loss` when it is an `InstanceLossHead`. After each
     epoch the class-weighted validation cross-entropy decides early stopping (`patience` epochs
     without a new minimum); the best epoch's weights are returned. `seed` (default
-    `config.seed`) fixes initialisation, dropout and bag order.
+    `config.seed`) fixes initialisation, dropout and bag order. A `FittedInputHead` first fits
+    its input standardisation to the training bags (never the validation ones).
     """
     if not train_ids:
         raise TrainingError(f"fold {fold}: no training slides")

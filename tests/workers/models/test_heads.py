@@ -50,6 +50,12 @@ def build(name: str, n_classes: int = N_CLASSES, seed: int = 0) -> nn.Module:
     return HEADS.build(name, in_dim=IN_DIM, n_classes=n_classes, **SMALL.get(name, {})).eval()
 
 
+def topk(**kwargs: int) -> TopKMIL:
+    head = HEADS.build("topk_linear", in_dim=IN_DIM, **{"n_classes": 2, **kwargs}).eval()
+    assert isinstance(head, TopKMIL)
+    return head
+
+
 def run(head: nn.Module, x: torch.Tensor) -> MILOutput:
     with torch.no_grad():
         out = head(x)
@@ -192,7 +198,7 @@ def test_manifest_settings_rebuild_the_head(name: str, tmp_path: Path) -> None:
 
 def test_topk_pools_the_k_most_suspect_tiles_against_a_negative_class_at_zero() -> None:
     torch.manual_seed(0)
-    one = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=N_CLASSES, scorers=1).eval()
+    one = topk(n_classes=N_CLASSES, scorers=1)
     out = run(one, torch.randn(30, IN_DIM))
     s = out.tile_logits[:, 1:]
     assert bool((out.tile_logits[:, 0] == 0).all()) and float(out.logits[0]) == 0.0
@@ -212,10 +218,10 @@ def test_topk_averages_each_scorer_s_own_pooling() -> None:
     """Each scorer pools its own top k (not the top k of the mean score), so the slide's
     evidence is the mean of the scorers' evidence; the tile scores are the mean scores."""
     torch.manual_seed(1)
-    five = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2).eval()
-    assert isinstance(five, TopKMIL) and five.scorers == 5
+    five = topk()
+    assert five.scorers == 5
     bag = torch.randn(50, IN_DIM)
-    one = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2, scorers=1).eval()
+    one = topk(scorers=1)
     alone = []
     for r in range(5):
         one.score.weight.data.copy_(five.score.weight[r : r + 1])
@@ -229,7 +235,7 @@ def test_topk_averages_each_scorer_s_own_pooling() -> None:
 
 
 def test_topk_standardises_with_the_training_tiles_and_keeps_them_in_its_state() -> None:
-    head = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2)
+    head = topk().train()
     assert isinstance(head, FittedInputHead)
     scales = torch.linspace(0.01, 5.0, IN_DIM)
     bags = [torch.randn(n, IN_DIM) * scales + float(n) for n in (200, 301, 150)]
@@ -242,7 +248,7 @@ def test_topk_standardises_with_the_training_tiles_and_keeps_them_in_its_state()
     assert float(state["input_std"][0]) == 1.0
     torch.testing.assert_close(state["input_std"][1:], centred.std(0)[1:])
     nn.init.normal_(head.score.weight)
-    again = HEADS.build("topk_linear", in_dim=IN_DIM, n_classes=2)
+    again = topk()
     again.load_state_dict(state)
     bag = torch.randn(40, IN_DIM)
     torch.testing.assert_close(run(again.eval(), bag).logits, run(head.eval(), bag).logits)
@@ -252,16 +258,19 @@ def test_topk_standardises_with_the_training_tiles_and_keeps_them_in_its_state()
 
 def test_topk_reads_each_tile_against_its_own_slide() -> None:
     """A shift of every tile of a slide alike (its stain, its scanner) changes nothing; a few
-    tiles that stand out from their slide do."""
-    head = build("topk_linear", n_classes=2)
+    tiles that stand out from their slide along what the scorers weigh become its evidence."""
+    torch.manual_seed(2)
+    head = topk()
     nn.init.normal_(head.score.weight, std=0.01)  # weights of a trained head's size
     bag = torch.randn(60, IN_DIM)
     shifted = bag + 3.0 * torch.randn(IN_DIM)
     torch.testing.assert_close(run(head, shifted).logits, run(head, bag).logits)
     outliers = bag.clone()
-    direction = head.score.weight.mean(dim=0) / head.score.weight.mean(dim=0).norm()
-    outliers[:3] += 4.0 * direction
-    assert float(run(head, outliers).logits[1]) > float(run(head, bag).logits[1]) + 1.0
+    direction = head.score.weight.mean(dim=0)
+    outliers[:3] += 12.0 * direction / direction.norm()
+    out = run(head, outliers)
+    assert set(torch.nonzero(out.attention).flatten().tolist()) == {0, 1, 2}
+    assert float(out.logits[1]) > float(run(head, bag).logits[1])
 
 
 # --- CLAM: the instance-level clustering loss ---------------------------------------------------

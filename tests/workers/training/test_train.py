@@ -32,6 +32,7 @@ from slidemill.workers import (
     EnsembleMIL,
     EpochReport,
     LabelError,
+    TopKMIL,
     TrainConfig,
     TrainingError,
     TrainingReport,
@@ -466,6 +467,7 @@ def test_topk_linear_with_the_defaults_finds_rare_tiles_among_features_of_any_sc
     flags, scores = [], []
     for f in cv.folds:
         head = f.training.head
+        assert isinstance(head, TopKMIL)
         # its own training slides, each against its median tile (torch's: the lower middle)
         medians = {sid: torch.from_numpy(bags[sid]).median(dim=0).values.numpy() for sid in bags}
         seen = np.concatenate([bags[sid] - medians[sid] for sid in f.train_ids])
