@@ -10,6 +10,7 @@ learns must put its attention there.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -599,16 +600,7 @@ def test_the_same_run_twice_gives_identical_weights(trained: Trained, tmp_path: 
         tmp_path / "m" / "oof_predictions.csv"
     ).read_bytes()
     # and the seed matters: another seed gives other weights
-    other = TrainConfig(
-        head="abmil_gated",
-        head_kwargs=SMALL,
-        n_folds=4,
-        max_epochs=2,
-        patience=6,
-        lr=1e-3,
-        seed=1,
-        device="cpu",
-    )
+    other = dataclasses.replace(CONFIG, max_epochs=2, seed=1)
     seeded = train_from_features(root / "labels.csv", root / "features", tmp_path / "o", other)
     assert weights_sha(seeded.fold_dirs[0]) != weights_sha(first.fold_dirs[0])
 
