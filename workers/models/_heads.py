@@ -9,7 +9,7 @@ attention-MIL heads of Ilse et al. and the pooling baselines; CLAM (`_clam.py`) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -56,8 +56,9 @@ class FittedInputHead(Protocol):
     """A head that standardises its input with statistics of the training tiles: training calls
     `fit_input` once, before the first step, and the statistics travel in the state dict."""
 
-    def fit_input(self, bags: Sequence[torch.Tensor]) -> None:
-        """bags: every training slide's features, each (N_i, in_dim)."""
+    def fit_input(self, bags: Iterable[torch.Tensor]) -> None:
+        """bags: every training slide's features, each (N_i, in_dim), visited once (a cohort's
+        features need not fit in memory together)."""
         ...
 
 
@@ -335,16 +336,24 @@ class TopKMIL(nn.Module):
         nn.init.normal_(self.score.weight, std=_TOPK_INIT)
         nn.init.zeros_(self.score.bias)
 
-    def fit_input(self, bags: Sequence[torch.Tensor]) -> None:
-        if not bags:
-            raise ValueError("fit_input needs at least one bag")
+    def fit_input(self, bags: Iterable[torch.Tensor]) -> None:
+        # one bag at a time, sums in float64: the training tiles are never all in memory
+        n, total, squares = 0, torch.zeros(self.in_dim, dtype=torch.float64), None
         for bag in bags:
             check_bag(bag, self.in_dim)
-        x = torch.cat([_centred(b.to(self.input_mean.device, torch.float32)) for b in bags])
-        self.input_mean.copy_(x.mean(0))
+            x = _centred(bag.detach().to("cpu", torch.float64))
+            n += x.shape[0]
+            total += x.sum(0)
+            squares = x.square().sum(0) if squares is None else squares + x.square().sum(0)
+        if squares is None:
+            raise ValueError("fit_input needs at least one bag")
+        mean = total / n
+        var = (squares - n * mean.square()) / max(n - 1, 1)
+        std = var.clamp_min(0.0).sqrt() if n > 1 else torch.ones_like(mean)
         # a constant feature keeps unit spread: it carries nothing, and must not blow up
-        std = x.std(0) if x.shape[0] > 1 else torch.ones_like(self.input_std)
-        self.input_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        self.input_mean.copy_(mean.to(self.input_mean))
+        self.input_std.copy_(std.to(self.input_std))
 
     def forward(self, features: torch.Tensor) -> MILOutput:
         check_bag(features, self.in_dim)

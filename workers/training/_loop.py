@@ -242,7 +242,7 @@ def train_fold(
     with deterministic(run_seed, device):
         head = build_head(config.head, config.head_kwargs, in_dim, n_classes).to(device)
         if isinstance(head, FittedInputHead):
-            head.fit_input([_bag_tensor(bags[i], device).float() for i in train_ids])
+            head.fit_input(_bag_tensor(bags[i], device) for i in train_ids)
         optimiser_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         optimiser = optimiser_cls(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         weights = torch.tensor(w, dtype=torch.float32, device=device)

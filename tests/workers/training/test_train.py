@@ -776,3 +776,21 @@ def test_bundles_carry_the_training_reference_and_calibration(trained: Trained) 
     # the training slides themselves lie inside the reference
     scores = [ood_score(ensemble.reference, trained.cohort.bags[s]) for s in report.cv.slide_ids]
     assert np.median(scores) < ensemble.manifest.reference.threshold
+
+
+def test_the_train_command_s_defaults_are_train_config_s() -> None:
+    """The thin CLI repeats the library's defaults as its options' (the help shows them): a
+    default changed on one side only would make `slidemill train` and `train_from_features`
+    train differently."""
+    import typer.main
+
+    train = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    cli = {p.name: p.default for p in train.params}
+    fields = {
+        "head": "head", "folds": "n_folds", "epochs": "max_epochs", "patience": "patience",
+        "min_epochs": "min_epochs", "smoothing": "smoothing",
+        "weight_averaging": "weight_averaging", "lr": "lr", "weight_decay": "weight_decay",
+        "seed": "seed",
+    }  # fmt: skip
+    defaults = TrainConfig()
+    assert {o: cli[o] for o in fields} == {o: getattr(defaults, f) for o, f in fields.items()}
