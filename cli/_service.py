@@ -27,7 +27,7 @@ from slidemill.cli._options import (
     Workers,
     WorkerTimeout,
 )
-from slidemill.schemas import TissueMethod
+from slidemill.schemas import RunOptions, TissueMethod, validated
 
 Server = Annotated[
     str,
@@ -102,21 +102,27 @@ def submit(
     worker_timeout: WorkerTimeout = 300.0,
 ) -> None:
     """Submit a batch to the service and print its id; with --wait, follow it to the end."""
+    # checked here as the service will check them (one line, exit 2): a value JSON cannot
+    # carry (inf, nan) never reaches the wire
+    options = validated(
+        RunOptions,
+        fallback_mpp=mpp,
+        overlap_px=overlap,
+        min_tissue_fraction=min_tissue,
+        tissue_method=tissue_method,
+        tiles_per_task=tiles_per_task,
+        batch_size=batch_size,
+        retries=retries,
+        force=force,
+        keep_tiles=keep_tiles,
+        keep_jpeg=keep_jpeg,
+        worker_timeout_s=worker_timeout,
+    )
     body = {
         "slides": [str(s.absolute()) for s in slides],
         "model": str(model.absolute()),
         "out": str(out.absolute()),
-        "fallback_mpp": mpp,
-        "overlap_px": overlap,
-        "min_tissue_fraction": min_tissue,
-        "tissue_method": tissue_method.value,
-        "tiles_per_task": tiles_per_task,
-        "batch_size": batch_size,
-        "retries": retries,
-        "force": force,
-        "keep_tiles": keep_tiles,
-        "keep_jpeg": keep_jpeg,
-        "worker_timeout_s": worker_timeout,
+        **options.model_dump(mode="json"),
     }
     batch = _call("POST", server, "/api/batches", token_file, json=body)
     typer.echo(batch["id"])

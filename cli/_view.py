@@ -25,19 +25,24 @@ def view(
 ) -> None:
     """Serve run folders in the browser: a table of the slides, and each slide zoomable with its
     heatmap over it, the tile under the pointer and the top-k tiles."""
-    from slidemill.viewer import ViewerOptions
+    from slidemill.viewer import ViewerConfigError, ViewerOptions, checked_token, is_loopback
     from slidemill.viewer import view as serve_viewer
 
-    token = os.environ.get("SLIDEMILL_TOKEN") or None
+    # a variable set but empty is a mistake to report, never "no token" (nor "auth off")
+    token = os.environ.get("SLIDEMILL_TOKEN")
+    source = "SLIDEMILL_TOKEN"
     if token_file is not None:
         try:
-            token = token_file.read_text().strip() or None
+            lines = token_file.read_text().strip().splitlines()
         except OSError as err:
             fail(f"{token_file}: cannot read the token file ({err.strerror})")
-        if token is None:
-            fail(f"{token_file}: the token file is empty")
+        token, source = (lines[0] if lines else ""), str(token_file)  # its first line, as serve's
+    if token is not None:
+        checked_token(token, source, ViewerConfigError)
     where = f"http://{host}:{port}/" + ("?token=…" if token else "")
     console.print(f"slidemill viewer on {where} (Ctrl-C stops it)", highlight=False)
+    if not is_loopback(host):  # browsers keep a Secure cookie only from an https page
+        console.print("beyond loopback its session cookie is Secure: serve it behind HTTPS")
     serve_viewer(runs, host, port, ViewerOptions(token=token, cache_bytes=cache_mb << 20))
 
 

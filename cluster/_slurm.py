@@ -11,15 +11,21 @@ config names certificate files. Before any job is submitted, `sbatch --test-only
 pool's job script, so a job SLURM refuses (a partition that does not exist, more memory than a
 node has) stops the run with SLURM's own message; a pool whose jobs then wait in the queue
 longer than `start_timeout` stops the batch with SLURM's reason (`cluster._starting`).
+
+A pool's `--lifetime` is raised to what a worker needs to do any work and kept under the
+walltime (`cluster._lifetime`); during a run a scheduler plugin raises it further, for the jobs
+adapt starts later, once it has seen how long workers take to load the model and finish a task.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +39,21 @@ from slidemill.cluster._backend import (
     nanny_environ_export,
     require_extra,
 )
+from slidemill.cluster._lifetime import (
+    LIFETIME_FLOOR_S,
+    WALLTIME_MARGIN_S,
+    Lifetime,
+    LifetimeFit,
+    PoolLifetime,
+    fit_lifetime,
+    with_lifetime,
+)
 from slidemill.cluster._security import tls_security
 from slidemill.cluster._starting import PoolWatch, watching
-from slidemill.cluster.errors import PoolStartError
+from slidemill.cluster.errors import ClusterConfigError, PoolStartError
 from slidemill.schemas import SlurmClusterConfig, SlurmCpuPool, SlurmGpuPool
+
+log = logging.getLogger(__name__)
 
 DASK_WORKER = "distributed.cli.dask_worker"
 CUDA_WORKER = "dask_cuda.cli"
@@ -76,6 +93,59 @@ def _common(
     }
 
 
+def pool_lifetime(name: str, pool: SlurmCpuPool | SlurmGpuPool) -> tuple[Lifetime, Lifetime] | None:
+    """A pool's worker lifetime as configured and as its jobs get it (`fit_lifetime`, before
+    anything is measured); None when its workers have no `--lifetime`. Raises
+    `ClusterConfigError` when its walltime is too short for any lifetime."""
+    if pool.lifetime_s is None:
+        return None
+    configured = Lifetime(pool.lifetime_s, pool.lifetime_stagger_s)
+    try:
+        fitted = fit_lifetime(configured, pool.walltime_s)
+    except ValueError as err:
+        shortest = _slurm_time(LIFETIME_FLOOR_S + WALLTIME_MARGIN_S)
+        raise ClusterConfigError(
+            f"SLURM pool {name!r}: walltime {pool.walltime} is too short for --lifetime: a "
+            f"worker gets at least {LIFETIME_FLOOR_S:g} s to start, load the model and finish a "
+            f"task, and retires {WALLTIME_MARGIN_S:g} s before the walltime; give a walltime of "
+            f"at least {shortest}, or no --lifetime"
+        ) from err
+    return configured, fitted
+
+
+def _slurm_time(seconds: float) -> str:
+    whole = math.ceil(seconds)
+    return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _worker_args(name: str, pool: SlurmCpuPool | SlurmGpuPool) -> list[str]:
+    """The pool's `worker_extra_args`, with its lifetime as its jobs get it (as written when
+    that is the configured one)."""
+    lifetimes = pool_lifetime(name, pool)
+    if lifetimes is None or lifetimes[0] == lifetimes[1]:
+        return list(pool.worker_extra_args)
+    return with_lifetime(pool.worker_extra_args, lifetimes[1])
+
+
+def _log_fitted_lifetime(name: str, pool: SlurmCpuPool | SlurmGpuPool) -> None:
+    """One line when a pool's jobs get another lifetime than its config gives."""
+    lifetimes = pool_lifetime(name, pool)
+    if lifetimes is None or lifetimes[0] == lifetimes[1]:
+        return
+    configured, fitted = lifetimes
+    why = []
+    if fitted.shortest_s > configured.shortest_s:
+        why.append(
+            "too short for a worker to start, load the model and finish a task "
+            f"(at least {LIFETIME_FLOOR_S:g} s)"
+        )
+    if fitted.longest_s < configured.longest_s:
+        why.append(f"past its walltime {pool.walltime} less {WALLTIME_MARGIN_S:g} s")
+    log.warning(
+        "SLURM pool %r: %s is %s; its workers get %s", name, configured, " and ".join(why), fitted
+    )
+
+
 def cpu_job_kwargs(config: SlurmClusterConfig) -> dict[str, Any]:
     """`SLURMCluster` arguments of the CPU pool."""
     pool = config.cpu
@@ -84,7 +154,7 @@ def cpu_job_kwargs(config: SlurmClusterConfig) -> dict[str, Any]:
         "job_name": "slidemill-cpu",
         "processes": pool.n_processes,
         "job_extra_directives": list(pool.job_extra_directives),
-        "worker_extra_args": list(pool.worker_extra_args),
+        "worker_extra_args": _worker_args("cpu", pool),
     }
 
 
@@ -99,7 +169,7 @@ def gpu_job_kwargs(config: SlurmClusterConfig) -> dict[str, Any]:
         "job_name": "slidemill-gpu",
         "processes": pool.gpus,
         "job_extra_directives": [f"--gres={gres}", *pool.job_extra_directives],
-        "worker_extra_args": ["--resources", f"{GPU_RESOURCE}=1", *pool.worker_extra_args],
+        "worker_extra_args": ["--resources", f"{GPU_RESOURCE}=1", *_worker_args("gpu", pool)],
         "worker_command": CUDA_WORKER if pool.gpus > 1 else DASK_WORKER,
     }
 
@@ -115,6 +185,9 @@ def _shared_temp_directory(config: SlurmClusterConfig) -> str:
 def slurm_pools(config: SlurmClusterConfig) -> Iterator[SlurmPools]:
     """Create the pools' `SLURMCluster` objects, submitting no job; close them on exit (which
     cancels any job they submitted meanwhile)."""
+    _log_fitted_lifetime("cpu", config.cpu)  # or refuse a walltime too short, before anything
+    if config.gpu is not None:
+        _log_fitted_lifetime("gpu", config.gpu)
     jobqueue = require_extra("dask_jobqueue", "slurm")
     security = tls_security(config.tls, "the SLURM cluster")
     tls: dict[str, Any] = {}
@@ -181,12 +254,57 @@ def check_submission(pool: str, script: str) -> None:
         )
 
 
+def _has_gpu(resources: Mapping[str, float]) -> bool:
+    return bool(resources.get(GPU_RESOURCE))
+
+
+def _has_no_gpu(resources: Mapping[str, float]) -> bool:
+    return not _has_gpu(resources)
+
+
 def _no_gpu(worker: Mapping[str, Any]) -> bool:
-    return not worker.get("resources", {}).get(GPU_RESOURCE)
+    return _has_no_gpu(worker.get("resources", {}))
 
 
 def _gpu(worker: Mapping[str, Any]) -> bool:
-    return bool(worker.get("resources", {}).get(GPU_RESOURCE))
+    return _has_gpu(worker.get("resources", {}))
+
+
+def _new_jobs_get(cluster: Any) -> Callable[[Lifetime], None]:
+    """Sets the lifetime of the jobs `cluster` creates from now on."""
+
+    def apply(lifetime: Lifetime) -> None:
+        # dask-jobqueue builds every job from `new_spec`'s options, the one dict each job's spec
+        # shares (the job a retired one's spec re-opens too); jobs already running keep theirs
+        options = cluster.new_spec["options"]
+        options["worker_extra_args"] = with_lifetime(options["worker_extra_args"], lifetime)
+
+    return apply
+
+
+def lifetime_fit(config: SlurmClusterConfig, pools: SlurmPools) -> LifetimeFit | None:
+    """The scheduler plugin that raises the pools' lifetimes for later jobs as it measures
+    their workers; None when no pool's workers have a lifetime."""
+    watched = []
+    for name, pool, cluster, is_member in (
+        ("cpu", config.cpu, pools.cpu, _has_no_gpu),
+        ("gpu", config.gpu, pools.gpu, _has_gpu),
+    ):
+        if pool is None or cluster is None:
+            continue
+        lifetimes = pool_lifetime(name, pool)
+        if lifetimes is None:
+            continue
+        watched.append(
+            PoolLifetime(
+                f"SLURM pool {name!r}",
+                lifetimes[1],
+                pool.walltime_s,
+                is_member,
+                _new_jobs_get(cluster),
+            )
+        )
+    return LifetimeFit(pools.cpu.scheduler, watched) if watched else None
 
 
 @contextmanager
@@ -200,6 +318,9 @@ def open_slurm(config: SlurmClusterConfig) -> Iterator[Client]:
         if pools.gpu is not None:
             check_submission("gpu", pools.gpu.job_script())
             watches.append(PoolWatch("SLURM pool 'gpu'", pools.gpu, _gpu, config.start_timeout))
+        fit = lifetime_fit(config, pools)
+        if fit is not None:
+            fit.add_to(pools.cpu)
         if config.cpu.adapt is not None:
             pools.cpu.adapt(
                 minimum_jobs=config.cpu.adapt.minimum, maximum_jobs=config.cpu.adapt.maximum

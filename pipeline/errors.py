@@ -31,6 +31,16 @@ class MissingResolutionError(SlideError):
     """The slide records no µm/px and none was given."""
 
 
+class SlideFolderNotOursError(SlideError):
+    """The slide's output folder exists and slidemill did not build it: it is left untouched
+    and the slide fails."""
+
+
+class SlidePathNotAllowedError(SlideError):
+    """The slide resolves outside the allowed roots when it is opened (a link swapped in after
+    it was submitted, say): it is not read."""
+
+
 class NoTissueError(SlideError):
     """No tile passes the tissue filter; the slide is skipped, not failed."""
 
@@ -52,9 +62,12 @@ __all__ = [
     "NoTissueError",
     "NoWorkersError",
     "OutputLockedError",
+    "OutputNotOursError",
     "PipelineError",
     "SchedulerLostError",
     "SlideError",
+    "SlideFolderNotOursError",
+    "SlidePathNotAllowedError",
     "UnreadableSlideError",
     "UnsupportedSlideError",
     "one_line",
@@ -63,6 +76,11 @@ __all__ = [
 
 class OutputLockedError(PipelineError):
     """Another run holds the output folder's lock; the message names the holder."""
+
+
+class OutputNotOursError(PipelineError):
+    """The output folder holds files slidemill did not write (or is not a folder): the batch
+    writes nothing there."""
 
 
 class NoWorkersError(PipelineError):

@@ -8,10 +8,13 @@ resource that inference tasks ask for.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from dask.utils import parse_timedelta
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -22,6 +25,10 @@ from pydantic import (
     model_validator,
 )
 
+LOOPBACK_DASHBOARD = "127.0.0.1:0"
+"""The embedded clusters' dashboard: loopback, a free port. Dask's dashboard has no
+authentication and shows scheduler identity and worker logs, so it leaves this machine only when
+a cluster config says so."""
 # SLURM walltime: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.
 _WALLTIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")
 # A byte count as dask and dask-jobqueue read it (`dask.utils.parse_bytes`): a number, then an
@@ -39,6 +46,52 @@ def _check(pattern: re.Pattern[str], what: str, value: str) -> str:
     if not pattern.fullmatch(value.strip()):
         raise ValueError(f"{value!r} is not {what}")
     return value.strip()
+
+
+def _walltime_seconds(walltime: str) -> float:
+    """A SLURM time limit in seconds (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS);
+    SLURM reads 0 as no limit, here infinity."""
+    days, _, clock = walltime.strip().rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # with days, the clock is hours first
+        hours, minutes, seconds = (*parts, 0, 0)[:3]
+        total = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    elif len(parts) == 1:
+        total = parts[0] * 60
+    else:
+        hours, minutes, seconds = (0, *parts)[-3:]
+        total = (hours * 60 + minutes) * 60 + seconds
+    return float(total) if total else math.inf
+
+
+_LIFETIME_OPTIONS = ("--lifetime", "--lifetime-stagger")
+"""The `dask worker` options that retire a worker some time after it starts."""
+
+
+def _option_values(args: Sequence[str], option: str) -> list[str]:
+    """The values `args` give `option`, written `--option value` or `--option=value`."""
+    values = []
+    for i, arg in enumerate(args):
+        if arg == option:
+            if i + 1 == len(args):
+                raise ValueError(f"{option} needs a value")
+            values.append(args[i + 1])
+        elif arg.startswith(f"{option}="):
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+def _duration_s(option: str, value: str) -> float:
+    """A `dask worker` duration option's value in seconds, read as dask reads it."""
+    try:
+        seconds = float(parse_timedelta(value))
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise ValueError(
+            f"{option} {value!r} is not a duration dask reads, such as '55m', '230m' or '3.5h'"
+        ) from err
+    if not math.isfinite(seconds):
+        raise ValueError(f"{option} {value!r} is not a finite duration")
+    return seconds
 
 
 class _Config(BaseModel):
@@ -166,7 +219,9 @@ class LocalClusterConfig(_Config):
         description="Memory limit per worker ('4GiB', 'auto'); null = 90% of RAM / workers.",
     )
     dashboard_address: str = Field(
-        default=":0", description="Dashboard bind address; ':0' picks a free port."
+        default=LOOPBACK_DASHBOARD,
+        description="Dashboard bind address: loopback and a free port by default (the dashboard "
+        "has no authentication); ':0' listens on every interface.",
     )
     nanny_env: NannyEnv = NannyEnv()
 
@@ -241,7 +296,11 @@ class _SlurmPool(_Config):
     )
     worker_extra_args: list[str] = Field(
         default_factory=list,
-        description="More `dask worker` arguments, e.g. ['--lifetime', '55m'].",
+        description="More `dask worker` arguments, e.g. ['--lifetime', '55m', "
+        "'--lifetime-stagger', '2m'] to retire workers before the walltime. slidemill raises a "
+        "lifetime too short for a worker to start, load the model and finish a task (more as it "
+        "measures the workers during a batch) and keeps it under the walltime; `slidemill "
+        "cluster check` shows what the jobs get.",
     )
     scale: int | None = Field(default=None, ge=0, description="A fixed number of jobs.")
     adapt: Adapt | None = Field(default=None, description="Adaptive bounds, in jobs.")
@@ -255,6 +314,37 @@ class _SlurmPool(_Config):
     @classmethod
     def _memory(cls, value: str) -> str:
         return _check(_BYTES, "a memory size such as '64GB'", value)
+
+    @field_validator("worker_extra_args")
+    @classmethod
+    def _lifetime_args(cls, args: list[str]) -> list[str]:
+        # a value dask cannot read would only fail in each job, as its worker starts
+        for option in _LIFETIME_OPTIONS:
+            values = _option_values(args, option)
+            if len(values) > 1:
+                raise ValueError(f"{option} is given {len(values)} times; give it once")
+            for value in values:
+                _duration_s(option, value)
+        return args
+
+    @property
+    def walltime_s(self) -> float:
+        """`walltime` in seconds (infinity for SLURM's 0, no limit)."""
+        return _walltime_seconds(self.walltime)
+
+    @property
+    def lifetime_s(self) -> float | None:
+        """`--lifetime` of `worker_extra_args` in seconds; None when it is not given or 0
+        (which dask reads as none)."""
+        values = _option_values(self.worker_extra_args, "--lifetime")
+        seconds = _duration_s("--lifetime", values[0]) if values else 0.0
+        return seconds or None
+
+    @property
+    def lifetime_stagger_s(self) -> float:
+        """`--lifetime-stagger` of `worker_extra_args` in seconds; 0 when it is not given."""
+        values = _option_values(self.worker_extra_args, "--lifetime-stagger")
+        return _duration_s("--lifetime-stagger", values[0]) if values else 0.0
 
 
 class SlurmCpuPool(_SlurmPool):
@@ -347,7 +437,11 @@ class SlurmClusterConfig(_Config):
         default=None, description="Node-local scratch for workers, e.g. '$TMPDIR'."
     )
     log_directory: str | None = Field(default=None, description="Where SLURM writes job logs.")
-    dashboard_address: str = Field(default=":8787", description="Scheduler dashboard address.")
+    dashboard_address: str = Field(
+        default="127.0.0.1:8787",
+        description="Scheduler dashboard address: loopback by default (the dashboard has no "
+        "authentication); ':8787' listens on every interface.",
+    )
     tls: TlsSetting = Field(default=True, description=TLS_DESCRIPTION)
     shared_temp_directory: str = Field(
         default="~/.slidemill/tls",
@@ -528,7 +622,9 @@ class CudaClusterConfig(_Config):
         "tiling, beside the GPU workers.",
     )
     local_directory: str | None = Field(default=None, description="Scratch for workers.")
-    dashboard_address: str = Field(default=":0", description="Dashboard bind address.")
+    dashboard_address: str = Field(
+        default=LOOPBACK_DASHBOARD, description="Dashboard bind address, loopback by default."
+    )
     nanny_env: NannyEnv = NannyEnv()
 
     @field_validator("devices")

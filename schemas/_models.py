@@ -122,31 +122,37 @@ class ModelManifest(Frozen):
         return self
 
 
-class RunSpec(Frozen):
-    """One batch: what to run, with which model, where to write, and on which cluster."""
+MAX_WORKER_TIMEOUT_S = 7 * 24 * 3600.0
+"""A week: longer than any batch system keeps a job queued; a larger wait is a mistake."""
 
-    slides: tuple[Path, ...] = Field(min_length=1, description="Slide files or folders.")
-    model: Path = Field(description="A model bundle folder.")
-    out: Path = Field(description="Output folder; one subfolder per slide.")
-    scheduler: str | None = Field(
-        default=None, description="Address of an existing Dask scheduler; None starts one."
-    )
-    n_workers: int | None = Field(default=None, ge=1, description="Local workers; None = cores.")
-    cluster: AnyClusterConfig | None = Field(
-        default=None,
-        description="Where to run (a cluster config); None = the scheduler / n_workers "
-        "shortcuts, the SLIDEMILL_ environment, or the embedded LocalCluster.",
-    )
+
+class RunOptions(Frozen):
+    """How a batch runs, declared once: `RunSpec` (`slidemill run`), the lab service's
+    `BatchRequest` and a schedule's options all take these fields, bounds included."""
+
     tiles_per_task: int = Field(
         default=256, ge=1, le=65536, description="Tiles read, written and encoded per Dask task."
     )
     fallback_mpp: float | None = Field(
-        default=None, gt=0, description="µm/px for slides that do not record their resolution."
+        default=None,
+        gt=0,
+        le=1000,
+        description="µm/px for slides that do not record their resolution.",
     )
-    overlap_px: int = Field(default=0, ge=0)
-    min_tissue_fraction: float = Field(default=0.25, ge=0, le=1)
+    overlap_px: int = Field(
+        default=0,
+        ge=0,
+        le=4095,
+        description="Overlap between neighbouring tiles, pixels at the model's resolution "
+        "(less than the model's tile size).",
+    )
+    min_tissue_fraction: float = Field(
+        default=0.25, ge=0, le=1, description="Minimum tissue fraction of a kept tile."
+    )
     tissue_method: TissueMethod = TissueMethod.OTSU_SATURATION
-    batch_size: int = Field(default=64, ge=1, description="Tiles per encoder forward pass.")
+    batch_size: int = Field(
+        default=64, ge=1, le=4096, description="Tiles per encoder forward pass."
+    )
     retries: int = Field(
         default=2,
         ge=0,
@@ -176,6 +182,7 @@ class RunSpec(Frozen):
     worker_timeout_s: float = Field(
         default=300.0,
         gt=0,
+        le=MAX_WORKER_TIMEOUT_S,
         description="Seconds the batch waits while the cluster has no workers at all (after "
         "it had some: preempted nodes, a job that hit its time limit) before every unfinished "
         "slide fails with 'no workers for N s'. A cluster still starting is waited for.",
@@ -184,6 +191,23 @@ class RunSpec(Frozen):
         default=QCMode.FLAG,
         description="Slide QC: 'flag' measures and flags, 'exclude' also leaves tiles failing "
         "QC out of the MIL head, 'off' neither.",
+    )
+
+
+class RunSpec(RunOptions):
+    """One batch: what to run, with which model, where to write, and on which cluster."""
+
+    slides: tuple[Path, ...] = Field(min_length=1, description="Slide files or folders.")
+    model: Path = Field(description="A model bundle folder.")
+    out: Path = Field(description="Output folder; one subfolder per slide.")
+    scheduler: str | None = Field(
+        default=None, description="Address of an existing Dask scheduler; None starts one."
+    )
+    n_workers: int | None = Field(default=None, ge=1, description="Local workers; None = cores.")
+    cluster: AnyClusterConfig | None = Field(
+        default=None,
+        description="Where to run (a cluster config); None = the scheduler / n_workers "
+        "shortcuts, the SLIDEMILL_ environment, or the embedded LocalCluster.",
     )
     show_progress: bool = True
     stages: Literal["all", "features"] = Field(

@@ -3,10 +3,12 @@ version of their layout. Every reader and writer takes its names from here, and 
 read an output folder can too.
 
     OUT/                        a run's output folder
+      .slidemill-run            marks the folder as one slidemill made (holds LAYOUT_VERSION)
       results.csv               one row per slide of the last batch
       report.html               the last batch's report: self-contained, opens without a server
       .partial/<slide_id>/      a slide being built; renamed to OUT/<slide_id>/ when whole
       <slide_id>/
+        .slidemill-slide        marks the folder as a slide's that slidemill built
         result.json             SlideResult
         heatmap.png
         heatmap.ome.zarr/       the heatmap as OME-Zarr (NGFF 0.5), one channel per class, µm
@@ -37,6 +39,12 @@ PARTIAL_DIR: Final = ".partial"
 """Slides are built under OUT/.partial/<slide_id>/ and renamed into place when complete."""
 LOCK_FILE: Final = ".slidemill.lock"
 """Held by the one run writing into the folder (host, PID, start time)."""
+RUN_MARK: Final = ".slidemill-run"
+"""Written (holding `LAYOUT_VERSION`) into every output folder slidemill made or took empty: a
+run writes only into such a folder, so a request cannot make it overwrite someone's files."""
+SLIDE_MARK: Final = ".slidemill-slide"
+"""Written (holding `LAYOUT_VERSION`) into every slide folder slidemill builds: publishing
+replaces `OUT/<slide_id>/` only when it carries this mark (or does not exist)."""
 
 # One slide's folder
 RESULT_JSON: Final = "result.json"

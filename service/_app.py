@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from slidemill.pipeline.errors import one_line
+from slidemill.pipeline.graph import output_refusal, tiling_for
 from slidemill.pipeline.slides import assign_ids, expand
 from slidemill.schemas import InvalidInputError, SlidemillError
 from slidemill.schemas.layout import RESULTS_CSV
@@ -32,6 +33,7 @@ from slidemill.service._contracts import (
     ScheduleView,
     SlideView,
 )
+from slidemill.service._lease import ServiceLease
 from slidemill.service._paths import inside_roots
 from slidemill.service._runner import BatchRunner
 from slidemill.service._scheduler import Scheduler
@@ -43,7 +45,14 @@ from slidemill.service.errors import (
     ServiceError,
     UnauthorizedError,
 )
-from slidemill.service.ledger import BatchRecord, BatchStatus, Ledger, ScheduleRecord, SlideRecord
+from slidemill.service.ledger import (
+    BatchRecord,
+    BatchStatus,
+    BrokenScheduleRecord,
+    Ledger,
+    ScheduleRecord,
+    SlideRecord,
+)
 from slidemill.service.schedules import CatchUp, Schedule, next_window, output_folder
 from slidemill.viewer import (
     LookupCatalog,
@@ -51,6 +60,7 @@ from slidemill.viewer import (
     ViewerConfigError,
     ViewerOptions,
     create_viewer_app,
+    is_loopback,
 )
 from slidemill.workers import ModelBundleError, check_bundle, resolve_model_dir
 
@@ -78,7 +88,9 @@ def _problem(status: int, title: str, detail: str) -> JSONResponse:
 
 class BodyLimit:
     """Refuses a request body over `max_bytes` with 413, whether it declares its length or
-    streams in chunks, before the route sees any of it."""
+    streams in chunks, before the route sees any of it: the body is read here (at most
+    `max_bytes`), then handed on whole. A route reading a stream itself would turn a limit hit
+    mid-read into its own 400."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -92,20 +104,31 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
             if seen > self.max_bytes:
-                raise _TooLargeError
-            return message
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLargeError:
-            await self._refuse(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as a server does
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = _problem(
@@ -114,14 +137,15 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-class _TooLargeError(Exception):
-    """Raised inside `BodyLimit` when a streamed body passes the limit."""
-
-
 def create_app(
-    settings: ServiceSettings, ledger: Ledger, runner: BatchRunner, scheduler: Scheduler
+    settings: ServiceSettings,
+    ledger: Ledger,
+    runner: BatchRunner,
+    scheduler: Scheduler,
+    lease: ServiceLease | None = None,
 ) -> FastAPI:
-    """The API over `ledger`, `runner` and `scheduler`, which start and stop with the app."""
+    """The API over `ledger`, `runner` and `scheduler`, which start and stop with the app;
+    `lease`, the service's hold on the ledger, is reported by the health check."""
     token = settings.bearer_token()
 
     @asynccontextmanager
@@ -133,6 +157,8 @@ def create_app(
         finally:
             scheduler.stop()
             runner.stop()
+            if lease is not None:  # here: after SIGTERM, uvicorn ends the process on return
+                lease.release()
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -149,7 +175,13 @@ def create_app(
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
-    _mount_viewer(app, ledger, token)
+    _mount_viewer(
+        app,
+        ledger,
+        token,
+        off_loopback=not is_loopback(settings.host),
+        roots=tuple(settings.allow_roots),
+    )
 
     @app.exception_handler(SlidemillError)
     async def ours(_: Request, err: SlidemillError) -> JSONResponse:
@@ -167,11 +199,19 @@ def create_app(
     async def http(_: Request, err: StarletteHTTPException) -> JSONResponse:
         return _problem(err.status_code, str(err.detail), str(err.detail))
 
-    @app.get("/api/health")
-    def health() -> Health:
+    @app.get("/api/health", responses={503: {"model": Health}})
+    def health(response: Response) -> Health:
+        """`ok`, or `failing` with HTTP 503 when a thread of the service has stopped or its
+        lease on the ledger is lost: a monitor sees it without parsing the body."""
         client = runner.client
         workers = len(client.scheduler_info(n_workers=-1)["workers"]) if client else 0
-        return Health(status="ok", workers=workers, running=runner.running)
+        problems = [*runner.problems(), *scheduler.problems()]
+        if lease is not None and (lost := lease.problem()) is not None:
+            problems.append(lost)
+        if problems:
+            response.status_code = 503
+        return Health(status="failing" if problems else "ok", workers=workers,
+                      running=runner.running, problems=problems)  # fmt: skip
 
     @app.post("/api/batches", status_code=202)
     def submit(body: BatchRequest) -> BatchView:
@@ -276,9 +316,17 @@ def create_app(
 VIEWER_PREFIX = "/viewer"
 
 
-def _mount_viewer(app: FastAPI, ledger: Ledger, token: str | None) -> None:
+def _mount_viewer(
+    app: FastAPI,
+    ledger: Ledger,
+    token: str | None,
+    *,
+    off_loopback: bool,
+    roots: tuple[Path, ...],
+) -> None:
     """The viewer under /viewer, a batch's output folder at /viewer/runs/<batch id>/ (it checks
-    the same token itself: a mounted app is outside the API's dependencies)."""
+    the same token itself: a mounted app is outside the API's dependencies). Off loopback its
+    session cookie is always `Secure`."""
 
     def ref(record: BatchRecord) -> RunRef:
         return RunRef(
@@ -294,7 +342,7 @@ def _mount_viewer(app: FastAPI, ledger: Ledger, token: str | None) -> None:
     try:
         viewer = create_viewer_app(
             LookupCatalog(lookup, lambda: [ref(r) for r in ledger.list(limit=200)]),
-            ViewerOptions(token=token),
+            ViewerOptions(token=token, off_loopback=off_loopback, slide_roots=roots),
         )
     except ViewerConfigError as err:
         log.warning("the viewer is off: %s", err)
@@ -302,7 +350,28 @@ def _mount_viewer(app: FastAPI, ledger: Ledger, token: str | None) -> None:
     app.mount(VIEWER_PREFIX, viewer)
 
 
-def _schedule_view(record: ScheduleRecord) -> ScheduleView:
+def _schedule_view(record: ScheduleRecord | BrokenScheduleRecord) -> ScheduleView:
+    if isinstance(record, BrokenScheduleRecord):  # shown as stored, with why it does not load
+        stored = record.stored
+        return ScheduleView(
+            name=record.name,
+            cron=str(stored["cron"]),
+            tz=str(stored["tz"]),
+            inbox=str(stored["inbox"]),
+            model=str(stored["model"]),
+            out=str(stored["out_template"]),
+            catch_up=str(stored["catch_up"]),
+            options=dict(stored["options"]) if isinstance(stored["options"], dict) else {},
+            max_attempts=int(stored["max_attempts"]),
+            settle_s=float(stored["settle_s"]),
+            paused=bool(stored["paused"]),
+            created_at=record.created_at,
+            last_fired=record.last_fired,
+            next_window=None,
+            last_error=record.last_error,
+            last_error_at=record.last_error_at,
+            invalid=record.reason,
+        )
     s = record.schedule
     now = datetime.now(UTC)
     after = max(record.last_fired, now) if record.last_fired else now
@@ -321,6 +390,8 @@ def _schedule_view(record: ScheduleRecord) -> ScheduleView:
         created_at=record.created_at,
         last_fired=record.last_fired,
         next_window=None if s.paused else next_window(s, after),
+        last_error=record.last_error,
+        last_error_at=record.last_error_at,
     )
 
 
@@ -334,6 +405,9 @@ def _checked_paths(
     out = inside_roots(body.out, roots, "output folder")
     model = resolve_model_dir(inside_roots(body.model, roots, "model"))
     inside_roots(model, roots, "model")  # a training folder's ensemble, through its links
+    refusal = output_refusal(out)  # checked again when the batch starts
+    if refusal is not None:
+        raise InvalidInputError(f"out: {refusal}")
     files = expand(given)
     for f in files:  # a folder may hold links that lead out
         inside_roots(f, roots, "slide")
@@ -343,7 +417,7 @@ def _checked_paths(
         raise InvalidInputError(
             f"{len(files)} slides: over the limit of {settings.max_slides} per batch"
         )
-    check_bundle(model)
+    tiling_for(check_bundle(model), body)  # what the run will refuse, refused now
     return [(e.slide_id, str(e.path)) for e in assign_ids(files)], out, model
 
 

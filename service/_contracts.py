@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from slidemill.schemas import TissueMethod
+from slidemill.schemas import RunOptions
+from slidemill.service._paths import usable_path
+
+RequestPath = Annotated[str, AfterValidator(usable_path)]
+"""A path in a request, checked for what the system can take (a 422 naming the field); the
+routes check the allowed roots, and the run checks them again when it opens the path."""
 
 
-class BatchRequest(BaseModel):
-    """A batch to run: `slidemill run`'s arguments. Paths are absolute, inside allowed roots."""
+class BatchRequest(RunOptions):
+    """A batch to run: `slidemill run`'s arguments, with its options and their bounds declared
+    once (`RunOptions`). Paths are absolute, inside allowed roots."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    slides: list[str] = Field(min_length=1, description="Slide files and/or folders of slides.")
-    model: str = Field(description="A model bundle, or a `slidemill train` folder.")
-    out: str = Field(description="Output folder.")
-    fallback_mpp: float | None = Field(default=None, gt=0, description="µm/px when unrecorded.")
-    overlap_px: int = Field(default=0, ge=0)
-    min_tissue_fraction: float = Field(default=0.25, ge=0, le=1)
-    tissue_method: TissueMethod = TissueMethod.OTSU_SATURATION
-    tiles_per_task: int = Field(default=256, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    retries: int = Field(default=2, ge=0, le=10)
-    force: bool = False
-    keep_tiles: bool = False
-    keep_jpeg: bool | None = None
-    worker_timeout_s: float = Field(default=300.0, gt=0)
+    slides: list[RequestPath] = Field(
+        min_length=1, description="Slide files and/or folders of slides."
+    )
+    model: RequestPath = Field(description="A model bundle, or a `slidemill train` folder.")
+    out: RequestPath = Field(description="Output folder.")
 
 
 class SlideView(BaseModel):
@@ -76,9 +71,20 @@ class BatchList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    """The service's state: `failing` (HTTP 503) when one of its threads has stopped or its
+    lease on the ledger was taken, with one line per problem."""
+
+    status: Literal["ok", "failing"]
     workers: int
     running: int
+    problems: list[str] = Field(default_factory=list)
+
+
+SCHEDULE_MAX_SETTLE_S = 86_400.0
+"""A schedule's settle time, at most: a file unchanged for a day is not being written, and a
+bound keeps the inbox arithmetic finite."""
+SCHEDULE_MAX_ATTEMPTS = 100
+"""Runs an inbox slide may fail in before it is held, at most."""
 
 
 class ScheduleRequest(BaseModel):
@@ -100,9 +106,15 @@ class ScheduleRequest(BaseModel):
     options: dict[str, object] = Field(
         default_factory=dict, description="`run` options of each batch (as in BatchRequest)."
     )
-    max_attempts: int = Field(default=3, ge=1, description="Runs a failing slide is tried in.")
+    max_attempts: int = Field(
+        default=3, ge=1, le=SCHEDULE_MAX_ATTEMPTS, description="Runs a failing slide is tried in."
+    )
     settle_s: float = Field(
-        default=60.0, ge=0, description="A file changed more recently waits for the next run."
+        default=60.0,
+        ge=0,
+        le=SCHEDULE_MAX_SETTLE_S,
+        allow_inf_nan=False,
+        description="A file changed more recently waits for the next run (seconds).",
     )
 
 
@@ -121,6 +133,15 @@ class ScheduleView(BaseModel):
     created_at: datetime
     last_fired: datetime | None
     next_window: datetime | None
+    last_error: str | None = Field(
+        default=None, description="Why its last run failed; cleared by a run that works."
+    )
+    last_error_at: datetime | None = None
+    invalid: str | None = Field(
+        default=None,
+        description="Why the stored schedule no longer loads (kept by an older version): it "
+        "fires nothing; remove it and add it again.",
+    )
 
 
 class ScheduleList(BaseModel):

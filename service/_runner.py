@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from distributed import Client
+from pydantic import ValidationError
 
 from slidemill.cluster import connect
 from slidemill.pipeline.errors import one_line
 from slidemill.pipeline.graph import BatchHooks, run_batch
-from slidemill.schemas import AnyClusterConfig, RunSpec, SlidemillError, SlideResult
+from slidemill.schemas import (
+    AnyClusterConfig,
+    InvalidInputError,
+    RunSpec,
+    SlidemillError,
+    SlideResult,
+    describe,
+)
 from slidemill.service.ledger import BatchRecord, BatchStatus, Ledger, SlideState
 from slidemill.service.schedules import InboxState
 
@@ -32,9 +40,12 @@ def run_spec(request: Mapping[str, Any], slides: list[str], cluster: AnyClusterC
     (folders were listed then, so a file added later is not taken half-way), on the service's
     cluster."""
     fields = {k: v for k, v in request.items() if k != "slides"}
-    return RunSpec.model_validate(
-        {**fields, "slides": slides, "cluster": cluster, "show_progress": False}
-    )
+    try:
+        return RunSpec.model_validate(
+            {**fields, "slides": slides, "cluster": cluster, "show_progress": False}
+        )
+    except ValidationError as err:  # a request stored by an older version, say
+        raise InvalidInputError(f"the batch's request: {describe(err)}") from err
 
 
 class BatchRunner:
@@ -44,8 +55,15 @@ class BatchRunner:
     again at the next start (`Ledger.requeue_interrupted`): `run_batch` resumes it from its
     published slides and finished blocks."""
 
-    def __init__(self, ledger: Ledger, cluster: AnyClusterConfig, max_running: int) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        cluster: AnyClusterConfig,
+        max_running: int,
+        allow_roots: Sequence[Path] = (),
+    ) -> None:
         self._ledger = ledger
+        self._roots = tuple(allow_roots)
         self._cluster = cluster
         self._max_running = max_running
         self._wake = threading.Event()
@@ -95,14 +113,28 @@ class BatchRunner:
         with self._lock:
             return len(self._cancels)
 
+    def problems(self) -> list[str]:
+        """What the health check reports: runner threads that stopped while serving."""
+        if self._stopping.is_set():
+            return []
+        return [
+            f"the batch runner thread {t.name} has stopped (see the log)"
+            for t in self._threads
+            if not t.is_alive()
+        ]
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            record = self._ledger.claim_next()
-            if record is None:
-                self._wake.wait(_IDLE_S)
-                self._wake.clear()
-                continue
-            self._run(record)
+            try:
+                record = self._ledger.claim_next()
+                if record is not None:
+                    self._run(record)
+                    self._wake.set()  # its output folder is free: a batch may wait for it
+                    continue
+            except Exception:  # the ledger away a while, a bug: this batch's, not the thread's
+                log.exception("the batch runner failed; it goes on with the next batch")
+            self._wake.wait(_IDLE_S)
+            self._wake.clear()
 
     def _run(self, record: BatchRecord) -> None:
         cancel = threading.Event()
@@ -156,7 +188,11 @@ class BatchRunner:
                 self._inbox_result(record, result)
 
         hooks = BatchHooks(
-            client=self.client, on_result=on_result, cancel=cancel, priority=record.priority
+            client=self.client,
+            on_result=on_result,
+            cancel=cancel,
+            priority=record.priority,
+            allow_roots=self._roots,
         )
         try:
             report = run_batch(run_spec(record.request, slides, self._cluster), hooks=hooks)

@@ -3,7 +3,6 @@ file (YAML or TOML) over defaults."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from contextvars import ContextVar
@@ -17,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from slidemill.schemas import describe
 from slidemill.service.errors import ServiceConfigError
+from slidemill.viewer import checked_token, is_loopback
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("slidemill_service_config", default=None)
 
@@ -76,21 +76,23 @@ class ServiceSettings(BaseSettings):
         return self.db or f"sqlite:///{self.state_dir / 'ledger.sqlite'}"
 
     def bearer_token(self) -> str | None:
-        """The API token: `token`, else the first line of `token_file`, else None."""
+        """The API token: `token`, else the first line of `token_file`, else None. One given
+        empty or short is refused (`checked_token`, the viewer's rule too), never taken as none."""
         if self.token is not None:
-            return self.token.get_secret_value()
+            source = "the token (SLIDEMILL_TOKEN, or `token` in the config)"
+            return checked_token(self.token.get_secret_value(), source, ServiceConfigError)
         if self.token_file is not None:
             try:
-                text = self.token_file.read_text().strip()
+                lines = self.token_file.read_text().strip().splitlines()
             except OSError as err:
                 raise ServiceConfigError(f"{self.token_file}: cannot read the token file") from err
-            if not text:
-                raise ServiceConfigError(f"{self.token_file}: the token file is empty")
-            return text.splitlines()[0]
+            token = lines[0] if lines else ""
+            return checked_token(token, str(self.token_file), ServiceConfigError)
         return None
 
     def check(self) -> None:
-        """Refuse settings a lab must not run with: off loopback without a token, no roots."""
+        """Refuse settings a lab must not run with: off loopback without a token, a weak token
+        (on loopback too), no roots."""
         if not self.allow_roots:
             raise ServiceConfigError(
                 "no allowed roots: give the folders slides, models and outputs may come from "
@@ -99,21 +101,12 @@ class ServiceSettings(BaseSettings):
         missing = [str(r) for r in self.allow_roots if not r.is_dir()]
         if missing:
             raise ServiceConfigError(f"allowed root(s) {', '.join(missing)}: not a folder")
-        if not is_loopback(self.host) and self.bearer_token() is None:
+        token = self.bearer_token()  # read even on loopback: a weak token is refused there too
+        if not is_loopback(self.host) and token is None:
             raise ServiceConfigError(
                 f"binding {self.host} (beyond loopback) needs a token: set SLIDEMILL_TOKEN or "
                 "--token-file"
             )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only listens on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_settings(config: Path | None = None, **flags: Any) -> ServiceSettings:

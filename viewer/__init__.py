@@ -2,9 +2,16 @@
 top-k tiles, served by `slidemill view` and mounted in `slidemill serve`.
 
 Pure arithmetic (pyramid, cell geometry, heatmap tiles) in `_geometry`; run folders read by id in
-`_runs`; slide pixels through openslide's DeepZoom in `_slides`; the HTTP routes in `_app`."""
+`_runs`; slide pixels through openslide's DeepZoom in `_slides`; the HTTP routes in `_app`; who may
+reach a server (the token rule and loopback, which the service shares; sessions) in `_access`."""
 
-from slidemill.viewer._app import TOKEN_COOKIE, ViewerOptions, create_viewer_app
+from slidemill.viewer._access import (
+    MIN_TOKEN_CHARS,
+    SessionStore,
+    checked_token,
+    is_loopback,
+)
+from slidemill.viewer._app import SESSION_COOKIE, ViewerOptions, create_viewer_app
 from slidemill.viewer._assets import OSD_ENV, openseadragon_dir
 from slidemill.viewer._bench import Latencies, PanReport, pan_benchmark, viewer_benchmark
 from slidemill.viewer._geometry import (
@@ -27,6 +34,7 @@ from slidemill.viewer._runs import (
     slide_rows,
 )
 from slidemill.viewer._serve import check_run_folders, view
+from slidemill.viewer._slides import SlideSources
 from slidemill.viewer.errors import (
     NotFoundError,
     UnauthorizedError,
@@ -36,8 +44,9 @@ from slidemill.viewer.errors import (
 
 __all__ = [
     "COLORMAPS",
+    "MIN_TOKEN_CHARS",
     "OSD_ENV",
-    "TOKEN_COOKIE",
+    "SESSION_COOKIE",
     "CellGrid",
     "FolderCatalog",
     "Latencies",
@@ -47,17 +56,21 @@ __all__ = [
     "Pyramid",
     "RunCatalog",
     "RunRef",
+    "SessionStore",
     "SlideRow",
+    "SlideSources",
     "UnauthorizedError",
     "ViewerConfigError",
     "ViewerError",
     "ViewerOptions",
     "attention_values",
     "check_run_folders",
+    "checked_token",
     "colormap_lut",
     "create_viewer_app",
     "heat_tile",
     "index_grid",
+    "is_loopback",
     "load_slide",
     "openseadragon_dir",
     "pan_benchmark",

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hmac
 import io
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
@@ -20,6 +24,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slidemill.schemas import SlidemillError
+from slidemill.viewer._access import MAX_SESSIONS, SESSION_TTL_S, SessionStore, checked_token
 from slidemill.viewer._assets import STATIC_DIR, openseadragon_dir
 from slidemill.viewer._geometry import COLORMAPS, Pyramid, colormap_lut, heat_tile, top_k
 from slidemill.viewer._runs import (
@@ -36,11 +41,13 @@ from slidemill.viewer.errors import (
     NotFoundError,
     UnauthorizedError,
     UnreadableResultError,
+    ViewerConfigError,
 )
 
 HEAT_TILE = 256
 """Heatmap tile edge (pixels of its level)."""
-TOKEN_COOKIE = "slidemill_viewer_token"
+SESSION_COOKIE = "slidemill_viewer_session"
+"""The browser's cookie: a session id (`SessionStore`), never the token."""
 _STATUS: tuple[tuple[type[SlidemillError], int], ...] = (
     (UnauthorizedError, 401),
     (NotFoundError, 404),
@@ -55,32 +62,59 @@ class ViewerOptions:
     """How a viewer app serves."""
 
     token: str | None = None
-    """Required of every request (bearer header, or the cookie a `?token=` visit sets)."""
+    """Required of every request (bearer header, or the session cookie a `?token=` visit sets);
+    None only on loopback."""
     cache_bytes: int = 256 << 20
     """Encoded tiles kept in memory (slide and heatmap together)."""
     top_k: int = 8
     """Tiles in each gallery by default."""
+    off_loopback: bool = False
+    """Bound beyond loopback: the session cookie is then `Secure` even if the request came in
+    over plain HTTP (a TLS proxy in front may not say so)."""
+    session_ttl_s: float = SESSION_TTL_S
+    """How long a browser session lasts (the cookie's Max-Age)."""
+    max_sessions: int = MAX_SESSIONS
+    """Browser sessions kept at once."""
+    slide_roots: tuple[Path, ...] = ()
+    """Folders a slide's pixels may be served from, checked at every open (the service's
+    allowed roots: a slide swapped for a link after its run is not served); empty: anywhere."""
+
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            checked_token(self.token, "the viewer's token", ViewerConfigError)
 
 
-def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None) -> FastAPI:
+def create_viewer_app(
+    catalog: RunCatalog,
+    options: ViewerOptions | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
     """The viewer over `catalog`'s runs; mounted by `slidemill serve` under /viewer, served
-    alone by `slidemill view`. Pages use relative URLs, so either works."""
+    alone by `slidemill view`. Pages use relative URLs, so either works. `clock` times the
+    sessions (a test moves it to expire one)."""
     options = options or ViewerOptions()
-    sources = SlideSources(cache_bytes=options.cache_bytes)
+    sources = SlideSources(cache_bytes=options.cache_bytes, roots=options.slide_roots)
     slides = SlideDataCache()
     osd = openseadragon_dir()
     token = options.token
+    sessions = SessionStore(options.session_ttl_s, options.max_sessions, clock)
 
     def authorised(request: Request) -> None:
         if token is None:
             return  # loopback only (`slidemill view` refuses otherwise)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            given = request.cookies.get(TOKEN_COOKIE, "")
         if request.scope.get("endpoint") is index and "token" in request.query_params:
             given = request.query_params["token"]  # a link with the token: index trades it
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise UnauthorizedError("the viewer needs its token: open it once with ?token=…")
+            if _same(given, token):
+                return
+        else:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer":  # API clients send the token each time
+                if _same(given, token):
+                    return
+            elif request.cookies.get(SESSION_COOKIE, "") in sessions:
+                return
+        raise UnauthorizedError("the viewer needs its token: open it once with ?token=…")
 
     app = FastAPI(
         title="slidemill viewer",
@@ -131,10 +165,23 @@ def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None)
     @app.get("/", include_in_schema=False)
     def index(request: Request) -> Response:
         if token is not None and "token" in request.query_params:
-            # `authorised` checked it: trade the link's token for a cookie, and drop it from the
-            # address bar (and from the history)
-            response = RedirectResponse(str(request.url.remove_query_params("token")), 303)
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            # `authorised` checked it: trade the link's token for a session, and drop it from
+            # the address bar (and the history). The Location is the path alone (root_path
+            # included when mounted): never a host taken from the request's Host header.
+            rest = urlencode(
+                [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            )
+            where = "/" + request.url.path.lstrip("/")  # one slash: "//x" would be a host
+            response = RedirectResponse(where + (f"?{rest}" if rest else ""), 303)
+            response.set_cookie(
+                SESSION_COOKIE,
+                sessions.open(),
+                max_age=int(sessions.ttl_s),
+                path=request.scope.get("root_path") or "/",
+                secure=options.off_loopback or request.url.scheme == "https",
+                httponly=True,
+                samesite="strict",
+            )
             return response
         return page("index.html")
 
@@ -296,6 +343,11 @@ def create_viewer_app(catalog: RunCatalog, options: ViewerOptions | None = None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/openseadragon", StaticFiles(directory=osd), name="openseadragon")
     return app
+
+
+def _same(given: str, token: str) -> bool:
+    """Whether `given` is the token, in time that does not depend on where they differ."""
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def _problem(status: int, title: str, detail: str) -> JSONResponse:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
 
 from slidemill.schemas.layout import RESULT_JSON, RESULTS_CSV
+from slidemill.viewer._access import is_loopback
 from slidemill.viewer._app import ViewerOptions, create_viewer_app
 from slidemill.viewer._runs import FolderCatalog
 from slidemill.viewer.errors import ViewerConfigError
@@ -28,29 +29,23 @@ def check_run_folders(folders: Sequence[Path]) -> list[Path]:
     return checked
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` only listens on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def view(
     folders: Sequence[Path],
     host: str = "127.0.0.1",
     port: int = 8001,
     options: ViewerOptions | None = None,
 ) -> None:
-    """Serve `folders` until SIGINT or SIGTERM. Off loopback only with a token."""
+    """Serve `folders` until SIGINT or SIGTERM. Off loopback only with a token (checked, as any
+    token is, by `ViewerOptions`), and then its session cookie is always `Secure`."""
     runs = check_run_folders(folders)
     options = options or ViewerOptions()
-    if not is_loopback(host) and options.token is None:
-        raise ViewerConfigError(
-            f"binding {host} (beyond loopback) needs a token: set SLIDEMILL_TOKEN or --token-file"
-        )
+    if not is_loopback(host):
+        if options.token is None:
+            raise ViewerConfigError(
+                f"binding {host} (beyond loopback) needs a token: set SLIDEMILL_TOKEN or "
+                "--token-file"
+            )
+        options = dataclasses.replace(options, off_loopback=True)
     app = create_viewer_app(FolderCatalog(runs), options)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     uvicorn.Server(config).run()

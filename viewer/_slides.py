@@ -6,7 +6,7 @@ file's associated images (label, macro) have no way out of here."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from threading import Lock
 
@@ -15,6 +15,8 @@ from cachetools import LRUCache
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
+from slidemill.pipeline.errors import SlideError
+from slidemill.pipeline.slides import check_inside
 from slidemill.viewer.errors import NotFoundError, UnreadableResultError
 
 DZ_TILE = 254
@@ -50,14 +52,22 @@ class SlideSources:
     An OpenSlide handle is safe to read from several threads; one that falls out of the cache
     is closed by its finaliser once no request still holds it."""
 
-    def __init__(self, max_open: int = 8, cache_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self, max_open: int = 8, cache_bytes: int = 256 << 20, roots: Sequence[Path] = ()
+    ) -> None:
         self._open: LRUCache[tuple[str, int], tuple[openslide.OpenSlide, DeepZoomGenerator]] = (
             LRUCache(maxsize=max_open)
         )
         self._lock = Lock()
+        self._roots = tuple(roots)
         self.tiles = BytesCache(cache_bytes)
 
     def _get(self, path: Path) -> tuple[openslide.OpenSlide, DeepZoomGenerator]:
+        if self._roots:  # opened at its real path, only inside the roots as they are now
+            try:
+                path = check_inside(path, self._roots).path
+            except SlideError as err:  # not said why: the answer goes to a browser
+                raise NotFoundError(f"{path.name}: the slide is not available") from err
         try:
             key = (str(path), path.stat().st_mtime_ns)
         except OSError as err:

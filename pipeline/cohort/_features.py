@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slidemill.pipeline.errors import InvalidInputError
+from slidemill.pipeline.graph import claim_output
 from slidemill.schemas.layout import ENCODER_BUNDLE, MANIFEST_JSON
 from slidemill.workers import file_sha256, init_bundle, read_manifest
 
@@ -53,7 +54,7 @@ def encoder_bundle(
                 f"({m.description}); write these to another --out"
             )
         return bundle
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out)
     init_bundle(
         bundle,
         encoder=encoder,

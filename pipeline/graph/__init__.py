@@ -11,6 +11,12 @@ from slidemill.pipeline.graph._batch import (
 )
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
 from slidemill.pipeline.graph._lock import LockHolder, hold_output, is_stale
+from slidemill.pipeline.graph._owned import (
+    check_slide_folder,
+    claim_output,
+    is_own_slide_folder,
+    output_refusal,
+)
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
     fresh_work_dir,
@@ -52,16 +58,20 @@ __all__ = [
     "SlideJob",
     "SlidePlan",
     "WorkerWatch",
+    "check_slide_folder",
+    "claim_output",
     "decide",
     "decide_label",
     "encode_block",
     "fresh_work_dir",
     "hold_output",
+    "is_own_slide_folder",
     "is_stale",
     "jpeg_layout",
     "keep_jpeg",
     "key_of",
     "mil_slide",
+    "output_refusal",
     "partial_is_valid",
     "plan_layout",
     "plan_slide",

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import io
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -43,10 +44,12 @@ from slidemill.pipeline.errors import (
     InvalidInputError,
     NoWorkersError,
     SchedulerLostError,
+    SlideFolderNotOursError,
     one_line,
 )
 from slidemill.pipeline.export import write_batch_report
 from slidemill.pipeline.graph._lock import hold_output
+from slidemill.pipeline.graph._owned import claim_output, mark_slide
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide
 from slidemill.pipeline.graph._store import final_dir, publish
 from slidemill.pipeline.graph._tasks import (
@@ -67,10 +70,12 @@ from slidemill.pipeline.slides import assign_ids, expand
 from slidemill.schemas import (
     AnyClusterConfig,
     ModelManifest,
+    RunOptions,
     RunSpec,
     SlidemillError,
     SlideResult,
     TilingSpec,
+    describe,
     slidemill_version,
 )
 from slidemill.schemas.files import write_atomic
@@ -103,15 +108,23 @@ class BatchReport:
         return sum(r.status == "failed" for r in self.results)
 
 
-def tiling_for(manifest: ModelManifest, spec: RunSpec) -> TilingSpec:
-    """The model fixes resolution and tile size; the run chooses overlap and tissue filter."""
-    return TilingSpec(
-        mpp=manifest.input_mpp,
-        tile_px=manifest.tile_px,
-        overlap_px=spec.overlap_px,
-        tissue_method=spec.tissue_method,
-        min_tissue_fraction=spec.min_tissue_fraction,
-    )
+def tiling_for(manifest: ModelManifest, spec: RunOptions) -> TilingSpec:
+    """The model fixes resolution and tile size; the run chooses overlap and tissue filter.
+    Options that do not fit the model (an overlap as large as its tiles) are an
+    `InvalidInputError` naming the option."""
+    try:
+        return TilingSpec(
+            mpp=manifest.input_mpp,
+            tile_px=manifest.tile_px,
+            overlap_px=spec.overlap_px,
+            tissue_method=spec.tissue_method,
+            min_tissue_fraction=spec.min_tissue_fraction,
+        )
+    except ValidationError as err:
+        raise InvalidInputError(
+            f"the run's options do not fit the model ({manifest.tile_px}-px tiles at "
+            f"{manifest.input_mpp} µm/px): {describe(err).removeprefix('value: Value error, ')}"
+        ) from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +143,10 @@ class BatchHooks:
     priority: int = 0
     """Added to every task's Dask priority: a batch with a higher one goes first when several
     share a cluster."""
+    allow_roots: tuple[Path, ...] = ()
+    """Folders every slide must lie inside whenever a worker opens it (the service's allowed
+    roots, checked again at each open: a file may be swapped for a link after submission);
+    empty: anywhere."""
 
 
 def run_batch(
@@ -153,7 +170,7 @@ def run_batch(
     if not entries:
         raise InvalidInputError(f"no slide files found in {', '.join(map(str, spec.slides))}")
     out = spec.out.absolute()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out)  # slidemill writes only into folders it made (or took empty)
     jobs = [
         SlideJob(
             slide_id=e.slide_id,
@@ -175,6 +192,7 @@ def run_batch(
             keep_tiles=spec.keep_tiles,
             qc=spec.qc,
             jpeg_decode=spec.jpeg_decode,
+            roots=tuple(str(r) for r in hooks.allow_roots),
         )
         for e in entries
     ]
@@ -534,12 +552,17 @@ def _record_failure(job: SlideJob, result: SlideResult) -> None:
 
     Staged in a folder of its own: tasks of the slide that were already running when it failed
     may still write into its work folder (cancelling does not stop them). What they finish stays
-    there as resumable work for the next run."""
+    there as resumable work for the next run. A folder in place that slidemill did not build is
+    left as it is: the failure is still in `results.csv`."""
     out = Path(job.out)
     staging = out / PARTIAL_DIR / f"{job.slide_id}.result-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
+    mark_slide(staging)
     write_result(staging, result)
-    publish(out, job.slide_id, staging)
+    try:
+        publish(out, job.slide_id, staging)
+    except SlideFolderNotOursError:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _remove_if_empty(folder: Path) -> None:

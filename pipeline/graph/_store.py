@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.array_spec import ArrayConfigParams
 
+from slidemill.pipeline.graph._owned import check_slide_folder, mark_slide
 from slidemill.pipeline.slides import JpegTiles, PackedBlock, decode_block, decode_block_tensor
 from slidemill.schemas import SlideStoreAttrs
 from slidemill.schemas.files import write_atomic
@@ -68,18 +69,21 @@ def final_dir(out: Path, slide_id: str) -> Path:
 
 
 def fresh_work_dir(out: Path, slide_id: str) -> Path:
-    """An empty work folder for a slide (leftovers of an earlier attempt are removed)."""
+    """An empty, marked work folder for a slide (leftovers of an earlier attempt are removed)."""
     path = work_dir(out, slide_id)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
+    mark_slide(path)
     return path
 
 
 def publish(out: Path, slide_id: str, src: Path | None = None) -> Path:
     """Move a finished folder (by default the slide's work folder) into place, replacing an
-    earlier result of the same slide."""
+    earlier result of the same slide; `SlideFolderNotOursError` when the folder in place is
+    not a slide folder slidemill built (nothing is moved)."""
     src = src or work_dir(out, slide_id)
     dst = final_dir(out, slide_id)
+    check_slide_folder(out, slide_id)
     old = None
     if dst.exists():
         old = out / PARTIAL_DIR / f"{slide_id}.old-{uuid.uuid4().hex[:8]}"

@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
 from slidemill.pipeline.export import export_slide, slide_maps
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
+from slidemill.pipeline.graph._owned import check_slide_folder
 from slidemill.pipeline.graph._resume import ResumeKey, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
     clear_progress,
@@ -44,6 +45,7 @@ from slidemill.pipeline.slides import (
     JpegTiles,
     LevelChoice,
     ReaderCache,
+    check_inside,
     choose_level,
     read_thumbnail,
 )
@@ -142,6 +144,14 @@ class SlideJob:
     jpeg_decode: DecodeRequest = "auto"
     """Where workers decode kept JPEG tiles (`choose_decode`): by default on a CUDA worker's
     GPU when its torchvision has nvJPEG, else on its host's cores."""
+    roots: tuple[str, ...] = ()
+    """Folders the slide must lie inside whenever a worker opens it (the lab service's allowed
+    roots); empty: anywhere."""
+
+    @property
+    def allowed(self) -> tuple[Path, ...]:
+        """`roots` as paths, for `ReaderCache.lease`."""
+        return tuple(Path(r) for r in self.roots)
 
     @property
     def work(self) -> Path:
@@ -236,11 +246,16 @@ class TileLayout:
 
 
 def plan_layout(
-    readers: ReaderCache, path: Path, spec: TilingSpec, fallback_mpp: float | None
+    readers: ReaderCache,
+    path: Path,
+    spec: TilingSpec,
+    fallback_mpp: float | None,
+    roots: tuple[Path, ...] = (),
 ) -> TileLayout:
-    """Open the slide, find tissue and lay out the tile grid (no outputs written)."""
+    """Open the slide (only inside `roots`, when given), find tissue and lay out the tile grid
+    (no outputs written)."""
     source: Literal["slide", "fallback"]
-    with readers.lease(path) as reader:
+    with readers.lease(path, roots) as reader:
         if reader.mpp is not None:
             base_mpp, source = reader.mpp, "slide"
         elif fallback_mpp is not None:
@@ -278,13 +293,16 @@ def plan_slide(job: SlideJob) -> SlidePlan:
 
     After an interrupted run with the same inputs, returns the saved plan instead, so that the
     blocks already written are kept."""
+    check_slide_folder(Path(job.out), job.slide_id)  # fail before any work, touching nothing
     saved = _saved_plan(job)
     if saved is not None:
         log.info("%s: resuming interrupted work", job.slide_id)
         return replace(saved, job=job, seconds=0.0)
     t0 = time.perf_counter()
     path = Path(job.path)
-    layout = plan_layout(READERS, path, job.tiling, job.fallback_mpp)
+    if job.roots:  # read (and hashed) at its real path, checked inside the roots now
+        path = check_inside(path, job.allowed).path
+    layout = plan_layout(READERS, path, job.tiling, job.fallback_mpp, job.allowed)
     spec, grid, choice = job.tiling, layout.grid, layout.choice
     base_mpp, source, thumb, mask = layout.base_mpp, layout.mpp_source, layout.thumb, layout.mask
     width, height = layout.dimensions
@@ -301,7 +319,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
     )
     jpeg = None
     if job.keep_jpeg is not False:
-        with READERS.lease(path) as reader:
+        with READERS.lease(path, job.allowed) as reader:
             jpeg = keepable_jpeg(reader, choice, spec.tile_px, grid.coords(), job.tiles_per_task)
     fresh_work_dir(Path(job.out), job.slide_id)
     create_store(
@@ -321,7 +339,7 @@ def plan_slide(job: SlideJob) -> SlidePlan:
     write_block(job.store, StoreArray.TISSUE_FRACTION, 0, grid.tissue_fraction)
     write_array(job.store, StoreArray.THUMBNAIL, thumb)
     write_array(job.store, StoreArray.TISSUE_MASK, mask)
-    sha = file_sha256(path)
+    sha = file_sha256(check_inside(path, job.allowed).path if job.roots else path)  # as read
     plan = SlidePlan(
         job=job,
         n_tiles=grid.n_tiles,
@@ -399,8 +417,7 @@ def write_tiles(plan: SlidePlan, start: int, stop: int) -> None:
     """Read tiles [start, stop) from the slide and write them to the store."""
     job = plan.job
     spec = job.tiling
-    path = Path(job.path)
-    with READERS.lease(path) as reader:
+    with READERS.lease(Path(job.path), job.allowed) as reader:
         if plan.jpeg is not None:  # no decoding here: the encoder side decodes
             coords = np.asarray(
                 read_block(job.store, StoreArray.COORDS, start, stop), dtype=np.int64
@@ -608,7 +625,11 @@ def reduce_slide(
     write_array(job.store, StoreArray.HEATMAP, heat)
     stored_thumb = read_all(job.store, StoreArray.THUMBNAIL).astype(np.uint8, copy=False)
     thumb = png_thumbnail(
-        stored_thumb, Path(job.path), attrs.slide_dimensions, plan.provenance.slide_mpp or 1.0
+        stored_thumb,
+        Path(job.path),
+        attrs.slide_dimensions,
+        plan.provenance.slide_mpp or 1.0,
+        job.allowed,
     )
     # the threshold was chosen on the head's own probabilities
     label_index = decide_label(mil.raw_probabilities or mil.probabilities, job.threshold)
@@ -654,7 +675,11 @@ def reduce_slide(
 
 
 def png_thumbnail(
-    stored: NDArray[np.uint8], path: Path, dimensions: tuple[int, int], base_mpp: float
+    stored: NDArray[np.uint8],
+    path: Path,
+    dimensions: tuple[int, int],
+    base_mpp: float,
+    roots: tuple[Path, ...] = (),
 ) -> NDArray[np.uint8]:
     """The slide image under the PNG's heatmap: the thumbnail the plan stored (no read of the
     slide), thinned to about twice the PNG's panel; a small crop's too-coarse thumbnail is read
@@ -665,7 +690,7 @@ def png_thumbnail(
         return stored[::step, ::step]
     width, height = dimensions
     display_mpp = base_mpp * max(1.0, max(width, height) / PNG_MAX_PX)
-    with READERS.lease(path) as reader:
+    with READERS.lease(path, roots) as reader:
         return read_thumbnail(reader, base_mpp, display_mpp)
 
 

@@ -3,6 +3,7 @@ path), pyramid level choice, and the slide's own stored JPEG tiles."""
 
 from slidemill.pipeline.slides._devicejpeg import decode_block_tensor
 from slidemill.pipeline.slides._discover import SlideEntry, assign_ids, expand
+from slidemill.pipeline.slides._guard import CheckedFile, check_inside, confirm, inside
 from slidemill.pipeline.slides._jpegtiles import (
     JpegTiles,
     PackedBlock,
@@ -32,6 +33,7 @@ from slidemill.pipeline.slides._tiffdirect import TiffDirectReader
 __all__ = [
     "MPP_TOLERANCE",
     "READERS",
+    "CheckedFile",
     "JpegTiles",
     "LevelChoice",
     "OpenSlideReader",
@@ -42,14 +44,17 @@ __all__ = [
     "StoredJpeg",
     "TiffDirectReader",
     "assign_ids",
+    "check_inside",
     "choose_layout",
     "choose_level",
+    "confirm",
     "decode_block",
     "decode_block_tensor",
     "decode_rows",
     "decode_stored",
     "expand",
     "gather_block",
+    "inside",
     "mosaic_copies",
     "moved_error",
     "open_slide",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from slidemill.pipeline.errors import (
     UnreadableSlideError,
     UnsupportedSlideError,
 )
+from slidemill.pipeline.slides._guard import check_inside, confirm
 from slidemill.pipeline.slides._levels import choose_level
 
 # Rows of a level read at once when building a thumbnail: bounds memory on slides without a
@@ -267,11 +268,19 @@ class ReaderCache:
         self._lock = Lock()
 
     @contextmanager
-    def lease(self, path: Path) -> Iterator[SlideReader]:
+    def lease(self, path: Path, roots: Sequence[Path] = ()) -> Iterator[SlideReader]:
         """The slide's reader for the block. A `SlideError` raised in the block evicts the
-        handle (an OpenSlide handle stays in an error state once it has failed)."""
+        handle (an OpenSlide handle stays in an error state once it has failed).
+
+        With `roots`, the file is opened only when its real path lies inside one of them, as it
+        is now (`check_inside`), and read through that real path."""
+        checked = check_inside(path, roots) if roots else None
+        if checked is not None:
+            path = checked.path
         handle = self._acquire(path)
         try:
+            if checked is not None:
+                confirm(checked, path)
             yield handle.reader
         except SlideError:
             self.evict(path)

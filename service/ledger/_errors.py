@@ -42,6 +42,11 @@ class UnknownInboxFileError(LedgerError, NotFoundError):
     """A result for an inbox file the schedule has not taken."""
 
 
+class LedgerInUseError(LedgerError):
+    """Another service holds the ledger's lease and is alive: the message names it (host, PID,
+    since when). One service works a ledger, or two would resume each other's batches."""
+
+
 class LedgerUnavailableError(LedgerError):
     """The database cannot be reached or stays locked; the message names it (password masked)."""
 
@@ -50,6 +55,7 @@ __all__ = [
     "DuplicateScheduleError",
     "InvalidTransitionError",
     "LedgerError",
+    "LedgerInUseError",
     "LedgerInputError",
     "LedgerUnavailableError",
     "NotRetryableError",

@@ -17,7 +17,7 @@ from uuid import uuid4
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from slidemill.service.ledger._database import WRITE, create, migrate, parse_url, unavailable
 from slidemill.service.ledger._errors import (
@@ -30,16 +30,30 @@ from slidemill.service.ledger._errors import (
     UnknownScheduleError,
     UnknownSlideError,
 )
-from slidemill.service.ledger._models import BatchRow, InboxFileRow, ScheduleRow, SlideRow
+from slidemill.service.ledger._models import (
+    BatchRow,
+    InboxFileRow,
+    LeaseRow,
+    ScheduleRow,
+    SlideRow,
+)
 from slidemill.service.ledger._records import (
     BatchRecord,
     BatchStatus,
+    BrokenScheduleRecord,
     InboxRecord,
+    LeaseRecord,
     ScheduleRecord,
     SlideRecord,
     SlideState,
 )
-from slidemill.service.schedules import CatchUp, InboxFile, InboxState, Schedule
+from slidemill.service.schedules import CatchUp, InboxFile, InboxState, Schedule, ScheduleError
+
+_CLAIM_LOCK = 0x51D3_C1A1
+"""PostgreSQL advisory lock key held while claiming, so that two claimers never both find an
+output folder free (SQLite's write lock serialises them already)."""
+_LEASE = "service"
+"""The lease row's name: one service per ledger."""
 
 
 def _utcnow() -> datetime:
@@ -70,6 +84,11 @@ class Ledger:
             engine.dispose()
             raise
         return cls(engine, clock or _utcnow)
+
+    @property
+    def url(self) -> str:
+        """The database's URL, its password masked: for messages."""
+        return self._engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
         """Close the pooled connections; the ledger cannot be used afterwards."""
@@ -148,13 +167,19 @@ class Ledger:
 
     def claim_next(self) -> BatchRecord | None:
         """Take the queued batch of the highest priority, the oldest among equals, and mark it
-        `running`; None when nothing is queued. Two threads or processes never take the same
-        batch: the update only succeeds while the batch is still queued."""
+        `running`; None when nothing is queued. A batch whose output folder is a running
+        batch's waits (the folder holds one run at a time), and the next one that can run is
+        taken. Two threads or processes never take the same batch: the update only succeeds
+        while the batch is still queued."""
+        running = aliased(BatchRow)
+        busy = select(running.out).where(running.status == BatchStatus.RUNNING.value)
         with self._session(write=True) as session:
+            if self._engine.dialect.name == "postgresql":
+                session.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK)))
             while True:
                 candidate = session.scalar(
                     select(BatchRow.id)
-                    .where(BatchRow.status == BatchStatus.QUEUED.value)
+                    .where(BatchRow.status == BatchStatus.QUEUED.value, BatchRow.out.not_in(busy))
                     .order_by(BatchRow.priority.desc(), BatchRow.created_at, BatchRow.id)
                     .limit(1)
                 )
@@ -193,6 +218,7 @@ class Ledger:
             row.error = error
             row.finished_at = now
             row.updated_at = now
+            self._release_inbox(session, row, now)
 
     def requeue_interrupted(self) -> builtins.list[str]:
         """At the service's start: every batch still `running` was interrupted by the last
@@ -214,6 +240,7 @@ class Ledger:
                     row.status = BatchStatus.CANCELLED.value
                     row.finished_at = now
                     row.error = "cancelled while the service was stopped"
+                    self._release_inbox(session, row, now)
                 else:
                     row.status = BatchStatus.QUEUED.value
                     again.append(row.id)
@@ -233,6 +260,7 @@ class Ledger:
                 row.error = "cancelled before it started"
                 row.finished_at = now
                 row.updated_at = now
+                self._release_inbox(session, row, now)
             elif row.status == BatchStatus.RUNNING.value and not row.cancel_requested:
                 row.cancel_requested = True
                 row.updated_at = now
@@ -350,6 +378,8 @@ class Ledger:
             created_at=now,
             updated_at=now,
             last_fired=None,
+            last_error=None,
+            last_error_at=None,
         )
         try:
             with self._session(write=True) as session:
@@ -367,19 +397,20 @@ class Ledger:
                 "another name"
             ) from err
 
-    def schedules(self) -> builtins.list[ScheduleRecord]:
-        """Every schedule, by name."""
+    def schedules(self) -> builtins.list[ScheduleRecord | BrokenScheduleRecord]:
+        """Every schedule, by name; one stored that no longer loads is a `BrokenScheduleRecord`
+        with its reason, so that it breaks neither a listing nor the others' runs."""
         with self._session() as session:
             rows = session.scalars(select(ScheduleRow).order_by(ScheduleRow.name))
-            return [_schedule_record(r) for r in rows]
+            return [_any_schedule_record(r) for r in rows]
 
-    def schedule(self, name: str) -> ScheduleRecord | None:
+    def schedule(self, name: str) -> ScheduleRecord | BrokenScheduleRecord | None:
         """The schedule, or None when the ledger has no such name."""
         with self._session() as session:
             row = session.get(ScheduleRow, name)
-            return None if row is None else _schedule_record(row)
+            return None if row is None else _any_schedule_record(row)
 
-    def set_paused(self, name: str, paused: bool) -> ScheduleRecord:
+    def set_paused(self, name: str, paused: bool) -> ScheduleRecord | BrokenScheduleRecord:
         """Pause or resume the schedule; returns it as it now stands."""
         with self._session(write=True) as session:
             row = self._schedule_locked(session, name)
@@ -387,7 +418,19 @@ class Ledger:
                 row.paused = paused
                 row.updated_at = self._now()
             session.flush()
-            return _schedule_record(row)
+            return _any_schedule_record(row)
+
+    def schedule_error(self, name: str, error: str | None) -> None:
+        """Keep why the schedule's last run failed (one line), with when; None clears it after
+        a run that worked (nothing is written when there is nothing to clear)."""
+        with self._session(write=True) as session:
+            row = self._schedule_locked(session, name)
+            if error is None and row.last_error is None:
+                return
+            now = self._now()
+            row.last_error = error
+            row.last_error_at = None if error is None else now
+            row.updated_at = now
 
     def remove_schedule(self, name: str) -> None:
         """Remove the schedule and the record of its inbox files; its batches stay."""
@@ -498,6 +541,71 @@ class Ledger:
             session.flush()
             return _inbox_record(row)
 
+    # -- the service's lease ---------------------------------------------------------------
+
+    def lease(self) -> LeaseRecord | None:
+        """Who holds the ledger's one-service lease, or None when nobody does."""
+        with self._session() as session:
+            row = session.get(LeaseRow, _LEASE)
+            return None if row is None else _lease_record(row)
+
+    def take_lease(
+        self,
+        *,
+        host: str,
+        pid: int,
+        process_started: float,
+        token: str,
+        replacing: str | None = None,
+    ) -> bool:
+        """Take the lease for the process (`host`, `pid`, `process_started`) under `token`:
+        when nobody holds it, or, to take over a holder judged dead, when the holder is still
+        the one whose token is `replacing`. False when another holds it (or took it first)."""
+        now = self._now()
+        try:
+            with self._session(write=True) as session:
+                row = session.get(LeaseRow, _LEASE, with_for_update=True)
+                if row is None:
+                    session.add(
+                        LeaseRow(
+                            name=_LEASE,
+                            host=host,
+                            pid=pid,
+                            process_started=process_started,
+                            token=token,
+                            acquired_at=now,
+                            heartbeat_at=now,
+                        )
+                    )
+                    session.flush()
+                    return True
+                if replacing is None or row.token != replacing:
+                    return False
+                row.host, row.pid, row.process_started = host, pid, process_started
+                row.token, row.acquired_at, row.heartbeat_at = token, now, now
+                return True
+        except IntegrityError:  # another service added it between the get and the insert
+            return False
+
+    def renew_lease(self, token: str) -> bool:
+        """The holder's heartbeat: the lease's time becomes now. False when `token` no longer
+        holds it (it was taken over, or released)."""
+        with self._session(write=True) as session:
+            renewed = session.connection().execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == _LEASE, LeaseRow.token == token)
+                .values(heartbeat_at=self._now())
+            )
+            return renewed.rowcount == 1
+
+    def release_lease(self, token: str) -> bool:
+        """Give the lease up; False (and nothing done) when `token` does not hold it."""
+        with self._session(write=True) as session:
+            released = session.connection().execute(
+                delete(LeaseRow).where(LeaseRow.name == _LEASE, LeaseRow.token == token)
+            )
+            return released.rowcount == 1
+
     # -- inside ----------------------------------------------------------------------------
 
     def _now(self) -> datetime:
@@ -542,6 +650,21 @@ class Ledger:
                 InboxFileRow.size == size,
                 InboxFileRow.mtime_ns == mtime_ns,
             )
+        )
+
+    @staticmethod
+    def _release_inbox(session: Session, batch: BatchRow, now: datetime) -> None:
+        """The batch ended: an inbox file it took and has no result for goes back to its inbox
+        as failed, with the batch's reason, to be taken again under its schedule's attempt
+        limit (else it would stay `taken`, never tried again)."""
+        reason = batch.error or f"its batch {batch.id} ended {batch.status} without its result"
+        session.execute(
+            update(InboxFileRow)
+            .where(
+                InboxFileRow.batch_id == batch.id,
+                InboxFileRow.state == InboxState.TAKEN.value,
+            )
+            .values(state=InboxState.FAILED.value, last_error=reason, updated_at=now)
         )
 
     def _insert_batch(
@@ -652,6 +775,46 @@ def _slide_record(row: SlideRow) -> SlideRecord:
     )
 
 
+def _any_schedule_record(row: ScheduleRow) -> ScheduleRecord | BrokenScheduleRecord:
+    """The row's schedule; one that no longer passes `Schedule`'s checks (stored by an older
+    version) is reported with its reason instead."""
+    try:
+        return _schedule_record(row)
+    except (ScheduleError, ValueError, TypeError) as err:
+        return BrokenScheduleRecord(
+            name=row.name,
+            reason=str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+            stored={
+                "cron": row.cron,
+                "tz": row.tz,
+                "inbox": row.inbox,
+                "model": row.model,
+                "out_template": row.out_template,
+                "catch_up": row.catch_up,
+                "options": row.options,
+                "paused": row.paused,
+                "max_attempts": row.max_attempts,
+                "settle_s": row.settle_s,
+            },
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            last_fired=row.last_fired,
+            last_error=row.last_error,
+            last_error_at=row.last_error_at,
+        )
+
+
+def _lease_record(row: LeaseRow) -> LeaseRecord:
+    return LeaseRecord(
+        host=row.host,
+        pid=row.pid,
+        process_started=row.process_started,
+        token=row.token,
+        acquired_at=row.acquired_at,
+        heartbeat_at=row.heartbeat_at,
+    )
+
+
 def _schedule_record(row: ScheduleRow) -> ScheduleRecord:
     return ScheduleRecord(
         schedule=Schedule(
@@ -670,6 +833,8 @@ def _schedule_record(row: ScheduleRow) -> ScheduleRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         last_fired=row.last_fired,
+        last_error=row.last_error,
+        last_error_at=row.last_error_at,
     )
 
 

@@ -146,6 +146,9 @@ class ScheduleRow(Base):
     updated_at: Mapped[datetime]
     last_fired: Mapped[datetime | None]
     """The latest window fired; never moves back."""
+    last_error: Mapped[str | None] = mapped_column(Text)
+    """Why its last run failed, one line; None once a run works."""
+    last_error_at: Mapped[datetime | None]
 
 
 class InboxFileRow(Base):
@@ -169,3 +172,19 @@ class InboxFileRow(Base):
     batch_id: Mapped[str | None] = mapped_column(String(32))
     first_seen: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class LeaseRow(Base):
+    """The one service that works this ledger: at most one row, named `service`."""
+
+    __tablename__ = "service_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int]
+    process_started: Mapped[float] = mapped_column(Float)
+    """The holder's start time (epoch seconds): tells it from a later process given its PID."""
+    token: Mapped[str] = mapped_column(String(32))
+    """Unique to this taking: renewal, release and takeover name the lease they read."""
+    acquired_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -122,11 +123,57 @@ class ScheduleRecord:
     """When it was last changed or fired."""
     last_fired: datetime | None
     """The latest window fired (or passed over); the next windows are after it."""
+    last_error: str | None = None
+    """Why its last run failed, one line; None once a run works."""
+    last_error_at: datetime | None = None
+    """When that run failed."""
 
     @property
     def name(self) -> str:
         """The schedule's name."""
         return self.schedule.name
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenScheduleRecord:
+    """A stored schedule that no longer makes a `Schedule` (kept by an older version, before
+    today's checks): reported with its reason, never fired; it can be paused or removed."""
+
+    name: str
+    """The schedule's name."""
+    reason: str
+    """Why it does not load, one line naming the field."""
+    stored: Mapping[str, Any]
+    """Its definition as stored: cron, tz, inbox, model, out_template, catch_up, options,
+    paused, max_attempts, settle_s."""
+    created_at: datetime
+    """When it was added."""
+    updated_at: datetime
+    """When it was last changed or fired."""
+    last_fired: datetime | None
+    """The latest window fired before it stopped loading."""
+    last_error: str | None = None
+    """Why its last run failed, one line."""
+    last_error_at: datetime | None = None
+    """When that run failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """The lease of the service that works the ledger: who holds it and when it last said so."""
+
+    host: str
+    """Host name of the holding process."""
+    pid: int
+    """Its process id on that host."""
+    process_started: float
+    """When that process started (epoch seconds): tells it from a later one given its PID."""
+    token: str
+    """Unique to this taking of the lease."""
+    acquired_at: datetime
+    """When it was taken (timezone-aware UTC)."""
+    heartbeat_at: datetime
+    """When its holder last renewed it (timezone-aware UTC)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,11 @@
 with catch-up after downtime, output folders per window, and which inbox files a run takes.
 The service's scheduler loop and the ledger carry the decisions out."""
 
-from slidemill.service.schedules._errors import InvalidScheduleError, ScheduleError
+from slidemill.service.schedules._errors import (
+    InvalidScheduleError,
+    ScheduleError,
+    ScheduleFailedError,
+)
 from slidemill.service.schedules._inbox import (
     Held,
     InboxDecision,
@@ -15,7 +19,9 @@ from slidemill.service.schedules._inbox import (
     take,
 )
 from slidemill.service.schedules._schedule import (
+    MAX_ATTEMPTS,
     MAX_CATCH_UP,
+    MAX_SETTLE_S,
     SKIP_GRACE,
     CatchUp,
     Schedule,
@@ -25,7 +31,9 @@ from slidemill.service.schedules._schedule import (
 )
 
 __all__ = [
+    "MAX_ATTEMPTS",
     "MAX_CATCH_UP",
+    "MAX_SETTLE_S",
     "SKIP_GRACE",
     "CatchUp",
     "Held",
@@ -36,6 +44,7 @@ __all__ = [
     "Moved",
     "Schedule",
     "ScheduleError",
+    "ScheduleFailedError",
     "SeenFile",
     "file_sha256",
     "next_window",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slidemill.schemas.errors import InvalidInputError
-from slidemill.service.errors import ServiceError
+from slidemill.service.errors import ConflictError, ServiceError
 
 
 class ScheduleError(ServiceError):
@@ -15,4 +15,10 @@ class InvalidScheduleError(ScheduleError, InvalidInputError):
     template, an option); the message names the field and the fix (HTTP 422)."""
 
 
-__all__ = ["InvalidScheduleError", "ScheduleError"]
+class ScheduleFailedError(ScheduleError, ConflictError):
+    """Running the schedule failed on something that is not one of slidemill's own errors (a
+    bug): the message names the schedule and the cause, the service log has the traceback
+    (HTTP 409; the failure is also kept on the schedule)."""
+
+
+__all__ = ["InvalidScheduleError", "ScheduleError", "ScheduleFailedError"]

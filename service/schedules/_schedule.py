@@ -23,12 +23,22 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
+from pydantic import ValidationError
 
-from slidemill.service._contracts import BatchRequest
+from slidemill.service._contracts import (
+    SCHEDULE_MAX_ATTEMPTS,
+    SCHEDULE_MAX_SETTLE_S,
+    BatchRequest,
+)
 from slidemill.service.schedules._errors import InvalidScheduleError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 """A schedule's name: a slug, also used in batch origins (`schedule:<name>`) and templates."""
+
+MAX_SETTLE_S = SCHEDULE_MAX_SETTLE_S
+"""`settle_s`, at most (declared with the HTTP contract, `ScheduleRequest`)."""
+MAX_ATTEMPTS = SCHEDULE_MAX_ATTEMPTS
+"""`max_attempts`, at most (declared with the HTTP contract, `ScheduleRequest`)."""
 
 MAX_CATCH_UP = 366
 """At most this many windows fire at once under `catch_up: all`; the ones after them are due
@@ -45,6 +55,8 @@ finds every window in it."""
 
 _TEMPLATE_FIELDS = frozenset({"date", "time", "name"})
 _NOT_OPTIONS = frozenset({"slides", "model", "out"})
+_PLACEHOLDER_PATHS = {"slides": ["/"], "model": "/", "out": "/"}
+"""What a schedule's options are checked with as a batch; each window supplies its own."""
 
 
 class CatchUp(StrEnum):
@@ -85,10 +97,11 @@ class Schedule:
     paused: bool = False
     """A paused schedule fires nothing; windows missed while paused follow `catch_up`."""
     max_attempts: int = 3
-    """An inbox slide that failed this many times is held with its reason, not taken again."""
+    """An inbox slide that failed this many times is held with its reason, not taken again
+    (1 to `MAX_ATTEMPTS`)."""
     settle_s: float = 60.0
     """An inbox file modified less than this long ago may still be being written: left for the
-    next run."""
+    next run (0 to `MAX_SETTLE_S` seconds)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -113,18 +126,20 @@ class Schedule:
         object.__setattr__(self, "options", _check_options(self.name, self.options))
         if type(self.paused) is not bool:
             raise InvalidScheduleError(f"schedule {self.name}: paused must be true or false")
-        if type(self.max_attempts) is not int or self.max_attempts < 1:
+        if type(self.max_attempts) is not int or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
             raise InvalidScheduleError(
-                f"schedule {self.name}: max_attempts {self.max_attempts!r} must be an integer ≥ 1"
+                f"schedule {self.name}: max_attempts {self.max_attempts!r} must be an integer "
+                f"from 1 to {MAX_ATTEMPTS}"
             )
         if (
             isinstance(self.settle_s, bool)
             or not isinstance(self.settle_s, int | float)
             or not math.isfinite(self.settle_s)
-            or self.settle_s < 0
+            or not 0 <= self.settle_s <= MAX_SETTLE_S
         ):
             raise InvalidScheduleError(
-                f"schedule {self.name}: settle_s {self.settle_s!r} must be seconds ≥ 0"
+                f"schedule {self.name}: settle_s {self.settle_s!r} must be seconds from 0 to "
+                f"{MAX_SETTLE_S:g}"
             )
         object.__setattr__(self, "settle_s", float(self.settle_s))
 
@@ -309,4 +324,11 @@ def _check_options(name: str, options: Any) -> Mapping[str, Any]:
         document = json.loads(json.dumps(dict(options), allow_nan=False))
     except (TypeError, ValueError) as err:
         raise InvalidScheduleError(f"schedule {name}: options are not JSON: {err}") from err
+    try:  # checked now as each window's batch will be, so that no window fails on them
+        BatchRequest.model_validate({**document, **_PLACEHOLDER_PATHS})
+    except ValidationError as err:
+        problems = "; ".join(
+            f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+        )
+        raise InvalidScheduleError(f"schedule {name}: {problems}") from err
     return MappingProxyType(document)

@@ -349,7 +349,7 @@ def test_slurm_job_scripts_for_the_cpu_and_gpu_pools(slurm_example: SlurmCluster
     assert cpu_cmd[3] == scheduler and gpu_cmd[3] == scheduler != gpu_own_scheduler
     assert cpu_cmd[cpu_cmd.index("--nworkers") + 1] == "16"
     assert cpu_cmd[cpu_cmd.index("--nthreads") + 1] == "1"
-    assert cpu_cmd[cpu_cmd.index("--lifetime") + 1] == "3h50m"
+    assert cpu_cmd[cpu_cmd.index("--lifetime") + 1] == "230m"
     assert "--resources" not in cpu_cmd
     assert gpu_cmd[gpu_cmd.index("--resources") + 1] == "GPU=1"
     assert gpu_cmd[gpu_cmd.index("--nthreads") + 1] == "8"

@@ -13,21 +13,35 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
+import shlex
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import pytest
 import yaml
+from distributed import get_task_stream
 from distributed.security import Security
 
-from slidemill.cluster import connect, load_cluster_config
+from slidemill.cluster import (
+    LIFETIME_FLOOR_S,
+    WALLTIME_MARGIN_S,
+    Lifetime,
+    connect,
+    load_cluster_config,
+)
+from slidemill.pipeline.graph import BatchHooks, run_batch
+from slidemill.schemas import RunSpec
 from tests.cluster.slurm_harness import SingleNodeSlurm
 from tests.helpers import refused, slidemill
 from tests.service.conftest import TOKEN, start_service
@@ -250,50 +264,120 @@ def test_a_worker_job_cancelled_mid_batch_is_replaced_and_nothing_is_lost(
     )
 
 
+def _job_logs(logs: Path) -> dict[str, str]:
+    """Job id → its worker's log."""
+    return {
+        err.stem.rsplit("-", 1)[1]: err.read_text(errors="replace")
+        for err in logs.glob("slidemill-cpu-*.err")
+    }
+
+
+def _logged_at(log: str, pattern: str) -> datetime | None:
+    """When a worker's log first says `pattern` (its lines start with a timestamp)."""
+    match = re.search(rf"^(\S+ \S+) - .*{pattern}", log, re.MULTILINE)
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f") if match else None
+
+
+def _lifetime_of(slurm: SingleNodeSlurm, job: str) -> Lifetime:
+    """The lifetime in the worker command SLURM ran for `job`."""
+    script = slurm.command("scontrol", "write", "batch_script", job, "-").stdout
+    args = shlex.split(next(line for line in script.splitlines() if "dask_worker" in line))
+    return Lifetime(
+        float(args[args.index("--lifetime") + 1].removesuffix("s")),
+        float(args[args.index("--lifetime-stagger") + 1].removesuffix("s")),
+    )
+
+
+@pytest.mark.timeout(480)  # the floor alone is a minute; room for a loaded machine
 def test_workers_retire_before_their_walltime_and_new_jobs_take_over(
     slurm_env: SingleNodeSlurm,
     many_slides: tuple[Path, dict[str, str]],
     tiny_bundle: Path,
     local_scores: dict[str, list[float]],
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Jobs of one minute whose workers retire after 8 s (`--lifetime`): the batch outlives
-    them, adapt submits new jobs, and no job reaches its walltime."""
+    """Jobs of three minutes whose workers are set to retire after 100 ms (`--lifetime`), less
+    than any worker needs to load the model and finish a task: as configured, every worker
+    retires before doing any work, its task going to the next, and no batch ends (so it was
+    before slidemill fitted lifetimes; with 8 s, so it was on a busy machine). slidemill gives
+    them its floor instead. Batches of twelve slides then run one after another on the cluster
+    until a worker has retired through its lifetime and one started after that has done work:
+    each batch ends, with the LocalCluster's scores, however long the machine takes, and no
+    job reaches its walltime."""
     slides, source = many_slides
+    expected = {sid: local_scores[src] for sid, src in source.items()}
     cpu = {
-        "walltime": "00:01:00",
-        # shorter than the batch's work even on a quiet machine (12 slides take ~12 s of two
-        # workers), so retiring is certain, not a race
-        "worker_extra_args": ["--lifetime", "8s", "--lifetime-stagger", "1s"],
+        "walltime": "00:03:00",
+        "worker_extra_args": ["--lifetime", "100ms"],
         "adapt": {"minimum": 0, "maximum": 2},
     }
-    config = _config(tmp_path / "cluster", cpu)
-    logs, out = tmp_path / "cluster" / "logs", tmp_path / "out"
+    config = load_cluster_config(_config(tmp_path / "cluster", cpu))
+    logs = tmp_path / "cluster" / "logs"
+    first = Lifetime(LIFETIME_FLOOR_S)
     t0 = time.monotonic()
-    proc = _popen(
-        "run", slides, "--model", tiny_bundle, "--out", out, "--cluster", config,
-        "--no-progress", *BLOCKS, env=EAGER_ADAPT,
-    )  # fmt: skip
-    try:
-        output = proc.communicate(timeout=270)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output[-3000:]
-    _every_slide_done_once(out, {sid: local_scores[src] for sid, src in source.items()})
-    retired = sorted(
-        (err.stem.rsplit("-", 1)[1] for err in logs.glob("*.err")
-         if "worker-lifetime-reached" in err.read_text(errors="replace")),
-        key=int,
-    )  # fmt: skip
-    jobs = slurm_env.jobs()
+    deadline = t0 + 360
+    batches: list[float] = []
+    took_over: set[str] = set()
+    with (
+        dask.config.set({"distributed.adaptive.target-duration": "1s"}),  # as EAGER_ADAPT
+        caplog.at_level(logging.WARNING),
+        connect(config) as client,
+    ):
+        # one line, as the cluster starts, says what the workers get instead
+        (raised,) = [r.getMessage() for r in caplog.records if "--lifetime" in r.getMessage()]
+        assert raised.startswith("SLURM pool 'cpu': --lifetime 0.1s --lifetime-stagger 0s is ")
+        assert raised.endswith(f"; its workers get {first}")
+        while not took_over:
+            assert time.monotonic() < deadline, (slurm_env.jobs(), batches)
+            cancel = threading.Event()  # stops a batch that outlives the deadline
+            timer = threading.Timer(deadline - time.monotonic(), cancel.set)
+            timer.start()
+            spec = RunSpec(
+                slides=(slides,), model=tiny_bundle, out=tmp_path / f"out-{len(batches)}",
+                tiles_per_task=int(BLOCKS[1]), show_progress=False,
+            )  # fmt: skip
+            started = time.monotonic()
+            try:
+                with get_task_stream(client) as stream:
+                    report = run_batch(spec, hooks=BatchHooks(client=client, cancel=cancel))
+            finally:
+                timer.cancel()
+            batches.append(time.monotonic() - started)
+            assert report.stopped is None, (report.stopped, slurm_env.jobs(), batches)
+            _every_slide_done_once(spec.out, expected)
+            # which jobs' workers worked, and whether one started after a worker retired
+            worked = {t["worker"] for t in stream.data if t.get("status") == "OK"}
+            job_logs = _job_logs(logs)
+            retired = [
+                at for log in job_logs.values() if (at := _logged_at(log, "lifetime-reached"))
+            ]
+            for job, log in job_logs.items():
+                address = re.search(r"Start worker at:\s+(\S+)", log)
+                start = _logged_at(log, "Start worker at")
+                if (
+                    address
+                    and address.group(1) in worked
+                    and start
+                    and start > min(retired, default=start)
+                ):
+                    took_over.add(job)
     ran = sorted(_registered(logs), key=int)
-    assert retired, (jobs, output[-2000:])
-    assert len(ran) > len(retired) or len(ran) > 2  # later jobs took over from retired ones
+    jobs = slurm_env.jobs()
     assert not [j for j, (_, state, _) in jobs.items() if state == "TIMEOUT"], jobs
+    # every job's workers got a lifetime with room for work and ending before the walltime;
+    # later jobs never less than earlier ones (more, once workers were measured)
+    lifetimes = [_lifetime_of(slurm_env, job) for job in ran]
+    assert str(lifetimes[0]) == str(first)
+    for lifetime in lifetimes:
+        assert lifetime.shortest_s >= LIFETIME_FLOOR_S
+        assert lifetime.longest_s <= 180 - WALLTIME_MARGIN_S
+    assert [x.shortest_s for x in lifetimes] == sorted(x.shortest_s for x in lifetimes)
     print(
-        f"\nwalltime: jobs {ran} ran, {retired} retired through --lifetime; states "
-        f"{ {j: jobs[j][1] for j in ran} }; batch {time.monotonic() - t0:.1f} s"
+        f"\nwalltime: jobs {ran} ran with lifetimes {[str(x) for x in lifetimes]}; jobs "
+        f"{sorted(took_over, key=int)} took over from retired workers; {len(batches)} batches "
+        f"of {len(source)} slides ({', '.join(f'{b:.1f}' for b in batches)} s); "
+        f"{time.monotonic() - t0:.1f} s in all"
     )
 
 

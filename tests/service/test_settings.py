@@ -61,9 +61,9 @@ def test_refusals_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ServiceConfigError, match="needs a token"):
         load_settings(host="0.0.0.0", allow_roots=(tmp_path,)).check()
     token = tmp_path / "token"
-    token.write_text("s3cret\n")
+    token.write_text("settings-token-0123456789\n")
     settings = load_settings(host="0.0.0.0", allow_roots=(tmp_path,), token_file=token)
     settings.check()
-    assert settings.bearer_token() == "s3cret"
+    assert settings.bearer_token() == "settings-token-0123456789"
     with pytest.raises(ServiceConfigError, match="max_running"):
         load_settings(max_running=0)

@@ -182,14 +182,15 @@ def test_off_loopback_needs_a_token_and_the_token_is_checked(
     assert refused.returncode == 2 and "needs a token" in refused.stderr
     not_a_run = slidemill("view", tmp_path)
     assert not_a_run.returncode == 2 and "not a run" in not_a_run.stderr
-    viewer = start_viewer([viewed_run.out], tmp_path / "v.log", env={"SLIDEMILL_TOKEN": "s3cret"})
+    token = "viewer-token-0123456789"
+    viewer = start_viewer([viewed_run.out], tmp_path / "v.log", env={"SLIDEMILL_TOKEN": token})
     try:
         assert httpx.get(f"{viewer.url}/api/runs").status_code == 401
         assert httpx.get(f"{viewer.url}/?token=wrong").status_code == 401
-        ok = httpx.get(f"{viewer.url}/api/runs", headers={"Authorization": "Bearer s3cret"})
+        ok = httpx.get(f"{viewer.url}/api/runs", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200
         with httpx.Client(base_url=viewer.url) as browser:
-            first = browser.get("/?token=s3cret")
+            first = browser.get(f"/?token={token}")
             assert first.status_code == 303 and "token" not in first.headers["location"]
             assert browser.get(f"/api/runs/{RUN}").status_code == 200  # by the cookie
     finally:

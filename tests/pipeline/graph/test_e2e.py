@@ -15,6 +15,7 @@ from PIL import Image
 from slidemill.pipeline.slides import open_slide
 from slidemill.pipeline.synth import LABEL_MARKER_RGB
 from slidemill.pipeline.tissue import origin
+from slidemill.schemas.layout import RESULT_JSON, SLIDE_MARK
 from tests.helpers import StoreView, sample_path, slidemill, synthetic
 
 BAD_STATUS = {
@@ -74,7 +75,7 @@ def test_every_bad_input_fails_alone_with_a_line_naming_it(
         result = json.loads((out / path.stem / "result.json").read_text())
         assert result["status"] == status and result["error"] == row["error"]
         # nothing half-written: a failed slide's folder holds its result and nothing else
-        assert [p.name for p in (out / path.stem).iterdir()] == ["result.json"]
+        assert sorted(p.name for p in (out / path.stem).iterdir()) == [SLIDE_MARK, RESULT_JSON]
     assert not (out / ".partial").exists()
 
 

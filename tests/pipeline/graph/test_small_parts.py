@@ -21,6 +21,7 @@ from slidemill.pipeline.graph import (
     write_block,
 )
 from slidemill.pipeline.slides import assign_ids, expand
+from slidemill.schemas.layout import SLIDE_MARK
 
 
 def test_rasterise_puts_scores_in_their_cells_and_nan_elsewhere() -> None:
@@ -63,7 +64,7 @@ def test_publish_replaces_an_earlier_result_whole(tmp_path: Path) -> None:
     (second / "new.txt").write_text("2")
     assert (tmp_path / "s1" / "old.txt").exists()  # untouched until the new one is whole
     publish(tmp_path, "s1")
-    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == [SLIDE_MARK, "new.txt"]
     assert not work_dir(tmp_path, "s1").exists()
     assert list((tmp_path / ".partial").iterdir()) == []
 
