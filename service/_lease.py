@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import psutil
 
 from slidemill.pipeline.errors import one_line
-from slidemill.pipeline.graph import LockHolder, is_stale
+from slidemill.pipeline.graph import LockHolder, is_stale, process_started
 from slidemill.schemas import SlidemillError
 from slidemill.service.ledger import LeaseRecord, Ledger, LedgerInUseError
 
@@ -108,7 +108,11 @@ class ServiceLease:
             holder = self._ledger.lease()
             replacing = None
             if holder is not None:
-                pid_started = _process_started(holder) if holder.host == host else None
+                pid_started = (
+                    process_started(holder.pid, holder.process_started)
+                    if holder.host == host
+                    else None
+                )
                 if not lease_is_stale(holder, host=host, pid_started=pid_started,
                                       now=self._clock()):  # fmt: skip
                     break
@@ -166,16 +170,3 @@ class ServiceLease:
                     return
             except SlidemillError as err:  # the database away a while: beat again later
                 log.warning("the ledger's lease was not renewed: %s", one_line(err))
-
-
-def _process_started(holder: LeaseRecord) -> float | None:
-    """Start time of this host's process with the holder's PID; None when there is none."""
-    try:
-        process = psutil.Process(holder.pid)
-        if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
-            return None
-        return process.create_time()
-    except psutil.NoSuchProcess:
-        return None
-    except psutil.AccessDenied:  # it exists; whether it is the holder cannot be told
-        return holder.process_started

@@ -10,7 +10,7 @@ from slidemill.pipeline.graph._batch import (
     tiling_for,
 )
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
-from slidemill.pipeline.graph._lock import LockHolder, hold_output, is_stale
+from slidemill.pipeline.graph._lock import LockHolder, hold_output, is_stale, process_started
 from slidemill.pipeline.graph._owned import (
     check_slide_folder,
     claim_output,
@@ -76,6 +76,7 @@ __all__ = [
     "plan_layout",
     "plan_slide",
     "png_thumbnail",
+    "process_started",
     "publish",
     "published_here",
     "rasterise",

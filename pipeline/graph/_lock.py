@@ -151,7 +151,11 @@ def _take_over_if_stale(path: Path) -> bool:
         return True  # released meanwhile
     holder = _read(path)
     here = socket.gethostname()
-    pid_started = _process_started(holder) if holder and holder.host == here else None
+    pid_started = (
+        process_started(holder.pid, holder.process_started)
+        if holder and holder.host == here
+        else None
+    )
     if not is_stale(
         holder, host=here, pid_started=pid_started, untouched_s=time.time() - st.st_mtime
     ):
@@ -192,17 +196,18 @@ def _read(path: Path) -> LockHolder | None:
         return None
 
 
-def _process_started(holder: LockHolder) -> float | None:
-    """Start time of this host's process with the holder's PID; None when there is none."""
+def process_started(pid: int, recorded: float) -> float | None:
+    """Start time of this host's process `pid`, None when there is none; `recorded` (the
+    holder's own start time) when it exists but cannot be examined."""
     try:
-        process = psutil.Process(holder.pid)
+        process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
             return None
         return process.create_time()
     except psutil.NoSuchProcess:
         return None
     except psutil.AccessDenied:  # it exists; whether it is the holder cannot be told
-        return holder.process_started
+        return recorded
 
 
 def _heartbeat(path: Path, stop: threading.Event) -> None:

@@ -47,7 +47,7 @@ from slidemill.service.ledger._records import (
     SlideRecord,
     SlideState,
 )
-from slidemill.service.schedules import CatchUp, InboxFile, InboxState, Schedule, ScheduleError
+from slidemill.service.schedules import InboxFile, InboxState, Schedule, ScheduleError
 
 _CLAIM_LOCK = 0x51D3_C1A1
 """PostgreSQL advisory lock key held while claiming, so that two claimers never both find an
@@ -784,18 +784,7 @@ def _any_schedule_record(row: ScheduleRow) -> ScheduleRecord | BrokenScheduleRec
         return BrokenScheduleRecord(
             name=row.name,
             reason=str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
-            stored={
-                "cron": row.cron,
-                "tz": row.tz,
-                "inbox": row.inbox,
-                "model": row.model,
-                "out_template": row.out_template,
-                "catch_up": row.catch_up,
-                "options": row.options,
-                "paused": row.paused,
-                "max_attempts": row.max_attempts,
-                "settle_s": row.settle_s,
-            },
+            stored=_schedule_fields(row),
             created_at=row.created_at,
             updated_at=row.updated_at,
             last_fired=row.last_fired,
@@ -815,21 +804,25 @@ def _lease_record(row: LeaseRow) -> LeaseRecord:
     )
 
 
+def _schedule_fields(row: ScheduleRow) -> dict[str, Any]:
+    """The row's `Schedule` fields but its name, as stored."""
+    return {
+        "cron": row.cron,
+        "tz": row.tz,
+        "inbox": row.inbox,
+        "model": row.model,
+        "out_template": row.out_template,
+        "catch_up": row.catch_up,
+        "options": dict(row.options),
+        "paused": row.paused,
+        "max_attempts": row.max_attempts,
+        "settle_s": row.settle_s,
+    }
+
+
 def _schedule_record(row: ScheduleRow) -> ScheduleRecord:
     return ScheduleRecord(
-        schedule=Schedule(
-            name=row.name,
-            cron=row.cron,
-            tz=row.tz,
-            inbox=row.inbox,
-            model=row.model,
-            out_template=row.out_template,
-            catch_up=CatchUp(row.catch_up),
-            options=dict(row.options),
-            paused=row.paused,
-            max_attempts=row.max_attempts,
-            settle_s=row.settle_s,
-        ),
+        schedule=Schedule(name=row.name, **_schedule_fields(row)),
         created_at=row.created_at,
         updated_at=row.updated_at,
         last_fired=row.last_fired,

@@ -32,6 +32,7 @@ from slidemill.service.schedules import (
     Schedule,
     ScheduleFailedError,
 )
+from tests.service.test_scheduler import Clock, Waker
 
 CREATED = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 AFTER_WINDOW = datetime(2026, 11, 2, 22, 30, tzinfo=UTC)  # the schedules run at 22:00 UTC
@@ -47,19 +48,6 @@ class Buggy(Ledger):
         if name in self.buggy:
             raise ZeroDivisionError("a bug while firing")
         return super().inbox_seen(name)
-
-
-class Waker:
-    def wake(self) -> None:
-        pass
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -14,14 +14,17 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from slidemill.service.ledger import Ledger
 from tests.helpers import free_port
 
 PG_INSTALL_HINT = "install PostgreSQL's server (Debian: apt-get install postgresql)"
@@ -104,3 +107,34 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     dbname = f"ledger_{uuid4().hex[:12]}"
     with DatabaseJanitor(user=server.user, host=server.host, port=server.port, dbname=dbname):
         yield server.url(dbname)
+
+
+class Clock:
+    """A clock the test drives: every reading is a millisecond after the one before, so
+    records made one after another never share a time; `advance` jumps."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            self._now += timedelta(milliseconds=1)
+            return self._now
+
+    def advance(self, delta: timedelta) -> datetime:
+        """Jump forward; returns the new time."""
+        with self._lock:
+            self._now += delta
+            return self._now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2026, 3, 29, 0, 30, tzinfo=UTC))
+
+
+@pytest.fixture
+def ledger(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
+    with Ledger.open(ledger_url, clock=clock) as opened:
+        yield opened

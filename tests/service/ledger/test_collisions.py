@@ -5,7 +5,6 @@ reason instead of breaking every listing; a schedule's last failure is kept on i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,18 +20,8 @@ from slidemill.service.ledger import (
     ScheduleRecord,
 )
 from slidemill.service.schedules import CatchUp, InboxFile, InboxState, Schedule, take
-from tests.service.ledger.test_ledger import Clock, _alembic, _in_threads, head_revision
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2026, 3, 29, 0, 30, tzinfo=UTC))
-
-
-@pytest.fixture
-def ledger(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
-    with Ledger.open(ledger_url, clock=clock) as opened:
-        yield opened
+from tests.service.ledger.conftest import Clock
+from tests.service.ledger.test_ledger import _alembic, _in_threads, head_revision
 
 
 def _batch(ledger: Ledger, out: str, *, priority: int = 0, origin: str = "api") -> BatchRecord:

@@ -4,25 +4,13 @@ only by naming the holder it replaces, renewed by its holder alone, released by 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-import pytest
 from sqlalchemy import create_engine, inspect
 
 from slidemill.service.ledger import LeaseRecord, Ledger
-from tests.service.ledger.test_ledger import Clock, _in_threads
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2026, 3, 29, 0, 30, tzinfo=UTC))
-
-
-@pytest.fixture
-def ledger(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
-    with Ledger.open(ledger_url, clock=clock) as opened:
-        yield opened
+from tests.service.ledger.conftest import Clock
+from tests.service.ledger.test_ledger import _in_threads
 
 
 def _take(ledger: Ledger, token: str, *, pid: int = 100, replacing: str | None = None) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from importlib.resources import files
 from pathlib import Path
@@ -36,40 +36,10 @@ from slidemill.service.ledger import (
     UnknownSlideError,
 )
 from slidemill.service.schedules import CatchUp, InboxFile, InboxState, Schedule, take
+from tests.service.ledger.conftest import Clock
 
 REQUEST = {"model": "/models/prostate", "out": "/out/today", "options": {"tile_size": 224}}
 T = TypeVar("T")
-
-
-class Clock:
-    """A clock the test drives: every reading is a millisecond after the one before, so
-    records made one after another never share a time; `advance` jumps."""
-
-    def __init__(self, start: datetime) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            self._now += timedelta(milliseconds=1)
-            return self._now
-
-    def advance(self, delta: timedelta) -> datetime:
-        """Jump forward; returns the new time."""
-        with self._lock:
-            self._now += delta
-            return self._now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2026, 3, 29, 0, 30, tzinfo=UTC))
-
-
-@pytest.fixture
-def ledger(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
-    with Ledger.open(ledger_url, clock=clock) as opened:
-        yield opened
 
 
 def _batch(ledger: Ledger, n: int = 3, *, priority: int = 0) -> BatchRecord:
