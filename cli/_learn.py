@@ -22,7 +22,11 @@ def train(
         Path, typer.Option(help="New folder: a bundle per fold, the ensemble, training.json.")
     ],
     head: Annotated[
-        str, typer.Option(help="Registered MIL head to train (abmil_gated: attention MIL).")
+        str,
+        typer.Option(
+            help="Registered MIL head to train: topk_linear (instance scores, top-k pooling) by "
+            "default, abmil_gated for gated attention MIL, mean_pool, …"
+        ),
     ] = "topk_linear",
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 5,
     classes: Annotated[

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from annotated_types import Ge, Gt, Le, Lt
 
-from slidemill.schemas import InvalidInputError
+from slidemill.schemas import InvalidInputError, QCMode, RunOptions, TissueMethod
 
 
 def parse_size(text: str, option: str) -> tuple[int, int]:
@@ -23,7 +25,66 @@ def class_list(classes: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in classes.split(",") if c.strip())
 
 
-# Options shared by the commands that run the graph (`run`, `features`).
+# The run's options (`run`, `features`, `submit`), each derived from its `RunOptions` field:
+# the flag, its type's bounds and its help are the field's; the default goes on the parameter,
+# as typer wants with `Annotated` (`overlap_px: Overlap = RUN_DEFAULTS.overlap_px`). A command
+# names its parameters as the fields, so `run_options(locals())` gathers them in one place;
+# tests/cli/test_one_declaration.py checks every command against RunOptions.
+RUN_DEFAULTS = RunOptions()
+"""Every run option at its default."""
+
+
+def run_option(field: str, flags: str | None = None) -> Any:
+    """A `typer.Option` for the RunOptions field `field`: `flags` (default `--field-name`, and
+    `--field-name/--no-field-name` for a bool), a number's `ge`/`gt`/`le`/`lt` as its
+    `min`/`max`, the field's description as its help."""
+    info = RunOptions.model_fields[field]
+    bounds: dict[str, Any] = {}
+    for limit in info.metadata:
+        match limit:
+            case Ge(ge=v) | Gt(gt=v):  # typer's bounds are closed: RunOptions refuses `gt` itself
+                bounds["min"] = v
+            case Le(le=v) | Lt(lt=v):
+                bounds["max"] = v
+            case _:  # a limit the CLI cannot state would be checked on one surface only
+                raise TypeError(f"RunOptions.{field}: no CLI form for {limit!r}")
+    if flags is None:
+        flag = "--" + field.replace("_", "-")
+        flags = f"{flag}/--no-{flag[2:]}" if info.annotation is bool else flag
+    return typer.Option(flags, help=info.description, **bounds)
+
+
+if TYPE_CHECKING:
+    JpegDecodeMode = str
+else:  # the field's own `Literal`, whose values typer offers as the choices
+    JpegDecodeMode = RunOptions.model_fields["jpeg_decode"].annotation
+
+
+def run_options(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The RunOptions fields among a command's parameters (`locals()` first thing in its body),
+    by field name: the one list of them that RunSpec and the service's request are built from."""
+    return {name: parameters[name] for name in RunOptions.model_fields}
+
+
+TilesPerTask = Annotated[int, run_option("tiles_per_task")]
+FallbackMpp = Annotated[float | None, run_option("fallback_mpp", "--mpp")]
+Overlap = Annotated[int, run_option("overlap_px", "--overlap")]
+MinTissue = Annotated[float, run_option("min_tissue_fraction", "--min-tissue")]
+Tissue = Annotated[TissueMethod, run_option("tissue_method")]
+BatchSize = Annotated[int, run_option("batch_size")]
+Retries = Annotated[int, run_option("retries")]
+Force = Annotated[bool, run_option("force")]
+KeepTiles = Annotated[bool, run_option("keep_tiles")]
+KeepJpeg = Annotated[bool | None, run_option("keep_jpeg", "--keep-jpeg/--decode-tiles")]
+JpegDecode = Annotated[JpegDecodeMode, run_option("jpeg_decode")]
+WorkerTimeout = Annotated[float, run_option("worker_timeout_s", "--worker-timeout")]
+QC = Annotated[QCMode, run_option("qc")]
+
+# Options of the commands outside the run's options: where it runs, what it shows, how it exits.
+FailOnFlags = Annotated[
+    bool,
+    typer.Option("--fail-on-flags", help="Exit with status 1 when any slide is flagged by QC."),
+]
 ClusterFile = Annotated[
     Path | None,
     typer.Option(
@@ -38,47 +99,8 @@ Scheduler = Annotated[
 Workers = Annotated[
     int | None, typer.Option(min=1, help="Embedded cluster: worker processes (default: cores).")
 ]
-FallbackMpp = Annotated[
-    float | None,
-    typer.Option(help="µm/px to assume for slides that do not record their resolution."),
-]
-Overlap = Annotated[int, typer.Option(min=0, help="Tile overlap in pixels.")]
-MinTissue = Annotated[
-    float, typer.Option(min=0.0, max=1.0, help="Minimum tissue fraction of a kept tile.")
-]
-TilesPerTask = Annotated[int, typer.Option(min=1, help="Tiles per Dask task.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Tiles per encoder batch.")]
-Retries = Annotated[int, typer.Option(min=0, max=10, help="Extra attempts of a failed task.")]
-Force = Annotated[
-    bool, typer.Option(help="Redo every slide, even those already done with the same inputs.")
-]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
-WorkerTimeout = Annotated[
-    float,
-    typer.Option(
-        "--worker-timeout",
-        min=0.001,
-        help="Seconds to wait while the cluster has no workers at all (preempted nodes, jobs at "
-        "their time limit) before every unfinished slide fails.",
-    ),
-]
-KeepTiles = Annotated[
-    bool,
-    typer.Option(
-        help="Leave the tile pixels in each slide.zarr (by default they are removed once "
-        "encoded; coordinates, features and scores stay)."
-    ),
-]
-KeepJpeg = Annotated[
-    bool | None,
-    typer.Option(
-        "--keep-jpeg/--decode-tiles",
-        help="Where tiles are cut from a level stored as JPEG tiles without resizing, keep "
-        "those stored tiles undecoded in the store (the encode task decodes them, on a CUDA "
-        "worker's GPU with nvJPEG); --decode-tiles stores RGB. Default: keep.",
-        show_default=False,
-    ),
-]
+
 # Options of the commands that build an encoder (`features`, `model init`).
 EncoderName = Annotated[
     str,

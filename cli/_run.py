@@ -10,12 +10,16 @@ from rich.table import Table
 
 from slidemill.cli._errors import EXIT_FAILED, console
 from slidemill.cli._options import (
+    QC,
+    RUN_DEFAULTS,
     BatchSize,
     ClusterFile,
     EncoderFile,
     EncoderName,
+    FailOnFlags,
     FallbackMpp,
     Force,
+    JpegDecode,
     KeepJpeg,
     KeepTiles,
     MinTissue,
@@ -24,10 +28,18 @@ from slidemill.cli._options import (
     Retries,
     Scheduler,
     TilesPerTask,
+    Tissue,
     Workers,
     WorkerTimeout,
+    run_options,
 )
-from slidemill.schemas import QCMode, RunSpec, TissueMethod, validated
+from slidemill.schemas import RunOptions, RunSpec, validated
+
+FLAGGED = (
+    "{n} slide(s) flagged by QC: a person should look before trusting their diagnosis "
+    "(result.json's qc says why)"
+)
+"""What `run` and `submit --wait` say of flagged slides."""
 
 
 def _run_and_report(
@@ -60,10 +72,7 @@ def _run_and_report(
         console.print(f"[red]stopped:[/red] {report.stopped}", highlight=False, soft_wrap=True)
     console.print(f"results: {report.results_csv}")
     if flagged:
-        console.print(
-            f"{len(flagged)} slide(s) flagged by QC: a person should look before trusting "
-            "their diagnosis (result.json's qc says why)"
-        )
+        console.print(FLAGGED.format(n=len(flagged)))
     if report.n_failed or (fail_on_flags and flagged):
         raise typer.Exit(EXIT_FAILED)
 
@@ -75,56 +84,39 @@ def run(
     cluster_file: ClusterFile = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
-    mpp: FallbackMpp = None,
-    overlap: Overlap = 0,
-    min_tissue: MinTissue = 0.25,
-    tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
-    tiles_per_task: TilesPerTask = 256,
-    batch_size: BatchSize = 64,
-    retries: Retries = 2,
-    force: Force = False,
-    keep_tiles: KeepTiles = False,
-    keep_jpeg: KeepJpeg = None,
-    worker_timeout: WorkerTimeout = 300.0,
+    fallback_mpp: FallbackMpp = RUN_DEFAULTS.fallback_mpp,
+    overlap_px: Overlap = RUN_DEFAULTS.overlap_px,
+    min_tissue_fraction: MinTissue = RUN_DEFAULTS.min_tissue_fraction,
+    tissue_method: Tissue = RUN_DEFAULTS.tissue_method,
+    tiles_per_task: TilesPerTask = RUN_DEFAULTS.tiles_per_task,
+    batch_size: BatchSize = RUN_DEFAULTS.batch_size,
+    retries: Retries = RUN_DEFAULTS.retries,
+    force: Force = RUN_DEFAULTS.force,
+    keep_tiles: KeepTiles = RUN_DEFAULTS.keep_tiles,
+    keep_jpeg: KeepJpeg = RUN_DEFAULTS.keep_jpeg,
+    jpeg_decode: JpegDecode = RUN_DEFAULTS.jpeg_decode,
+    worker_timeout_s: WorkerTimeout = RUN_DEFAULTS.worker_timeout_s,
     progress: Progress = True,
-    qc: Annotated[
-        QCMode,
-        typer.Option(
-            help="Slide QC: flag slides (blur, ink, not brightfield, out of distribution), "
-            "also exclude failing tiles from the MIL head, or off."
-        ),
-    ] = QCMode.FLAG,
-    fail_on_flags: Annotated[
-        bool,
-        typer.Option("--fail-on-flags", help="Exit with status 1 when any slide is flagged by QC."),
-    ] = False,
+    qc: QC = RUN_DEFAULTS.qc,
+    fail_on_flags: FailOnFlags = False,
 ) -> None:
     """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
 
-    Exits with status 1 when any slide failed (skipped slides, with no tissue, do not count),
-    and with --fail-on-flags also when any slide is flagged; a flagged slide keeps its label.
+    Exits with status 1 when any slide failed; skipped slides, with no tissue, do not count.
+    With --fail-on-flags it also exits with 1 when any slide is flagged by QC.
+    A flagged slide keeps its label.
     """
+    options = run_options(locals())
     _run_and_report(
         cluster_file,
         scheduler,
         workers,
         fail_on_flags,
-        qc=qc,
         slides=tuple(slides),
         model=model,
         out=out,
-        fallback_mpp=mpp,
-        overlap_px=overlap,
-        min_tissue_fraction=min_tissue,
-        tissue_method=tissue_method,
-        tiles_per_task=tiles_per_task,
-        batch_size=batch_size,
-        retries=retries,
-        force=force,
-        keep_tiles=keep_tiles,
-        keep_jpeg=keep_jpeg,
-        worker_timeout_s=worker_timeout,
         show_progress=progress,
+        **options,
     )
 
 
@@ -142,19 +134,24 @@ def features(
     cluster_file: ClusterFile = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
-    mpp: FallbackMpp = None,
-    overlap: Overlap = 0,
-    min_tissue: MinTissue = 0.25,
-    tiles_per_task: TilesPerTask = 256,
-    batch_size: BatchSize = 64,
-    retries: Retries = 2,
-    force: Force = False,
-    keep_tiles: KeepTiles = False,
-    keep_jpeg: KeepJpeg = None,
-    worker_timeout: WorkerTimeout = 300.0,
+    fallback_mpp: FallbackMpp = RUN_DEFAULTS.fallback_mpp,
+    overlap_px: Overlap = RUN_DEFAULTS.overlap_px,
+    min_tissue_fraction: MinTissue = RUN_DEFAULTS.min_tissue_fraction,
+    tissue_method: Tissue = RUN_DEFAULTS.tissue_method,
+    tiles_per_task: TilesPerTask = RUN_DEFAULTS.tiles_per_task,
+    batch_size: BatchSize = RUN_DEFAULTS.batch_size,
+    retries: Retries = RUN_DEFAULTS.retries,
+    force: Force = RUN_DEFAULTS.force,
+    keep_tiles: KeepTiles = RUN_DEFAULTS.keep_tiles,
+    keep_jpeg: KeepJpeg = RUN_DEFAULTS.keep_jpeg,
+    jpeg_decode: JpegDecode = RUN_DEFAULTS.jpeg_decode,
+    worker_timeout_s: WorkerTimeout = RUN_DEFAULTS.worker_timeout_s,
     progress: Progress = True,
+    qc: QC = RUN_DEFAULTS.qc,
 ) -> None:
     """Tile slides and run the encoder only, keeping features for `slidemill train`."""
+    options = run_options(locals())
+    validated(RunOptions, **options)  # before the encoder bundle is written
     from slidemill.pipeline.cohort import encoder_bundle
 
     bundle = encoder_bundle(
@@ -174,15 +171,6 @@ def features(
         model=bundle,
         out=out,
         stages="features",
-        fallback_mpp=mpp,
-        overlap_px=overlap,
-        min_tissue_fraction=min_tissue,
-        tiles_per_task=tiles_per_task,
-        batch_size=batch_size,
-        retries=retries,
-        force=force,
-        keep_tiles=keep_tiles,
-        keep_jpeg=keep_jpeg,
-        worker_timeout_s=worker_timeout,
         show_progress=progress,
+        **options,
     )

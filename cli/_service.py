@@ -1,22 +1,32 @@
-"""`slidemill serve` and its clients over HTTP: `submit`, `status`, `cancel`."""
+"""`slidemill serve` and its clients over HTTP: `submit`, `status`, `cancel`, `schedule …`.
+
+The clients read the service's replies through its response models (`BatchView`, …), loaded
+when a reply comes: `slidemill.service` loads the service's rooms, which parsing need not wait
+for."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slidemill.cli._errors import EXIT_FAILED, console, fail
 from slidemill.cli._options import (
+    QC,
+    RUN_DEFAULTS,
     BatchSize,
     ClusterFile,
+    FailOnFlags,
     FallbackMpp,
     Force,
+    JpegDecode,
     KeepJpeg,
     KeepTiles,
     MinTissue,
@@ -24,10 +34,19 @@ from slidemill.cli._options import (
     Retries,
     Scheduler,
     TilesPerTask,
+    Tissue,
     Workers,
     WorkerTimeout,
+    run_options,
 )
-from slidemill.schemas import RunOptions, TissueMethod, validated
+from slidemill.cli._run import FLAGGED
+from slidemill.schemas import RunOptions, SlideResult, describe, validated
+from slidemill.schemas.layout import RESULT_JSON
+
+if TYPE_CHECKING:
+    from slidemill.service import BatchView
+
+M = TypeVar("M", bound=BaseModel)
 
 Server = Annotated[
     str,
@@ -89,45 +108,43 @@ def submit(
     server: Server = "http://127.0.0.1:8000",
     token_file: TokenFile = None,
     wait: Annotated[bool, typer.Option(help="Follow the batch to its end; exit as `run`.")] = False,
-    mpp: FallbackMpp = None,
-    overlap: Overlap = 0,
-    min_tissue: MinTissue = 0.25,
-    tissue_method: Annotated[TissueMethod, typer.Option()] = TissueMethod.OTSU_SATURATION,
-    tiles_per_task: TilesPerTask = 256,
-    batch_size: BatchSize = 64,
-    retries: Retries = 2,
-    force: Force = False,
-    keep_tiles: KeepTiles = False,
-    keep_jpeg: KeepJpeg = None,
-    worker_timeout: WorkerTimeout = 300.0,
+    fallback_mpp: FallbackMpp = RUN_DEFAULTS.fallback_mpp,
+    overlap_px: Overlap = RUN_DEFAULTS.overlap_px,
+    min_tissue_fraction: MinTissue = RUN_DEFAULTS.min_tissue_fraction,
+    tissue_method: Tissue = RUN_DEFAULTS.tissue_method,
+    tiles_per_task: TilesPerTask = RUN_DEFAULTS.tiles_per_task,
+    batch_size: BatchSize = RUN_DEFAULTS.batch_size,
+    retries: Retries = RUN_DEFAULTS.retries,
+    force: Force = RUN_DEFAULTS.force,
+    keep_tiles: KeepTiles = RUN_DEFAULTS.keep_tiles,
+    keep_jpeg: KeepJpeg = RUN_DEFAULTS.keep_jpeg,
+    jpeg_decode: JpegDecode = RUN_DEFAULTS.jpeg_decode,
+    worker_timeout_s: WorkerTimeout = RUN_DEFAULTS.worker_timeout_s,
+    qc: QC = RUN_DEFAULTS.qc,
+    fail_on_flags: FailOnFlags = False,
 ) -> None:
-    """Submit a batch to the service and print its id; with --wait, follow it to the end."""
+    """Submit a batch to the service and print its id; with --wait, follow it to the end.
+
+    With --wait it exits as `run` does, with status 1 when any slide failed.
+    With --fail-on-flags it also exits with 1 when any slide is flagged by QC (its result.json).
+    """
     # checked here as the service will check them (one line, exit 2): a value JSON cannot
     # carry (inf, nan) never reaches the wire
-    options = validated(
-        RunOptions,
-        fallback_mpp=mpp,
-        overlap_px=overlap,
-        min_tissue_fraction=min_tissue,
-        tissue_method=tissue_method,
-        tiles_per_task=tiles_per_task,
-        batch_size=batch_size,
-        retries=retries,
-        force=force,
-        keep_tiles=keep_tiles,
-        keep_jpeg=keep_jpeg,
-        worker_timeout_s=worker_timeout,
-    )
+    options = validated(RunOptions, **run_options(locals()))
+    if fail_on_flags and not wait:
+        fail("--fail-on-flags needs --wait: without it the batch's slides are not followed")
+    from slidemill.service import BatchView
+
     body = {
         "slides": [str(s.absolute()) for s in slides],
         "model": str(model.absolute()),
         "out": str(out.absolute()),
         **options.model_dump(mode="json"),
     }
-    batch = _call("POST", server, "/api/batches", token_file, json=body)
-    typer.echo(batch["id"])
+    batch = _call(BatchView, "POST", server, "/api/batches", token_file, json=body)
+    typer.echo(batch.id)
     if wait:
-        _follow(server, batch["id"], token_file)
+        _follow(server, batch.id, token_file, fail_on_flags)
 
 
 def status(
@@ -138,17 +155,19 @@ def status(
     token_file: TokenFile = None,
 ) -> None:
     """A batch's slides, or the latest batches."""
+    from slidemill.service import BatchList, BatchView
+
     if batch_id is None:
         table = Table("id", "status", "slides", "done", "failed", "created", "origin")
-        for b in _call("GET", server, "/api/batches?limit=20", token_file)["batches"]:
+        listed = _call(BatchList, "GET", server, "/api/batches?limit=20", token_file)
+        for b in listed.batches:
             table.add_row(
-                b["id"], b["status"], str(b["n_slides"]), str(b["n_done"]), str(b["n_failed"]),
-                b["created_at"][:19], b["origin"],
+                b.id, b.status, str(b.n_slides), str(b.n_done), str(b.n_failed),
+                _iso(b.created_at)[:19], b.origin,
             )  # fmt: skip
         console.print(table)
         return
-    batch = _call("GET", server, f"/api/batches/{batch_id}", token_file)
-    _print_slides(batch)
+    _print_slides(_call(BatchView, "GET", server, f"/api/batches/{batch_id}", token_file))
 
 
 def cancel(
@@ -157,29 +176,32 @@ def cancel(
     token_file: TokenFile = None,
 ) -> None:
     """Cancel a batch: queued, it never runs; running, its unfinished slides stop."""
-    batch = _call("POST", server, f"/api/batches/{batch_id}/cancel", token_file)
-    console.print(f"{batch['id']}: cancel requested ({batch['status']})")
+    from slidemill.service import BatchView
+
+    batch = _call(BatchView, "POST", server, f"/api/batches/{batch_id}/cancel", token_file)
+    console.print(f"{batch.id}: cancel requested ({batch.status})")
 
 
-def _print_slides(batch: dict[str, Any]) -> None:
-    error = f": {batch['error']}" if batch["error"] else ""
+def _print_slides(batch: BatchView) -> None:
+    error = f": {batch.error}" if batch.error else ""
     table = Table(
         "slide",
         "state",
         "label",
         "tiles",
         "error",
-        title=f"batch {batch['id']} {batch['status']}{error}",
+        title=f"batch {batch.id} {batch.status}{error}",
     )
-    for s in batch["slides"]:
-        table.add_row(
-            s["slide_id"], s["state"], s["label"] or "", str(s["n_tiles"]), s["error"] or ""
-        )
+    for s in batch.slides or ():
+        table.add_row(s.slide_id, s.state, s.label or "", str(s.n_tiles), s.error or "")
     console.print(table)
 
 
-def _follow(server: str, batch_id: str, token_file: Path | None) -> None:
-    """Poll the batch with a progress bar until it ends; exit 1 when a slide failed."""
+def _follow(server: str, batch_id: str, token_file: Path | None, fail_on_flags: bool) -> None:
+    """Poll the batch with a progress bar until it ends; exit 1 when a slide failed (or, with
+    `fail_on_flags`, was flagged by QC), as `run` does."""
+    from slidemill.service import BatchView
+
     progress = Progress(
         TextColumn("[bold]slides"),
         BarColumn(),
@@ -191,18 +213,47 @@ def _follow(server: str, batch_id: str, token_file: Path | None) -> None:
     with progress:
         bar = progress.add_task("slides", total=None, failed=0)
         while True:
-            batch = _call("GET", server, f"/api/batches/{batch_id}", token_file)
-            finished = batch["n_done"] + batch["n_failed"] + batch["n_skipped"]
-            progress.update(
-                bar, total=batch["n_slides"], completed=finished, failed=batch["n_failed"]
-            )
-            if batch["status"] not in ("queued", "running"):
+            batch = _call(BatchView, "GET", server, f"/api/batches/{batch_id}", token_file)
+            finished = batch.n_done + batch.n_failed + batch.n_skipped
+            progress.update(bar, total=batch.n_slides, completed=finished, failed=batch.n_failed)
+            if batch.status not in ("queued", "running"):
                 break
             time.sleep(_POLL_S)
     _print_slides(batch)
-    console.print(f"results: {batch['results_csv']}")
-    if batch["n_failed"] or batch["status"] != "done":
+    console.print(f"results: {batch.results_csv}")
+    flagged = _flagged(batch) if fail_on_flags else []
+    if flagged:
+        console.print(FLAGGED.format(n=len(flagged)))
+    if batch.n_failed or batch.status != "done" or flagged:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _flagged(batch: BatchView) -> list[str]:
+    """The done slides QC flagged, from their published result.json (the service's ledger keeps
+    no flags); a result this machine cannot read fails the check, as it cannot say "none"."""
+    flagged = []
+    for s in batch.slides or ():
+        if s.state != "done" or s.output is None:
+            continue
+        path = Path(s.output) / RESULT_JSON
+        try:
+            result = SlideResult.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError) as err:
+            console.print(
+                f"[red]error:[/red] {path}: cannot read its QC flags ({err.__class__.__name__}); "
+                "--fail-on-flags needs the batch's output folder on this machine",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_FAILED) from err
+        if result.flag_codes:
+            flagged.append(s.slide_id)
+    return flagged
+
+
+def _iso(at: datetime.datetime | None) -> str:
+    """A time as the service's JSON has it (UTC as Z); empty for none."""
+    return "" if at is None else at.isoformat().replace("+00:00", "Z")
 
 
 def _token(token_file: Path | None) -> str | None:
@@ -214,10 +265,8 @@ def _token(token_file: Path | None) -> str | None:
     return os.environ.get("SLIDEMILL_TOKEN") or None
 
 
-def _call(
-    method: str, server: str, path: str, token_file: Path | None, json: Any = None
-) -> dict[str, Any]:
-    """One request; a refusal is the service's one line and exit 2 (4xx) or 1."""
+def _send(method: str, server: str, path: str, token_file: Path | None, json: Any = None) -> bytes:
+    """One request, its reply's body; a refusal is the service's one line and exit 2 (4xx) or 1."""
     import httpx
 
     token = _token(token_file)
@@ -238,10 +287,30 @@ def _call(
             f"[red]error:[/red] {response.status_code}: {detail}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(2 if response.status_code < 500 else EXIT_FAILED)
-    if response.status_code == 204:
-        return {}
-    data: dict[str, Any] = response.json()
-    return data
+    return response.content
+
+
+def _call(
+    reply: type[M],
+    method: str,
+    server: str,
+    path: str,
+    token_file: Path | None,
+    json: Any = None,
+) -> M:
+    """One request, its reply read as the service's response model `reply`; a reply that is not
+    one (another version of the service, something else on the port) is one line and exit 1."""
+    content = _send(method, server, path, token_file, json=json)
+    try:
+        return reply.model_validate_json(content)
+    except ValidationError as err:
+        console.print(
+            f"[red]error:[/red] {server}{path}: the reply is not a {reply.__name__}: "
+            f"{describe(err)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_FAILED) from err
 
 
 def schedule_add(
@@ -265,17 +334,21 @@ def schedule_add(
         "out": out if out.startswith("/") else str(Path(out).absolute()),
         "catch_up": catch_up, "max_attempts": max_attempts,
     }  # fmt: skip
-    view = _call("POST", server, "/api/schedules", token_file, json=body)
-    console.print(f"{view['name']}: next run {view['next_window']}", highlight=False)
+    from slidemill.service import ScheduleView
+
+    view = _call(ScheduleView, "POST", server, "/api/schedules", token_file, json=body)
+    console.print(f"{view.name}: next run {_iso(view.next_window) or None}", highlight=False)
 
 
 def schedule_list(server: Server = "http://127.0.0.1:8000", token_file: TokenFile = None) -> None:
     """The schedules, with their last and next runs."""
+    from slidemill.service import ScheduleList
+
     table = Table("name", "cron", "tz", "inbox", "out", "paused", "last", "next")
-    for s in _call("GET", server, "/api/schedules", token_file)["schedules"]:
+    for s in _call(ScheduleList, "GET", server, "/api/schedules", token_file).schedules:
         table.add_row(
-            s["name"], s["cron"], s["tz"], s["inbox"], s["out"], "yes" if s["paused"] else "",
-            (s["last_fired"] or "")[:16], (s["next_window"] or "")[:16],
+            s.name, s.cron, s.tz, s.inbox, s.out, "yes" if s.paused else "",
+            _iso(s.last_fired)[:16], _iso(s.next_window)[:16],
         )  # fmt: skip
     console.print(table)
 
@@ -286,7 +359,9 @@ def schedule_pause(
     token_file: TokenFile = None,
 ) -> None:
     """Pause a schedule: its windows pass without running (resume with `schedule resume`)."""
-    _call("POST", server, f"/api/schedules/{name}/pause", token_file)
+    from slidemill.service import ScheduleView
+
+    _call(ScheduleView, "POST", server, f"/api/schedules/{name}/pause", token_file)
     console.print(f"{name}: paused")
 
 
@@ -296,7 +371,9 @@ def schedule_resume(
     token_file: TokenFile = None,
 ) -> None:
     """Resume a paused schedule from its next window."""
-    _call("POST", server, f"/api/schedules/{name}/resume", token_file)
+    from slidemill.service import ScheduleView
+
+    _call(ScheduleView, "POST", server, f"/api/schedules/{name}/resume", token_file)
     console.print(f"{name}: resumed")
 
 
@@ -306,7 +383,7 @@ def schedule_remove(
     token_file: TokenFile = None,
 ) -> None:
     """Remove a schedule (its batches stay in the ledger)."""
-    _call("DELETE", server, f"/api/schedules/{name}", token_file)
+    _send("DELETE", server, f"/api/schedules/{name}", token_file)  # 204: no body
     console.print(f"{name}: removed")
 
 
@@ -316,11 +393,13 @@ def schedule_run_now(
     token_file: TokenFile = None,
 ) -> None:
     """Run a schedule once now; prints the batch id, or says the inbox had nothing new."""
-    batch = _call("POST", server, f"/api/schedules/{name}/run-now", token_file)["batch"]
-    if batch is None:
+    from slidemill.service import RunNow
+
+    queued = _call(RunNow, "POST", server, f"/api/schedules/{name}/run-now", token_file)
+    if queued.batch is None:
         console.print(f"{name}: nothing new in the inbox")
     else:
-        typer.echo(batch)
+        typer.echo(queued.batch)
 
 
 def bench_service(
@@ -332,8 +411,6 @@ def bench_service(
 ) -> None:
     """The lab service under load: batches of generated slides submitted at once to a real
     service on loopback; the API's latency while busy, and whether the ledger is exact."""
-    import datetime
-
     from slidemill.service import load_benchmark
 
     report = load_benchmark(work.absolute(), batches=batches, slides_per_batch=slides)

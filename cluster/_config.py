@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tomllib
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
 )
 
 from slidemill.cluster.errors import ClusterConfigError
@@ -39,38 +42,53 @@ _LOCAL_SHORTCUTS = {
 }
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The raw mapping in a YAML or TOML cluster config file, chosen by extension."""
+class _YamlFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, refusing a document that is not a mapping (it would fail
+    on `.keys()`)."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if not isinstance(data, dict):
+            raise ClusterConfigError(f"{file_path}: a cluster config must be a mapping of settings")
+        return data
+
+
+def read_config_file(settings_cls: type[BaseSettings], path: Path) -> dict[str, Any]:
+    """The raw mapping in a YAML or TOML cluster config file, chosen by extension, read by
+    pydantic-settings' own file sources."""
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".toml"):
         raise ClusterConfigError(f"{path}: a cluster config must be .yaml, .yml or .toml")
+    if not path.is_file():  # the sources skip a file that is not there: a named one must be
+        why = "not a file" if path.exists() else "no such file"
+        raise ClusterConfigError(f"{path}: cannot read the cluster config ({why})")
     try:
-        text = path.read_text()
+        if suffix == ".toml":
+            data = TomlConfigSettingsSource(settings_cls, toml_file=path).toml_data
+        else:
+            data = _YamlFile(settings_cls, yaml_file=path).yaml_data
     except OSError as err:
         raise ClusterConfigError(
             f"{path}: cannot read the cluster config ({err.strerror})"
         ) from err
-    try:
-        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClusterConfigError(f"{path}: not valid {suffix[1:].upper()}: {first}") from err
-    if not isinstance(data, dict):
-        raise ClusterConfigError(f"{path}: a cluster config must be a mapping of settings")
     if "backend" not in data:
         raise ClusterConfigError(f"{path}: no `backend:`; choose one of {', '.join(BACKEND_NAMES)}")
     return data
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
-    """The file named by the sources above it (`cluster_file`), as the `cluster` field."""
+    """The file named by the sources above it (`cluster_file`), as the `cluster` field (named
+    only once those have run, so the file is read here rather than by a source given up front)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # everything is read in __call__
 
     def __call__(self) -> dict[str, Any]:
         path = self.current_state.get("cluster_file")
-        return {"cluster": read_config_file(Path(path))} if path else {}
+        return {"cluster": read_config_file(self.settings_cls, Path(path))} if path else {}
 
 
 class ClusterSettings(BaseSettings):

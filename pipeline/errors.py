@@ -4,7 +4,7 @@ that names the file and, where there is one, the fix; the batch reports it in `r
 
 from __future__ import annotations
 
-from slidemill.schemas.errors import InvalidInputError, SlidemillError
+from slidemill.schemas.errors import InvalidInputError, SlidemillError, one_line
 
 
 class PipelineError(SlidemillError):
@@ -43,15 +43,6 @@ class SlidePathNotAllowedError(SlideError):
 
 class NoTissueError(SlideError):
     """No tile passes the tissue filter; the slide is skipped, not failed."""
-
-
-def one_line(err: BaseException) -> str:
-    """Render any exception as one line (first line of its message, prefixed by its type when
-    the type is not one of ours)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if isinstance(err, SlidemillError):
-        return text or type(err).__name__
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 __all__ = [

@@ -57,7 +57,7 @@ from slidemill.schemas._qc import (
     SlideQC,
 )
 from slidemill.schemas._validate import describe, validated
-from slidemill.schemas.errors import InvalidInputError, LayoutError, SlidemillError
+from slidemill.schemas.errors import InvalidInputError, LayoutError, SlidemillError, one_line
 
 # `write_json_schemas` exports every entry of this dict (the same object `_export` reads).
 SCHEMA_MODELS["cluster_config"] = ClusterConfig
@@ -109,6 +109,7 @@ __all__ = [
     "TissueMethod",
     "TlsFiles",
     "describe",
+    "one_line",
     "slidemill_version",
     "validated",
     "write_json_schemas",

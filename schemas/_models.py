@@ -128,7 +128,9 @@ MAX_WORKER_TIMEOUT_S = 7 * 24 * 3600.0
 
 class RunOptions(Frozen):
     """How a batch runs, declared once: `RunSpec` (`slidemill run`), the lab service's
-    `BatchRequest` and a schedule's options all take these fields, bounds included."""
+    `BatchRequest` and a schedule's options all take these fields, bounds included, and the
+    CLI's options of `run`, `features` and `submit` take their defaults, bounds and help from
+    them. A description is one or more full sentences: it is the option's `--help` too."""
 
     tiles_per_task: int = Field(
         default=256, ge=1, le=65536, description="Tiles read, written and encoded per Dask task."
@@ -149,7 +151,11 @@ class RunOptions(Frozen):
     min_tissue_fraction: float = Field(
         default=0.25, ge=0, le=1, description="Minimum tissue fraction of a kept tile."
     )
-    tissue_method: TissueMethod = TissueMethod.OTSU_SATURATION
+    tissue_method: TissueMethod = Field(
+        default=TissueMethod.OTSU_SATURATION,
+        description="How tissue is told from background on the thumbnail: 'otsu_saturation' "
+        "thresholds its saturation, 'none' takes the whole slide as tissue.",
+    )
     batch_size: int = Field(
         default=64, ge=1, le=4096, description="Tiles per encoder forward pass."
     )
@@ -170,8 +176,8 @@ class RunOptions(Frozen):
     keep_jpeg: bool | None = Field(
         default=None,
         description="Keep the slide's stored JPEG tiles undecoded in the store where tiles are "
-        "cut from a JPEG-tiled level without resizing (the encode task decodes them); False "
-        "stores RGB. None: keep them, on CPU and GPU workers alike.",
+        "cut from a JPEG-tiled level without resizing (the encode task decodes them), or store "
+        "them decoded as RGB. Unset: keep them, on CPU and GPU workers alike.",
     )
     jpeg_decode: Literal["auto", "cpu", "device"] = Field(
         default="auto",

@@ -21,3 +21,12 @@ class InvalidInputError(SlidemillError):
 class LayoutError(SlidemillError):
     """A file or folder on disk does not follow slidemill's on-disk contract (a missing part, a
     layout version this release cannot read)."""
+
+
+def one_line(err: BaseException) -> str:
+    """Render any exception as one line (first line of its message, prefixed by its type when
+    the type is not one of ours)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, SlidemillError):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

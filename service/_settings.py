@@ -6,13 +6,19 @@ from __future__ import annotations
 import os
 import tomllib
 from contextvars import ContextVar
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
 
 from slidemill.schemas import describe
 from slidemill.service.errors import ServiceConfigError
@@ -69,7 +75,8 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+        config_file = _config_file_source(settings_cls)
+        return (init_settings, env_settings, *([config_file] if config_file else []))
 
     @property
     def db_url(self) -> str:
@@ -120,21 +127,29 @@ def load_settings(config: Path | None = None, **flags: Any) -> ServiceSettings:
         _CONFIG_FILE.reset(token)
 
 
-class _ConfigFileSource(PydanticBaseSettingsSource):
-    """The config file named by `load_settings`, lowest of the sources."""
+class _YamlFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, refusing a document that is not a mapping (it would fail
+    on `.keys()`)."""
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self().get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = _CONFIG_FILE.get()
-        if path is None:
-            return {}
-        try:
-            text = path.read_text()
-            data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-        except (OSError, tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-            raise ServiceConfigError(f"{path}: cannot read the service config: {err}") from err
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        data = super()._read_file(file_path)
         if not isinstance(data, dict):
-            raise ServiceConfigError(f"{path}: the service config must be a mapping")
+            raise ServiceConfigError(f"{file_path}: the service config must be a mapping")
         return data
+
+
+def _config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource | None:
+    """pydantic-settings' own TOML (`.toml`) or YAML (any other name) source of the file named
+    by `load_settings`, or None without one."""
+    path = _CONFIG_FILE.get()
+    if path is None:
+        return None
+    if not path.is_file():  # the sources skip a file that is not there: a named one must be
+        why = "not a file" if path.exists() else "no such file"
+        raise ServiceConfigError(f"{path}: cannot read the service config: {why}")
+    try:
+        if path.suffix == ".toml":
+            return TomlConfigSettingsSource(settings_cls, toml_file=path)
+        return _YamlFile(settings_cls, yaml_file=path)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise ServiceConfigError(f"{path}: cannot read the service config: {err}") from err

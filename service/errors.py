@@ -1,9 +1,23 @@
 """Typed errors of the lab service, under the one root `SlidemillError`. The HTTP API answers each
-with its status and a problem-details body whose `detail` is the one-line message."""
+with its status and a problem-details body whose `detail` is the one-line message.
+
+`NotFoundError` (404) and `UnauthorizedError` (401) are the viewer's, the lower of the two rooms
+that serve HTTP: one class each, whichever room raises it."""
 
 from __future__ import annotations
 
 from slidemill.schemas.errors import SlidemillError
+from slidemill.viewer.errors import NotFoundError, UnauthorizedError
+
+__all__ = [
+    "ConflictError",
+    "LedgerError",
+    "NotFoundError",
+    "PathNotAllowedError",
+    "ServiceConfigError",
+    "ServiceError",
+    "UnauthorizedError",
+]
 
 
 class ServiceError(SlidemillError):
@@ -14,16 +28,8 @@ class ServiceConfigError(ServiceError):
     """The service cannot start as configured (e.g. off loopback without a token)."""
 
 
-class UnauthorizedError(ServiceError):
-    """A request without the service's bearer token, or with a wrong one (HTTP 401)."""
-
-
 class PathNotAllowedError(ServiceError):
     """A path in a request resolves outside every allowed root (HTTP 403); nothing is read."""
-
-
-class NotFoundError(ServiceError):
-    """No such batch or schedule (HTTP 404)."""
 
 
 class ConflictError(ServiceError):

@@ -16,11 +16,13 @@ class ViewerConfigError(ViewerError):
 
 
 class NotFoundError(ViewerError):
-    """No such run, slide, layer or tile (HTTP 404); also every associated image."""
+    """No such run, slide, layer or tile, batch or schedule (HTTP 404); also every associated
+    image. The service raises this one too."""
 
 
 class UnauthorizedError(ViewerError):
-    """A request without the viewer's token (HTTP 401)."""
+    """A request without the server's token, or with a wrong one (HTTP 401); the viewer's and
+    the service's."""
 
 
 class UnreadableResultError(ViewerError):

@@ -5,13 +5,13 @@ URIs, cut from each slide's `heatmap.png` (never from a label or macro image).""
 from __future__ import annotations
 
 import base64
-import html
 import io
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jinja2
 from PIL import Image, UnidentifiedImageError
 
 from slidemill.schemas import SlideResult, TilingSpec, slidemill_version
@@ -24,19 +24,13 @@ THUMB_MAX_PX = 320
 """Embedded thumbnails are at most this wide: a night of 500 slides stays a few MB."""
 _JPEG_QUALITY = 80
 
-_CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.6em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; }
-code { font-size: 0.9em; } .muted { color: #666; } .flag { color: #a40; }
-td img { display: block; max-width: 320px; }
-"""
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+# autoescape: every value given to the page is escaped there
+_PAGES = jinja2.Environment(
+    loader=jinja2.PackageLoader("slidemill.pipeline.export"),
+    autoescape=True,
+    trim_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def result_flags(result: SlideResult) -> tuple[str, ...]:
@@ -100,99 +94,49 @@ def _report_pieces(
     stopped: str | None,
     created: datetime | None,
 ) -> Iterator[str]:
-    """The page of `render_batch_report` in pieces, one per diagnosed slide's row, asking
+    """The page of `render_batch_report` (`templates/batch_report.html.j2`) in pieces, asking
     `thumbnail` for each slide's data URI as its row comes: a writer that writes each piece as
     it comes holds one thumbnail at a time, however many slides the batch had."""
     created = created or datetime.now(UTC)
     classes = _distinct([c for r in results for c in r.class_names])
     flags = {r.slide_id: result_flags(r) for r in results}
     any_flags = any(flags.values())
-    done = [r for r in results if r.status == "done"]
-    failures = [r for r in results if r.status != "done"]
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "failed", "skipped")}
-
     head = ["slide", "label", *[f"P({c})" for c in classes], "tiles"]
     head += ["flags"] if any_flags else []
     head += ["heatmap"]
-    rows: list[tuple[str, str]] = []  # slide id, its row up to the thumbnail's cell
-    for r in done:
+    rows = []
+    for r in results:
+        if r.status != "done":
+            continue
         probs = dict(zip(r.class_names, r.probabilities, strict=False))
-        cells = [
-            f'<td class="l" title="{_e(r.path)}">{_e(r.slide_id)}</td>',
-            f'<td class="l"><b>{_e(r.label or "—")}</b></td>',
-            *(f"<td>{_e(f'{probs[c]:.3f}') if c in probs else '—'}</td>" for c in classes),
-            f"<td>{_e(r.n_tiles)}</td>",
-        ]
-        if any_flags:
-            text = ", ".join(flags[r.slide_id])
-            cells.append(f'<td class="l flag">{_e(text) if text else ""}</td>')
-        rows.append((r.slide_id, "<tr>" + "".join(cells)))
-
-    def th(h: str, i: int) -> str:
-        return (
-            f'<th class="l">{_e(h)}</th>'
-            if i < 2 or h in ("flags", "heatmap")
-            else (f"<th>{_e(h)}</th>")
+        rows.append(
+            {
+                "slide_id": r.slide_id,
+                "path": r.path,
+                "label": r.label or "—",
+                "probs": [f"{probs[c]:.3f}" if c in probs else "—" for c in classes],
+                "n_tiles": r.n_tiles,
+                "flags": ", ".join(flags[r.slide_id]),
+            }
         )
-
-    failure_rows = "".join(
-        f'<tr><td class="l">{_e(r.slide_id)}</td><td class="l">{_e(r.status)}</td>'
-        f'<td class="l">{_e(r.error or "")}</td></tr>'
-        for r in failures
-    )
-    failed_table = (
-        '<table><thead><tr><th class="l">slide</th><th class="l">status</th>'
-        f'<th class="l">reason</th></tr></thead><tbody>{failure_rows}</tbody></table>'
-        if failures else "<p>None.</p>"
-    )  # fmt: skip
     provenance = [r.provenance for r in results]
-    models = _distinct([p.model_sha256 or "" for p in provenance])
-    versions = _distinct([p.slidemill_version for p in provenance])
-    tilings = _distinct([_tiling(p.tiling) for p in provenance if p.tiling is not None])
-    prov_rows = [
-        ("model sha256", models),
-        ("slidemill (slides)", versions),
-        ("tiling", tilings),
-        ("report written by", [f"slidemill {slidemill_version()}"]),
-    ]
-    prov = "".join(
-        f'<tr><th class="l">{_e(k)}</th><td class="l">'
-        + ("<br>".join(f"<code>{_e(v)}</code>" for v in values) or "—")
-        + "</td></tr>"
-        for k, values in prov_rows
-    )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="muted">{_e(len(results))} slides: {_e(counts["done"])} done, '
-        f"{_e(counts['failed'])} failed, {_e(counts['skipped'])} skipped · written "
-        f"{_e(created.strftime('%Y-%m-%d %H:%M UTC'))}</p>",
-    ]
-    if stopped:
-        parts.append(f'<p class="flag">The batch stopped early: {_e(stopped)}</p>')
-    parts.append("<h2>Diagnoses</h2>")
-    yield "\n".join(parts) + "\n"
-    if rows:
-        yield "<table><thead><tr>" + "".join(th(h, i) for i, h in enumerate(head))
-        yield "</tr></thead><tbody>"
-        for slide_id, row in rows:
-            uri = thumbnail(slide_id)
-            img = f'<img src="{_e(uri)}" alt="heatmap of {_e(slide_id)}">' if uri else "—"
-            yield f'{row}<td class="l">{img}</td></tr>'
-        yield "</tbody></table>"
-    else:
-        yield "<p>No slide was diagnosed.</p>"
-    yield "\n" + "\n".join(
-        [
-            "<h2>Failed and skipped slides</h2>",
-            failed_table,
-            "<h2>Provenance</h2>",
-            f"<table><tbody>{prov}</tbody></table>",
-            "</body></html>\n",
-        ]
+    yield from _PAGES.get_template("batch_report.html.j2").generate(
+        title=title,
+        n_results=len(results),
+        counts={s: sum(r.status == s for r in results) for s in ("done", "failed", "skipped")},
+        created=created.strftime("%Y-%m-%d %H:%M UTC"),
+        stopped=stopped,
+        head=head,
+        any_flags=any_flags,
+        rows=rows,
+        thumbnail=thumbnail,
+        failures=[r for r in results if r.status != "done"],
+        provenance=[
+            ("model sha256", _distinct([p.model_sha256 or "" for p in provenance])),
+            ("slidemill (slides)", _distinct([p.slidemill_version for p in provenance])),
+            ("tiling", _distinct([_tiling(p.tiling) for p in provenance if p.tiling is not None])),
+            ("report written by", [f"slidemill {slidemill_version()}"]),
+        ],
     )
 
 

@@ -10,6 +10,7 @@ from slidemill.pipeline.graph._batch import (
     tiling_for,
 )
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
+from slidemill.pipeline.graph._job import SlideJob, SlidePlan, write_result
 from slidemill.pipeline.graph._lock import LockHolder, hold_output, is_stale, process_started
 from slidemill.pipeline.graph._owned import (
     check_slide_folder,
@@ -17,6 +18,7 @@ from slidemill.pipeline.graph._owned import (
     is_own_slide_folder,
     output_refusal,
 )
+from slidemill.pipeline.graph._plan import plan_layout, plan_slide, published_here
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
     fresh_work_dir,
@@ -32,18 +34,12 @@ from slidemill.pipeline.graph._store import (
     write_block,
 )
 from slidemill.pipeline.graph._tasks import (
-    SlideJob,
-    SlidePlan,
     decide_label,
     encode_block,
     mil_slide,
-    plan_layout,
-    plan_slide,
     png_thumbnail,
-    published_here,
     reduce_slide,
     tile_block,
-    write_result,
     write_tiles,
 )
 from slidemill.pipeline.graph._tiling import read_tiles, runs

@@ -48,22 +48,18 @@ from slidemill.pipeline.errors import (
     one_line,
 )
 from slidemill.pipeline.export import write_batch_report
+from slidemill.pipeline.graph._job import Refusal, SlideJob, SlidePlan, refusal_for, write_result
 from slidemill.pipeline.graph._lock import hold_output
 from slidemill.pipeline.graph._owned import claim_output, mark_slide
+from slidemill.pipeline.graph._plan import plan_or_refuse
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide
 from slidemill.pipeline.graph._store import final_dir, publish
 from slidemill.pipeline.graph._tasks import (
-    Refusal,
-    SlideJob,
-    SlidePlan,
     encode_block,
     finish_features,
     mil_slide,
-    plan_or_refuse,
     reduce_slide,
-    refusal_for,
     tile_block,
-    write_result,
 )
 from slidemill.pipeline.graph._watch import WorkerWatch
 from slidemill.pipeline.slides import assign_ids, expand

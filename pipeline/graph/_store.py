@@ -31,13 +31,13 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
+from cachetools import LRUCache
 from numpy.typing import NDArray
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.array_spec import ArrayConfigParams
@@ -206,8 +206,7 @@ _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 # block. An Array holds only its metadata and path, so a cached one is right while zarr.json says
 # the same; reading the file back, far cheaper than validating it, catches an array rebuilt under
 # the same path (a slide planned again), which file times are too coarse to.
-_OPENED: OrderedDict[tuple[str, bool], tuple[bytes, zarr.Array]] = OrderedDict()
-_OPENED_MAX = 64
+_OPENED: LRUCache[tuple[str, bool], tuple[bytes, zarr.Array]] = LRUCache(maxsize=64)
 _opened_lock = threading.Lock()
 
 
@@ -215,17 +214,14 @@ def _array(path: Path, write: bool = False) -> zarr.Array:
     # FileNotFoundError for a missing array, as zarr raises
     ident, key = (path / "zarr.json").read_bytes(), (str(path), write)
     with _opened_lock:
-        hit = _OPENED.get(key)
+        hit = _OPENED.get(key)  # marks it most recently used
         if hit is not None and hit[0] == ident:
-            _OPENED.move_to_end(key)
             return hit[1]
     arr = zarr.open_array(store=str(path), mode="r+" if write else "r")
     if write:
         arr = arr.with_config(_WRITE_CONFIG)
     with _opened_lock:
         _OPENED[key] = (ident, arr)
-        while len(_OPENED) > _OPENED_MAX:
-            _OPENED.popitem(last=False)
     return arr
 
 

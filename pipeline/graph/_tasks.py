@@ -1,31 +1,26 @@
-"""The functions Dask runs on workers, one per stage. They pass paths, indices and small value
-objects; slide pixels stay on the workers and in the Zarr store."""
+"""The functions Dask runs on workers after a slide is planned, one per stage: tile, encode,
+MIL, reduce. They pass paths, indices and small value objects; slide pixels stay on the workers
+and in the Zarr store."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import TypeAdapter, ValidationError
 
-from slidemill.pipeline.errors import MissingResolutionError, NoTissueError, SlideError, one_line
 from slidemill.pipeline.export import export_slide, slide_maps
 from slidemill.pipeline.graph._heatmap import rasterise, render_png
-from slidemill.pipeline.graph._owned import check_slide_folder
-from slidemill.pipeline.graph._resume import ResumeKey, key_of, partial_is_valid
+from slidemill.pipeline.graph._job import PLAN_FILE, SlideJob, SlidePlan, write_result
+from slidemill.pipeline.graph._plan import published_here
 from slidemill.pipeline.graph._store import (
     clear_progress,
-    create_store,
     drop_tiles,
-    final_dir,
-    fresh_work_dir,
     is_done,
     mark_done,
     publish,
@@ -34,52 +29,36 @@ from slidemill.pipeline.graph._store import (
     read_block,
     read_tile_pixels,
     read_tile_tensor,
-    work_dir,
     write_array,
     write_block,
     write_jpeg_block,
 )
-from slidemill.pipeline.graph._tiling import keepable_jpeg, read_stored_jpeg, read_tiles
+from slidemill.pipeline.graph._tiling import read_stored_jpeg, read_tiles
 from slidemill.pipeline.slides import (
     READERS,
-    JpegTiles,
-    LevelChoice,
-    ReaderCache,
-    check_inside,
-    choose_level,
     read_thumbnail,
 )
 from slidemill.pipeline.tissue import (
     BLUR_LIMIT,
-    TileGrid,
-    blocks,
-    plan_grid,
     qc_flags,
     thumbnail_qc,
     tile_qc,
-    tissue_mask,
     usable_tiles,
 )
 from slidemill.schemas import (
     REFERENCE_FORMAT,
-    Provenance,
     QCMode,
     SlideQC,
     SlideResult,
     SlideStoreAttrs,
     StageTimings,
-    TilingSpec,
-    slidemill_version,
 )
-from slidemill.schemas.files import write_atomic
-from slidemill.schemas.layout import HEATMAP_PNG, RESULT_JSON, SLIDE_STORE, StoreArray
+from slidemill.schemas.layout import HEATMAP_PNG, StoreArray
 from slidemill.workers import (
-    DecodeRequest,
     choose_decode,
     device_decode_available,
     encode_tensor,
     encode_tiles,
-    file_sha256,
     get_model,
     ood_score,
     predict_slide,
@@ -87,6 +66,7 @@ from slidemill.workers import (
 from slidemill.workers.metrics import apply_temperature
 
 log = logging.getLogger(__name__)
+
 
 # The PNG's slide image is at most this wide or tall.
 PNG_MAX_PX = 1024
@@ -97,307 +77,6 @@ PNG_PANEL_PX = 400
 # Under this many pixels on its longer side (a small crop) the stored thumbnail would be too
 # coarse to show, and the slide is read at the PNG's size instead.
 PNG_MIN_STORED_PX = 128
-
-
-@dataclass(frozen=True, slots=True)
-class SlideJob:
-    """Everything a worker needs to process one slide."""
-
-    slide_id: str
-    """Unique within the batch; names the output folder."""
-    path: str
-    """Absolute path of the slide file, as workers see it."""
-    out: str
-    """Absolute output folder of the batch."""
-    tiling: TilingSpec
-    """Where and how to cut tiles."""
-    fallback_mpp: float | None
-    """µm/px to assume when the slide records none."""
-    tiles_per_task: int
-    """Tiles per tiling/encoding task, and per Zarr chunk."""
-    model_bundle: str
-    """Path of the model bundle."""
-    model_sha256: str
-    """The bundle id, checked when a worker loads it."""
-    class_names: tuple[str, ...]
-    """Slide-level classes."""
-    feature_dim: int
-    """Encoder output width."""
-    batch_size: int
-    """Tiles per encoder forward pass."""
-    key: ResumeKey | None = None
-    """What the outputs depend on (None when the file could not be examined)."""
-    force: bool = False
-    """Ignore partial work of an interrupted run."""
-    features_only: bool = False
-    """Stop after the encoder: no MIL head, no heatmap, no diagnosis."""
-    threshold: float | None = None
-    """Decision threshold on P(second class) for two classes (from training); None = argmax."""
-    keep_jpeg: bool | None = None
-    """Keep the slide's own JPEG tiles, undecoded, where tiles are cut from a JPEG-tiled level
-    without resizing. None until the batch knows whether GPU workers encode (`keep_jpeg`);
-    planned outside a batch, None means the CPU-worker default, keep."""
-    keep_tiles: bool = False
-    """Leave the tile pixels in the published store (by default they are removed once encoded)."""
-    qc: QCMode = QCMode.FLAG
-    """Slide QC: flag, exclude failing tiles from the MIL head too, or off."""
-    jpeg_decode: DecodeRequest = "auto"
-    """Where workers decode kept JPEG tiles (`choose_decode`): by default on a CUDA worker's
-    GPU when its torchvision has nvJPEG, else on its host's cores."""
-    roots: tuple[str, ...] = ()
-    """Folders the slide must lie inside whenever a worker opens it (the lab service's allowed
-    roots); empty: anywhere."""
-
-    @property
-    def allowed(self) -> tuple[Path, ...]:
-        """`roots` as paths, for `ReaderCache.lease`."""
-        return tuple(Path(r) for r in self.roots)
-
-    @property
-    def work(self) -> Path:
-        """The slide's folder while it is being built."""
-        return work_dir(Path(self.out), self.slide_id)
-
-    @property
-    def store(self) -> Path:
-        return self.work / SLIDE_STORE
-
-    def provenance(
-        self,
-        *,
-        slide_mpp: float | None = None,
-        mpp_source: Literal["slide", "fallback"] | None = None,
-        level: int | None = None,
-    ) -> Provenance:
-        """What produces this slide's result: the job's inputs, plus what planning found out
-        about the slide (absent when it failed before)."""
-        return Provenance(
-            slidemill_version=slidemill_version(),
-            model_sha256=self.model_sha256,
-            tiling=self.tiling,
-            slide_mpp=slide_mpp,
-            mpp_source=mpp_source,
-            fallback_mpp=self.fallback_mpp,
-            level=level,
-            file_size=self.key.file_size if self.key else None,
-            file_mtime_ns=self.key.file_mtime_ns if self.key else None,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class SlidePlan:
-    """The outcome of planning: what the rest of the slide's graph needs."""
-
-    job: SlideJob
-    """The job planned."""
-    n_tiles: int
-    """Tiles kept."""
-    blocks: tuple[tuple[int, int], ...]
-    """[start, stop) tile ranges, one per tiling/encoding task."""
-    choice: LevelChoice
-    """Pyramid level tiles are read from, and the tile size there."""
-    stride_level0: float
-    """Tile stride in level-0 pixels."""
-    provenance: Provenance
-    """What produced the slide's outputs."""
-    file_sha256: str
-    """sha256 of the slide file."""
-    seconds: float
-    """Time spent planning."""
-    jpeg: JpegTiles | None = None
-    """Set when tiles are kept as the slide's stored JPEG streams (`JpegTiles`)."""
-
-
-PLAN_FILE = "plan.json"
-_PLAN_JSON: TypeAdapter[SlidePlan] = TypeAdapter(SlidePlan)
-
-
-def _saved_plan(job: SlideJob) -> SlidePlan | None:
-    """The plan of an interrupted run of this slide, if it is still valid for `job`."""
-    try:
-        saved = _PLAN_JSON.validate_json((job.work / PLAN_FILE).read_bytes())
-    except (OSError, ValidationError):
-        return None
-    if saved.job.tiles_per_task != job.tiles_per_task:  # chunks would not line up
-        return None
-    return saved if partial_is_valid(saved.job.key, job.key, job.force) else None
-
-
-@dataclass(frozen=True, slots=True)
-class TileLayout:
-    """Where a slide's tiles lie: its resolution, tissue mask and tile grid."""
-
-    dimensions: tuple[int, int]
-    """Level-0 width and height."""
-    base_mpp: float
-    """Level-0 µm/px (the slide's own, or the fallback)."""
-    mpp_source: Literal["slide", "fallback"]
-    """Where `base_mpp` came from."""
-    thumb: NDArray[np.uint8]
-    """Thumbnail at the tissue resolution."""
-    mask: NDArray[np.bool_]
-    """Tissue mask over `thumb`."""
-    choice: LevelChoice
-    """Pyramid level tiles are read from."""
-    stride_level0: float
-    """Tile stride in level-0 pixels."""
-    grid: TileGrid
-    """Tiles kept (≥ the spec's tissue fraction)."""
-
-
-def plan_layout(
-    readers: ReaderCache,
-    path: Path,
-    spec: TilingSpec,
-    fallback_mpp: float | None,
-    roots: tuple[Path, ...] = (),
-) -> TileLayout:
-    """Open the slide (only inside `roots`, when given), find tissue and lay out the tile grid
-    (no outputs written)."""
-    source: Literal["slide", "fallback"]
-    with readers.lease(path, roots) as reader:
-        if reader.mpp is not None:
-            base_mpp, source = reader.mpp, "slide"
-        elif fallback_mpp is not None:
-            base_mpp, source = fallback_mpp, "fallback"
-        else:
-            raise MissingResolutionError(
-                f"{path}: the slide records no resolution (µm/px); give it with --mpp"
-            )
-        width, height = reader.dimensions
-        downsamples = reader.level_downsamples
-        thumb = read_thumbnail(reader, base_mpp, spec.tissue_mpp)
-    thumb_mpp = base_mpp * width / thumb.shape[1]
-    mask = tissue_mask(thumb, spec.tissue_method, thumb_mpp)
-    choice = choose_level(base_mpp, downsamples, spec.mpp, spec.tile_px)
-    stride_level0 = spec.stride_px * spec.mpp / base_mpp
-    grid = plan_grid(
-        mask,
-        thumb.shape[1] / width,
-        width,
-        height,
-        choice.tile_level0,
-        stride_level0,
-        spec.min_tissue_fraction,
-    )
-    if grid.n_tiles == 0:
-        raise NoTissueError(
-            f"{path}: no tissue found (no {spec.tile_px}px tile at {spec.mpp} µm/px has "
-            f"≥{spec.min_tissue_fraction:.0%} tissue)"
-        )
-    return TileLayout((width, height), base_mpp, source, thumb, mask, choice, stride_level0, grid)
-
-
-def plan_slide(job: SlideJob) -> SlidePlan:
-    """Open the slide, find tissue, plan the tile grid and create the slide's Zarr store.
-
-    After an interrupted run with the same inputs, returns the saved plan instead, so that the
-    blocks already written are kept."""
-    check_slide_folder(Path(job.out), job.slide_id)  # fail before any work, touching nothing
-    saved = _saved_plan(job)
-    if saved is not None:
-        log.info("%s: resuming interrupted work", job.slide_id)
-        return replace(saved, job=job, seconds=0.0)
-    t0 = time.perf_counter()
-    path = Path(job.path)
-    if job.roots:  # read (and hashed) at its real path, checked inside the roots now
-        path = check_inside(path, job.allowed).path
-    layout = plan_layout(READERS, path, job.tiling, job.fallback_mpp, job.allowed)
-    spec, grid, choice = job.tiling, layout.grid, layout.choice
-    base_mpp, source, thumb, mask = layout.base_mpp, layout.mpp_source, layout.thumb, layout.mask
-    width, height = layout.dimensions
-    stride_level0 = layout.stride_level0
-    provenance = job.provenance(slide_mpp=base_mpp, mpp_source=source, level=choice.level)
-    attrs = SlideStoreAttrs(
-        slide_id=job.slide_id,
-        slide_dimensions=(width, height),
-        tile_size_level0=choice.tile_level0,
-        stride_level0=stride_level0,
-        grid_shape=grid.shape,
-        class_names=job.class_names,
-        provenance=provenance,
-    )
-    jpeg = None
-    if job.keep_jpeg is not False:
-        with READERS.lease(path, job.allowed) as reader:
-            jpeg = keepable_jpeg(reader, choice, spec.tile_px, grid.coords(), job.tiles_per_task)
-    fresh_work_dir(Path(job.out), job.slide_id)
-    create_store(
-        job.store,
-        attrs,
-        n_tiles=grid.n_tiles,
-        tile_px=spec.tile_px,
-        tiles_per_block=job.tiles_per_task,
-        feature_dim=job.feature_dim,
-        n_classes=len(job.class_names),
-        jpeg=jpeg,
-    )
-    write_block(job.store, StoreArray.COORDS, 0, grid.coords())
-    write_block(
-        job.store, StoreArray.GRID_INDEX, 0, np.stack([grid.rows, grid.cols], 1).astype(np.int32)
-    )
-    write_block(job.store, StoreArray.TISSUE_FRACTION, 0, grid.tissue_fraction)
-    write_array(job.store, StoreArray.THUMBNAIL, thumb)
-    write_array(job.store, StoreArray.TISSUE_MASK, mask)
-    sha = file_sha256(check_inside(path, job.allowed).path if job.roots else path)  # as read
-    plan = SlidePlan(
-        job=job,
-        n_tiles=grid.n_tiles,
-        blocks=tuple(blocks(grid.n_tiles, job.tiles_per_task)),
-        choice=choice,
-        stride_level0=stride_level0,
-        provenance=provenance,
-        file_sha256=sha,
-        seconds=time.perf_counter() - t0,
-        jpeg=jpeg,
-    )
-    # written last: its presence means the store and arrays above are complete
-    write_atomic(job.work / PLAN_FILE, _PLAN_JSON.dump_json(plan))
-    return plan
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A slide the plan task turned down for a known reason (bad file, no tissue, no mpp).
-
-    Returned rather than raised: an expected outcome is not a task failure, so it neither fills
-    worker logs with tracebacks nor spends retries."""
-
-    status: Literal["failed", "skipped"]
-    """`skipped` for no tissue, `failed` otherwise."""
-    error: str
-    """One line naming the file."""
-
-
-def refusal_for(err: BaseException) -> Refusal:
-    """The refusal an exception amounts to: no tissue skips the slide, anything else fails it."""
-    return Refusal("skipped" if isinstance(err, NoTissueError) else "failed", one_line(err))
-
-
-def plan_or_refuse(job: SlideJob) -> SlidePlan | Refusal:
-    """The plan task: `plan_slide`, with a slide's own errors returned as a `Refusal`."""
-    try:
-        return plan_slide(job)
-    except SlideError as err:
-        return refusal_for(err)
-
-
-def published_here(plan: SlidePlan) -> SlideResult | None:
-    """The slide's result when this batch has already published it, else None.
-
-    Dask recomputes a task whose result was lost with a worker (one retiring through
-    --lifetime before it could hand its results over, say). By then the slide's folder may be
-    published and its work folder gone: its tasks then find the work done, not a missing
-    store. The work folder exists whenever the slide is not published, so this costs one stat."""
-    job = plan.job
-    if job.work.exists():
-        return None
-    try:
-        text = (final_dir(Path(job.out), job.slide_id) / RESULT_JSON).read_text()
-        result = SlideResult.model_validate_json(text)
-    except (OSError, ValidationError):
-        return None
-    return result if key_of(result.provenance, result.path) == job.key else None
 
 
 def tile_block(plan: SlidePlan, start: int, stop: int) -> float:
@@ -730,8 +409,3 @@ def decide_label(probabilities: tuple[float, ...], threshold: float | None) -> i
     if threshold is not None and len(probabilities) == 2:
         return int(probabilities[1] >= threshold)
     return int(np.argmax(probabilities))
-
-
-def write_result(folder: Path, result: SlideResult) -> None:
-    """Write `result.json` into `folder` (temporary name, then rename)."""
-    write_atomic(folder / RESULT_JSON, json.dumps(result.model_dump(mode="json"), indent=2) + "\n")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import openslide
 import tifffile
+from cachetools import LRUCache
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -254,6 +254,22 @@ class _Handle:
     """Out of the cache; closed when its last user lets go."""
 
 
+def _retire(handle: _Handle) -> None:
+    """Take a handle out of use (under the cache's lock): closed now, or by its last lease."""
+    handle.retired = True
+    if handle.users == 0:
+        handle.reader.close()
+
+
+class _Handles(LRUCache):
+    """An LRU of handles whose least recently used, pushed out, is retired."""
+
+    def popitem(self) -> tuple[tuple[str, int, int], _Handle]:
+        key, handle = super().popitem()
+        _retire(handle)
+        return key, handle
+
+
 class ReaderCache:
     """Open handles per process, most recently used kept (opening a slide parses its file's
     header and pyramid, which costs more than a read from it).
@@ -263,8 +279,7 @@ class ReaderCache:
     only when its last lease ends."""
 
     def __init__(self, capacity: int = 8) -> None:
-        self._capacity = capacity
-        self._handles: OrderedDict[tuple[str, int, int], _Handle] = OrderedDict()
+        self._handles = _Handles(maxsize=capacity)
         self._lock = Lock()
 
     @contextmanager
@@ -298,23 +313,18 @@ class ReaderCache:
             raise MissingSlideError(f"{path}: file not found") from err
         key = (str(path), st.st_mtime_ns, st.st_size)
         with self._lock:
-            handle = self._handles.pop(key, None) or _Handle(open_slide(path))
+            handle: _Handle | None = self._handles.get(key)
+            if handle is None:
+                handle = _Handle(open_slide(path))
+                self._handles[key] = handle
             handle.users += 1
-            self._handles[key] = handle
-            while len(self._handles) > self._capacity:
-                self._retire(self._handles.popitem(last=False)[1])
             return handle
-
-    def _retire(self, handle: _Handle) -> None:
-        handle.retired = True
-        if handle.users == 0:
-            handle.reader.close()
 
     def evict(self, path: Path) -> None:
         """Drop handles of `path`; each closes once no lease holds it."""
         with self._lock:
             for key in [k for k in self._handles if k[0] == str(path)]:
-                self._retire(self._handles.pop(key))
+                _retire(self._handles.pop(key))
 
 
 READERS = ReaderCache()

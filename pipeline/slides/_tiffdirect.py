@@ -13,11 +13,12 @@ import base64
 import functools
 import os
 import threading
-from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tifffile
+from cachetools import LRUCache
 from numpy.typing import NDArray
 
 from slidemill.pipeline.errors import UnreadableSlideError
@@ -36,6 +37,20 @@ CACHE_BYTES = 64 << 20
 SPARE_BYTES = 32 << 20
 
 
+class _TileCache(LRUCache):
+    """Decoded stored tiles by (level, index), least recently used first out once they pass
+    CACHE_BYTES; a tile pushed out is offered as a spare."""
+
+    def __init__(self, keep_spare: Callable[[NDArray[np.uint8]], None]) -> None:
+        super().__init__(maxsize=CACHE_BYTES, getsizeof=lambda tile: tile.nbytes)
+        self._keep_spare = keep_spare
+
+    def popitem(self) -> tuple[tuple[int, int], NDArray[np.uint8]]:
+        key, tile = super().popitem()
+        self._keep_spare(tile)
+        return key, tile
+
+
 class TiffDirectReader:
     """Reads tiled, directly decodable levels itself; delegates the rest to OpenSlide."""
 
@@ -45,9 +60,8 @@ class TiffDirectReader:
         self._pages = pages
         self._tif: tifffile.TiffFile | None = None
         self._fd = os.open(osr.path, os.O_RDONLY)
-        self._cache: OrderedDict[tuple[int, int], NDArray[np.uint8]] = OrderedDict()
-        self._cache_bytes = 0
         self._spare: list[NDArray[np.uint8]] = []
+        self._cache = _TileCache(self._keep_spare)
         self._lock = threading.Lock()
 
     @classmethod
@@ -243,7 +257,6 @@ class TiffDirectReader:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
-                self._cache.move_to_end(key)
                 dst[...] = hit[src]
                 return
         shape = (page.tilelength, page.tilewidth, 3)
@@ -258,15 +271,11 @@ class TiffDirectReader:
             tile = self._decode_other(level, page, index)
         with self._lock:
             dst[...] = tile[src]
-            if key in self._cache:  # another thread decoded it meanwhile
+            # decoded meanwhile by another thread, or larger than the whole cache
+            if key in self._cache or tile.nbytes > self._cache.maxsize:
                 self._keep_spare(tile)
                 return
             self._cache[key] = tile
-            self._cache_bytes += tile.nbytes
-            while self._cache_bytes > CACHE_BYTES and self._cache:
-                old = self._cache.popitem(last=False)[1]
-                self._cache_bytes -= old.nbytes
-                self._keep_spare(old)
 
     def _keep_spare(self, tile: NDArray[np.uint8]) -> None:
         """Keep an array no longer cached for the next decode to write into (under the lock).
@@ -291,9 +300,7 @@ class TiffDirectReader:
     def drop_cache(self) -> None:
         """Forget decoded stored tiles (a benchmark's next pass must decode them again)."""
         with self._lock:
-            while self._cache:
-                self._keep_spare(self._cache.popitem()[1])
-            self._cache_bytes = 0
+            self._cache.clear()  # each through popitem, so kept as a spare
 
     def close(self) -> None:
         if self._tif is not None:

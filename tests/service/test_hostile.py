@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from slidemill.schemas.layout import RESULT_JSON, RUN_MARK
 from slidemill.service.ledger import Ledger
+from tests.schemas.bounds import outside_bounds
 from tests.service.conftest import Service, start_service
 
 ENDED = ("done", "stopped", "cancelled")
@@ -174,6 +175,8 @@ def test_odd_requests_are_refused_with_a_line_naming_the_field(
         ({**good, "batch_size": 10**12}, "batch_size"),
         ({**good, "worker_timeout_s": 1e300}, "worker_timeout_s"),
     ]  # fmt: skip
+    # each bound RunOptions declares, just outside (derived, so a new bound is checked here too)
+    cases += [({**good, field: value}, field) for field, value in outside_bounds()]
     with service.client() as c:
         for body, phrase in cases:
             _problem(c.post("/api/batches", json=body), 422, phrase)

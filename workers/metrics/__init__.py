@@ -9,6 +9,9 @@ Conventions of every metric here:
   never occurs, ...) raises `UndefinedMetricError`, never returns NaN.
 - AUROC is the Mann–Whitney statistic: the probability that a random positive scores above a
   random negative, ties counted one half. It equals the trapezoidal area under `roc_curve`.
+
+AUROC, the ROC curve and the Brier score are scikit-learn's, ranks scipy's; the functions here
+check their inputs and keep the rule above (scikit-learn returns NaN or warns where these raise).
 """
 
 from slidemill.workers.errors import EvaluationError, UndefinedMetricError

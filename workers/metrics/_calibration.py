@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn import metrics
 
 from slidemill.schemas import ReliabilityBin
 from slidemill.workers.errors import EvaluationError, UndefinedMetricError
@@ -127,15 +129,18 @@ def brier_score(y_true: ArrayLike, probs: ArrayLike) -> float:
             raise EvaluationError("probabilities must lie in [0, 1]")
         if p1.shape[0] == 0:
             raise UndefinedMetricError("the Brier score is undefined without samples")
-        return float(np.mean((p1 - y1) ** 2))
+        return float(metrics.brier_score_loss(y1, p1, pos_label=True))
     p = check_probabilities(p_in)
     y = check_class_labels(y_true, p.shape[1], p.shape[0])
     if p.shape[0] == 0:
         raise UndefinedMetricError("the Brier score is undefined without samples")
     if p.shape[1] == 2:
-        return float(np.mean((p[:, 1] - (y == 1)) ** 2))
-    onehot = np.eye(p.shape[1])[y]
-    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+        return float(metrics.brier_score_loss(y == 1, p[:, 1], pos_label=True))
+    with warnings.catch_warnings():
+        # float32 softmax rows miss 1 by more than its sqrt(eps) tolerance; the sum is taken
+        # over the probabilities as given either way
+        warnings.filterwarnings("ignore", "The y_prob values do not sum to one")
+        return float(metrics.brier_score_loss(y, p, labels=np.arange(p.shape[1])))
 
 
 @dataclass(frozen=True, slots=True)

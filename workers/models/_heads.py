@@ -114,7 +114,8 @@ class ABMIL(nn.Module):
 
 
 class GatedABMIL(ABMIL):
-    """Gated attention MIL (eq. 9): `ABMIL` with the sigmoid gate; slidemill's default head.
+    """Gated attention MIL (eq. 9): `ABMIL` with the sigmoid gate (`train`'s default head is
+    `topk_linear`; a new untrained bundle's is this one).
 
     forward: (N, in_dim) → MILOutput(logits (C,), attention (N,), tile_logits (N, C)).
     """

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.metrics import UndefinedMetricError, choose_threshold, slide_auroc
@@ -251,9 +252,10 @@ def train_fold(
         best_state: dict[str, torch.Tensor] = {}
         best_loss, best_epoch = math.inf, 0
         recent: list[float] = []  # the last `smoothing` validation losses
-        averaged: dict[str, torch.Tensor] = {}  # running mean of the last weights (SWA)
+        # the running mean of the last epochs' weights (SWA); the heads' buffers (their input
+        # standardisation) are fixed before training, so the latest are the mean
+        averaged = AveragedModel(head) if config.weight_averaging else None
         swa_from = config.max_epochs - config.weight_averaging + 1
-        n_averaged = 0
         for epoch in range(1, config.max_epochs + 1):
             epoch_start = time.perf_counter()
             head.train()
@@ -294,8 +296,8 @@ def train_fold(
                 best_loss, best_epoch = smoothed, epoch
                 if config.weight_averaging == 0:
                     best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            if config.weight_averaging and epoch >= swa_from:
-                n_averaged = _accumulate(averaged, head, n_averaged)
+            if averaged is not None and epoch >= swa_from:
+                averaged.update_parameters(head)
             last = epoch == config.max_epochs or (
                 epoch >= config.first_decision
                 and epoch - max(best_epoch, config.first_decision) >= config.patience
@@ -317,10 +319,10 @@ def train_fold(
                 on_epoch(report)
             if last:
                 break
-        if config.weight_averaging:
-            if n_averaged == 0:  # stopped early, before the averaging window: its last weights
-                n_averaged = _accumulate(averaged, head, n_averaged)
-            head.load_state_dict(averaged)
+        if averaged is not None:
+            if int(averaged.n_averaged) == 0:  # stopped before the averaging window: the last
+                averaged.update_parameters(head)
+            head.load_state_dict(averaged.module.state_dict())
             best_epoch = len(history)
             best_loss = _weighted_val_loss(head, bags, val_ids, labels, weights, device)
         else:
@@ -339,18 +341,6 @@ def train_fold(
         seed=run_seed,
         seconds=time.perf_counter() - started,
     )
-
-
-def _accumulate(mean: dict[str, torch.Tensor], head: nn.Module, n: int) -> int:
-    """Fold `head`'s weights into the running mean `mean` of `n` earlier ones; returns n + 1.
-    Integer buffers (counters) keep their latest value."""
-    for k, v in head.state_dict().items():
-        v = v.detach()
-        if k not in mean or not v.is_floating_point():
-            mean[k] = v.clone()
-        else:
-            mean[k] += (v - mean[k]) / (n + 1)
-    return n + 1
 
 
 def _choose_threshold(

@@ -56,11 +56,11 @@ def dask_setup(worker: object) -> None:
     wrapper goes there."""
     from slidemill.workers import ModelPlugin
 
-    tasks = importlib.import_module("slidemill.pipeline.graph._tasks")
     ModelPlugin.setup = _held("plugin", ModelPlugin.setup)  # type: ignore[method-assign]
-    for stage, name in (
-        ("plan", "plan_or_refuse"),
-        ("mil", "mil_slide"),
-        ("reduce", "reduce_slide"),
+    for stage, module, name in (
+        ("plan", "slidemill.pipeline.graph._plan", "plan_or_refuse"),
+        ("mil", "slidemill.pipeline.graph._tasks", "mil_slide"),
+        ("reduce", "slidemill.pipeline.graph._tasks", "reduce_slide"),
     ):
-        setattr(tasks, name, _held(stage, getattr(tasks, name)))
+        defining = importlib.import_module(module)
+        setattr(defining, name, _held(stage, getattr(defining, name)))

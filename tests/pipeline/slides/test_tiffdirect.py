@@ -162,10 +162,13 @@ def test_arrays_reused_after_eviction_give_the_same_pixels(
     reuses one, and the pixels must not change."""
     path = slides_dir / "synth-svs.svs"
     reference = _grid_tiles(open_slide(path, backend="openslide"), 0.5, 0.5, 200)
+    probe = TiffDirectReader.try_open(path)
+    assert probe is not None
+    side = _stored_side(probe)
+    # the cache is sized when a reader opens
+    monkeypatch.setattr("slidemill.pipeline.slides._tiffdirect.CACHE_BYTES", 2 * side * side * 3)
     direct = TiffDirectReader.try_open(path)
     assert direct is not None
-    side = _stored_side(direct)
-    monkeypatch.setattr("slidemill.pipeline.slides._tiffdirect.CACHE_BYTES", 2 * side * side * 3)
     first = _grid_tiles(direct, 0.5, 0.5, 200)
     assert direct._spare, "evicted arrays are kept for reuse"
     direct.drop_cache()
