@@ -4,7 +4,7 @@ walltime, pools that never start, and the lab service on SLURM.
 
 Jobs are sized for two cores: one core and 4 GiB each, single-threaded workers. The slides and
 the output folder are on this machine's filesystem, which the jobs see (a multi-node site needs
-a shared one: README, "Running on SLURM"). Every SLURM test is in this file, so one pytest
+a shared one: docs/guides/slurm.md). Every SLURM test is in this file, so one pytest
 process (`--dist loadfile`) starts one SLURM. What each fault test saw (job ids, how long a
 replacement took) is printed; `pytest -s` shows it.
 """

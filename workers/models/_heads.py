@@ -310,7 +310,7 @@ class TopKMIL(nn.Module):
     stain and scan move all its tiles alike, and a lesion is what stands out from the slide's
     own tissue: with the median tile as the reference, 8–16 positive slides need not teach the
     head every slide's colour. Which tiles a scorer picks first decides where it ends up;
-    with a few slides, one start is luck (README, "Learning on small cohorts"), the mean of
+    with a few slides, one start is luck (docs/learning-studies.md), the mean of
     several is not.
 
     The weights are kept in units of 1/`_TOPK_GAIN`: `train`'s one learning rate (5e-4, set

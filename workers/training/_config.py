@@ -26,7 +26,7 @@ class TrainConfig:
     head: str = "topk_linear"
     """Registered MIL head to train. The default, instance scores with top-k pooling, held up
     on 16–64-slide cohorts of both benchmarks where attention MIL did not (`slidemill
-    bench-learning`; README, "Learning on small cohorts")."""
+    bench-learning`; docs/learning-studies.md)."""
     head_kwargs: HeadKwargs = field(default_factory=dict)
     """The head's hyper-parameters (scalars: they are stored in the bundle's `head_kwargs`)."""
     n_folds: int = 5

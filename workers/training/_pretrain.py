@@ -33,7 +33,7 @@ class PretrainConfig:
 
     steps: int = 400
     """Optimiser steps (one batch each); 400 rather than 80 raised ABMIL's slide AUROC on the
-    drawn benchmark (README, "Learning on small cohorts")."""
+    drawn benchmark (docs/learning-studies.md)."""
     batch_size: int = 128
     """Tiles per batch (2 views each: the loss contrasts 2·batch_size − 2 negatives)."""
     lr: float = 2e-3

@@ -1,5 +1,5 @@
 """`slidemill bench-learning`: cohorts, the table, and what the command refuses (the study itself
-runs for minutes: its figures are in the README)."""
+runs for minutes: its figures are in docs/learning-studies.md)."""
 
 from __future__ import annotations
 
