@@ -151,3 +151,22 @@ def test_inbox_results_follow_the_batch_and_failures_are_retried(
     ledger.finish(first, BatchStatus.DONE)
     again = scheduler.run_now("nightly")
     assert again is not None and [s.slide_id for s in ledger.slides(again)] == ["bad"]
+
+
+def test_an_inbox_link_that_leads_out_of_the_roots_is_neither_hashed_nor_taken(
+    setup: tuple[Ledger, Scheduler, Clock, Waker, Path],
+    slides_dir: Path,
+    tiny_bundle: Path,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    ledger, scheduler, clock, _, inbox = setup
+    ledger.add_schedule(_nightly(inbox, tiny_bundle, tmp_path / "out", CatchUp.LATEST))
+    secret = _drop(slides_dir / "synth-svs.svs", tmp_path_factory.mktemp("outside"), "s.svs",
+                   EVENING - timedelta(hours=2))  # fmt: skip
+    (inbox / "link.svs").symlink_to(secret)  # outside every root
+    _drop(slides_dir / "synth-tiff.tiff", inbox, "good.tiff", EVENING - timedelta(hours=1))
+    clock.now = EVENING + timedelta(hours=1, minutes=1)
+    (batch,) = scheduler.tick()
+    assert [s.path for s in ledger.slides(batch)] == [str(inbox / "good.tiff")]
+    assert [f.path for f in ledger.inbox_seen("nightly")] == [str(inbox / "good.tiff")]
