@@ -152,9 +152,19 @@ def _package_dirs() -> set[str]:
     }
 
 
+def _folder(package: str) -> Path:
+    """The folder of `slidemill.<room>.<sub>…`."""
+    _, room, *rest = package.split(".")
+    return REPO.joinpath(room, *rest)
+
+
 def test_every_package_is_in_the_wheel_list() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert set(config["packages"]) == _package_dirs()
+    # folders of data alone (pages, templates) are listed as packages too, or setuptools warns
+    # at every install that they look like packages left out
+    data = {name for name in config["package-data"] if not (_folder(name) / "__init__.py").exists()}
+    assert all(_folder(name).is_dir() for name in data), data
+    assert set(config["packages"]) == _package_dirs() | data
     assert config["package-dir"] == {f"slidemill.{room}": room for room in ROOMS}
 
 
