@@ -40,8 +40,7 @@ from slidemill.cli._options import (
     run_options,
 )
 from slidemill.cli._run import FLAGGED
-from slidemill.schemas import RunOptions, SlideResult, describe, validated
-from slidemill.schemas.layout import RESULT_JSON
+from slidemill.schemas import RunOptions, describe, validated
 
 if TYPE_CHECKING:
     from slidemill.service import BatchView
@@ -126,7 +125,7 @@ def submit(
     """Submit a batch to the service and print its id; with --wait, follow it to the end.
 
     With --wait it exits as `run` does, with status 1 when any slide failed.
-    With --fail-on-flags it also exits with 1 when any slide is flagged by QC (its result.json).
+    With --fail-on-flags it also exits with 1 when any slide is flagged by QC.
     """
     # checked here as the service will check them (one line, exit 2): a value JSON cannot
     # carry (inf, nan) never reaches the wire
@@ -229,26 +228,8 @@ def _follow(server: str, batch_id: str, token_file: Path | None, fail_on_flags: 
 
 
 def _flagged(batch: BatchView) -> list[str]:
-    """The done slides QC flagged, from their published result.json (the service's ledger keeps
-    no flags); a result this machine cannot read fails the check, as it cannot say "none"."""
-    flagged = []
-    for s in batch.slides or ():
-        if s.state != "done" or s.output is None:
-            continue
-        path = Path(s.output) / RESULT_JSON
-        try:
-            result = SlideResult.model_validate_json(path.read_bytes())
-        except (OSError, ValidationError) as err:
-            console.print(
-                f"[red]error:[/red] {path}: cannot read its QC flags ({err.__class__.__name__}); "
-                "--fail-on-flags needs the batch's output folder on this machine",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(EXIT_FAILED) from err
-        if result.flag_codes:
-            flagged.append(s.slide_id)
-    return flagged
+    """The done slides QC flagged, as the service recorded them."""
+    return [s.slide_id for s in batch.slides or () if s.state == "done" and s.flags]
 
 
 def _iso(at: datetime.datetime | None) -> str:

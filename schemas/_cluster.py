@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from dask.utils import parse_timedelta
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -83,6 +82,10 @@ def _option_values(args: Sequence[str], option: str) -> list[str]:
 
 def _duration_s(option: str, value: str) -> float:
     """A `dask worker` duration option's value in seconds, read as dask reads it."""
+    # imported here: dask costs every command that loads the contracts a tenth of a second,
+    # and only a SLURM config with a lifetime reads one
+    from dask.utils import parse_timedelta
+
     try:
         seconds = float(parse_timedelta(value))
     except (ValueError, KeyError, IndexError, TypeError) as err:

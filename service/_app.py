@@ -474,5 +474,6 @@ def _slide_view(s: SlideRecord) -> SlideView:
         error=s.error,
         timings=dict(s.timings),
         output=s.output,
+        flags=list(s.flags),
         updated_at=s.updated_at,
     )

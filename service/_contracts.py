@@ -39,6 +39,9 @@ class SlideView(BaseModel):
     error: str | None
     timings: dict[str, float]
     output: str | None = Field(description="The slide's published folder.")
+    flags: list[str] = Field(
+        default_factory=list, description="QC flag codes of its result (empty: none)."
+    )
     updated_at: datetime
 
 

@@ -183,6 +183,7 @@ class BatchRunner:
                 error=result.error,
                 timings=result.timings.model_dump(),
                 output=str(Path(record.out) / result.slide_id),
+                flags=result.flag_codes,
             )
             if record.origin.startswith(SCHEDULE_ORIGIN):
                 self._inbox_result(record, result)

@@ -317,6 +317,7 @@ class Ledger:
         error: str | None = None,
         timings: Mapping[str, float] | None = None,
         output: str | None = None,
+        flags: Sequence[str] = (),
     ) -> None:
         """Write one slide's result and the batch's counts, in one transaction. The counts are
         taken from the slide rows, so writing the same slide again never counts it twice."""
@@ -344,6 +345,7 @@ class Ledger:
             slide.error = error
             slide.timings = times
             slide.output = output
+            slide.flags = [str(f) for f in flags]
             slide.updated_at = now
             session.flush()
             per_state = session.execute(
@@ -721,6 +723,7 @@ class Ledger:
                 error=None,
                 timings={},
                 output=None,
+                flags=[],
                 updated_at=now,
             )
             for position, (slide_id, path) in enumerate(slides)
@@ -771,6 +774,7 @@ def _slide_record(row: SlideRow) -> SlideRecord:
         error=row.error,
         timings={k: float(v) for k, v in row.timings.items()},
         output=row.output,
+        flags=tuple(row.flags),
         updated_at=row.updated_at,
     )
 

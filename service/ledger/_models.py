@@ -124,6 +124,8 @@ class SlideRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, float]]
     output: Mapped[str | None] = mapped_column(Text)
+    flags: Mapped[list[str]] = mapped_column(server_default="[]")
+    """QC flag codes of its result (migration 0004)."""
     updated_at: Mapped[datetime]
 
 

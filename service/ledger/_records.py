@@ -107,6 +107,8 @@ class SlideRecord:
     """Seconds per stage."""
     output: str | None
     """Its published output folder."""
+    flags: tuple[str, ...]
+    """QC flag codes of its result; empty when none (or not yet published)."""
     updated_at: datetime
     """When it was last written (timezone-aware UTC)."""
 

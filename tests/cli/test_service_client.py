@@ -15,8 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slidemill.cli import EXIT_FAILED, EXIT_USAGE, app
-from slidemill.schemas import Flag, FlagCode, Provenance, RunOptions, SlideQC, SlideResult
-from slidemill.schemas.layout import RESULT_JSON
+from slidemill.schemas import FlagCode, RunOptions
 from slidemill.service import BatchList, BatchView, SlideView
 
 runner = CliRunner()
@@ -24,26 +23,12 @@ SERVER = "http://service.test"
 NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 
 
-def _slide(out: Path, slide_id: str, flags: tuple[Flag, ...]) -> SlideView:
-    """A done slide with its result.json published under `out`, QC-flagged with `flags`."""
-    folder = out / slide_id
-    folder.mkdir(parents=True)
-    qc = SlideQC(
-        mode="flag", tissue_area_mm2=1.0, background_luminance=0.95, tissue_od=0.5,
-        stain_residual=0.01, pen_fraction=0.0, n_tiles=4, blurry_fraction=0.0,
-        background_fraction=0.1, n_usable=4, excluded_tiles=0, reference="no reference",
-        flags=flags,
-    )  # fmt: skip
-    result = SlideResult(
-        slide_id=slide_id, path=f"/slides/{slide_id}.svs", status="done", class_names=("a", "b"),
-        probabilities=(0.3, 0.7), label="b", n_tiles=4, qc=qc,
-        provenance=Provenance(slidemill_version="test"),
-    )  # fmt: skip
-    (folder / RESULT_JSON).write_text(result.model_dump_json())
+def _slide(out: Path, slide_id: str, flags: tuple[str, ...]) -> SlideView:
+    """A done slide as the service reports it, with the QC flag codes it recorded."""
     return SlideView(
-        slide_id=slide_id, path=result.path, state="done", label="b", class_names=["a", "b"],
-        probabilities=[0.3, 0.7], n_tiles=4, error=None, timings={}, output=str(folder),
-        updated_at=NOW,
+        slide_id=slide_id, path=f"/slides/{slide_id}.svs", state="done", label="b",
+        class_names=["a", "b"], probabilities=[0.3, 0.7], n_tiles=4, error=None, timings={},
+        output=str(out / slide_id), flags=list(flags), updated_at=NOW,
     )  # fmt: skip
 
 
@@ -107,8 +92,7 @@ def test_submit_wait_fails_on_a_flagged_slide_with_fail_on_flags(
     sent: Callable[[Replies], list[tuple[str, str, Any]]], tmp_path: Path, fail_on_flags: bool
 ) -> None:
     out = tmp_path / "out"
-    pen = Flag(code=FlagCode.PEN_MARKS, reason="ink on 30% of the tissue")
-    batch = _batch(out, [_slide(out, "clean", ()), _slide(out, "inked", (pen,))])
+    batch = _batch(out, [_slide(out, "clean", ()), _slide(out, "inked", (FlagCode.PEN_MARKS,))])
     sent({("POST", "/api/batches"): batch.model_dump_json(),
           ("GET", "/api/batches/b1"): batch.model_dump_json()})  # fmt: skip
     result = _submit(tmp_path, "--wait", *(["--fail-on-flags"] if fail_on_flags else []))

@@ -67,6 +67,7 @@ def test_submit_runs_good_and_bad_slides_and_the_ledger_matches_results_csv(
         row = rows[s["slide_id"]]
         assert s["state"] == row["status"] and (s["error"] or "") == row["error"]
         assert s["n_tiles"] == int(row["n_tiles"]) and (s["label"] or "") == row["label"]
+        assert ";".join(s["flags"]) == row["flags"]  # QC flags reach the API, as in the table
         result = json.loads((Path(s["output"]) / "result.json").read_text())
         assert result["status"] == s["state"]
         if s["state"] == "done":

@@ -274,6 +274,7 @@ def test_record_slide_keeps_the_result_and_counts_each_slide_once(
             n_tiles=812,
             timings={"tissue": 0.5, "encode": 12.25},
             output="/out/today/s0",
+            flags=("pen_marks", "blurry"),
         )
     ledger.record_slide(batch.id, slide_id="s1", state=SlideState.FAILED, error="unreadable")
     ledger.record_slide(batch.id, slide_id="s2", state=SlideState.SKIPPED, error="no tissue")
@@ -289,6 +290,7 @@ def test_record_slide_keeps_the_result_and_counts_each_slide_once(
         SlideState.DONE, "tumour", 812, "/out/today/s0",
     )  # fmt: skip
     assert s0.class_names == ("normal", "tumour") and s0.probabilities == (0.25, 0.75)
+    assert s0.flags == ("pen_marks", "blurry") and s1.flags == () and s3.flags == ()
     assert s0.timings == {"tissue": 0.5, "encode": 12.25}
     assert (s1.state, s1.error, s2.state, s2.error) == (
         SlideState.FAILED, "unreadable", SlideState.SKIPPED, "no tissue",

@@ -14,20 +14,8 @@ from slidemill.service.schedules import (
     MAX_ATTEMPTS,
     MAX_SETTLE_S,
     InvalidScheduleError,
-    Schedule,
 )
-
-
-def _schedule(**changes: Any) -> Schedule:
-    fields: dict[str, Any] = {
-        "name": "nightly",
-        "cron": "0 22 * * *",
-        "tz": "Europe/Berlin",
-        "inbox": "/lab/inbox",
-        "model": "/models/prostate",
-        "out_template": "/lab/out/{date}",
-    }
-    return Schedule(**(fields | changes))
+from tests.service.schedules.test_schedules import _schedule
 
 
 def _request(**changes: Any) -> ScheduleRequest:
@@ -39,10 +27,6 @@ def _request(**changes: Any) -> ScheduleRequest:
         "out": "/lab/out/{date}",
     }
     return ScheduleRequest.model_validate(fields | changes)
-
-
-def test_the_bounds_are_a_day_and_a_hundred_attempts() -> None:
-    assert MAX_SETTLE_S == 86_400.0 and MAX_ATTEMPTS == 100
 
 
 @pytest.mark.parametrize(
