@@ -9,7 +9,17 @@ from typing import ParamSpec
 
 import typer
 
-from slidemill.cli import _cluster, _export, _learn, _model, _run, _service, _tools, _view
+from slidemill.cli import (
+    _bench,
+    _cluster,
+    _export,
+    _learn,
+    _model,
+    _run,
+    _service,
+    _tools,
+    _view,
+)
 from slidemill.cli._errors import report
 from slidemill.schemas import SlidemillError
 
@@ -42,18 +52,18 @@ app.command()(_command(_learn.train))
 app.command()(_command(_learn.evaluate))
 app.command()(_command(_tools.demo))
 app.command()(_command(_tools.synth))
-app.command()(_command(_tools.bench))
-app.command("bench-gpu")(_command(_tools.bench_gpu))
-app.command("bench-learning")(_command(_tools.bench_learning))
 app.command()(_command(_tools.schemas))
 app.command()(_command(_service.serve))
 app.command()(_command(_service.submit))
 app.command()(_command(_service.status))
 app.command()(_command(_service.cancel))
-app.command("bench-service")(_command(_service.bench_service))
 app.command()(_command(_export.export))
 app.command()(_command(_view.view))
-app.command("bench-viewer")(_command(_view.bench_viewer))
+app.command()(_command(_bench.bench))
+app.command("bench-gpu")(_command(_bench.bench_gpu))
+app.command("bench-learning")(_command(_bench.bench_learning))
+app.command("bench-service")(_command(_bench.bench_service))
+app.command("bench-viewer")(_command(_bench.bench_viewer))
 
 model_app = typer.Typer(no_args_is_help=True, help="Model bundles.")
 model_app.command("init")(_command(_model.model_init))

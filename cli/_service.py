@@ -381,31 +381,3 @@ def schedule_run_now(
         console.print(f"{name}: nothing new in the inbox")
     else:
         typer.echo(queued.batch)
-
-
-def bench_service(
-    work: Annotated[
-        Path, typer.Option(help="Scratch folder (generated slides, outputs, the ledger).")
-    ] = Path(".slidemill-bench/service"),
-    batches: Annotated[int, typer.Option(min=1, help="Batches submitted at once.")] = 20,
-    slides: Annotated[int, typer.Option(min=1, help="Slides per batch.")] = 10,
-) -> None:
-    """The lab service under load: batches of generated slides submitted at once to a real
-    service on loopback; the API's latency while busy, and whether the ledger is exact."""
-    from slidemill.service import load_benchmark
-
-    report = load_benchmark(work.absolute(), batches=batches, slides_per_batch=slides)
-
-    def ms(values: tuple[float, ...]) -> str:
-        return f"{report.p(values, 0.5):.1f} / {report.p(values, 0.95):.1f} / {max(values):.1f} ms"
-
-    rate = report.slides / report.seconds
-    table = Table("figure", "value", title=f"slidemill bench-service, {datetime.date.today()}")
-    table.add_row("batches × slides", f"{report.batches} × {report.slides // report.batches}")
-    table.add_row("all done, ledger = results.csv", "yes" if report.exact else "NO")
-    table.add_row("wall time", f"{report.seconds:.1f} s ({rate:.2f} slides/s)")
-    table.add_row("submit p50 / p95 / max", ms(report.submit_ms))
-    table.add_row(f"GET while busy p50 / p95 / max ({len(report.read_ms)})", ms(report.read_ms))
-    console.print(table)
-    if not report.exact:
-        raise typer.Exit(EXIT_FAILED)

@@ -1,14 +1,12 @@
-"""`slidemill demo`, `synth`, `bench` and `schemas`: the whole workflow, generated slides,
-throughput, the contracts as JSON Schema."""
+"""`slidemill demo`, `synth` and `schemas`: the whole workflow, generated slides, the contracts
+as JSON Schema."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from slidemill.cli._errors import console, fail
@@ -33,8 +31,7 @@ def demo(
     """The whole workflow on the embedded default: synth → pretrain the encoder → features →
     train ABMIL and the mean-pooling baseline → run on held-out slides and the sample slide →
     evaluate. Steps already done are kept."""
-    from slidemill.pipeline.bench import default_sample
-    from slidemill.pipeline.demo import DemoSettings, run_demo
+    from slidemill.pipeline.demo import DemoSettings, default_sample, run_demo
 
     settings = DemoSettings(
         n_train=n_train, n_test=n_test, pretrain_steps=pretrain_steps, seed=seed
@@ -129,192 +126,3 @@ def synth(
         f"{time.perf_counter() - start:.1f} s",
         highlight=False,
     )
-
-
-def bench_learning(
-    out: Annotated[
-        Path, typer.Option(help="Folder for both generators' slides, encoders and features.")
-    ] = Path(".bench-learning"),
-    texture: Annotated[
-        Path | None, typer.Option(help="Real slide for the textured generator (default: sample).")
-    ] = None,
-    n: Annotated[int, typer.Option(min=8, help="Slides per generator (half positive).")] = 32,
-    cohorts: Annotated[str, typer.Option(help="Comma-separated cohort sizes.")] = "16,32",
-    size: Annotated[str, typer.Option(help="Level-0 size WIDTHxHEIGHT of each slide.")] = (
-        "4000x3000"
-    ),
-    pretrain_steps: Annotated[int, typer.Option(min=1, help="Encoder pretraining steps.")] = 80,
-    heads: Annotated[str, typer.Option(help="Comma-separated MIL heads.")] = (
-        "abmil_gated,mean_pool,topk_linear"
-    ),
-    seed: Annotated[int, typer.Option(min=0)] = 0,
-    encoders: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated encoders whose features are studied (histo_cnn, handcrafted, "
-            "histo_cnn+handcrafted, …); a histo_cnn part is pretrained on each generator."
-        ),
-    ] = "histo_cnn",
-    tile_px: Annotated[int, typer.Option(min=16, help="Tile edge in pixels.")] = 112,
-    tile_mpp: Annotated[
-        float, typer.Option(min=0.01, help="µm/px of the tiles (the slides are 0.5).")
-    ] = 1.0,
-    generators: Annotated[
-        str, typer.Option(help="Comma-separated generators to study (drawn, textured).")
-    ] = "drawn,textured",
-    strategy: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="A strategy to train every head with (repeat for more; default: all of them "
-            "on the first head, two on the others)."
-        ),
-    ] = None,
-) -> None:
-    """Which training settings hold on small cohorts: cross-validation of each strategy on
-    cohorts of the drawn and the textured benchmark (never the demo's held-out slides), with
-    lesion localisation of attention and tile scores; writes OUT/learning-study.json."""
-    from slidemill.pipeline.bench import (
-        GENERATORS,
-        STRATEGIES,
-        LearningSettings,
-        default_sample,
-        run_learning_study,
-        study_table,
-    )
-
-    source = texture or default_sample()
-    if source is None:
-        fail("no sample slide found; give one with --texture or set SLIDEMILL_SAMPLE_SLIDE")
-    try:
-        sizes = tuple(int(c) for c in cohorts.split(","))
-    except ValueError:
-        fail(f"--cohorts {cohorts!r}: give sizes like 16,32")
-    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
-    if not names:
-        fail("--encoders: give at least one encoder, e.g. histo_cnn,handcrafted")
-    chosen = tuple(g.strip() for g in generators.split(",") if g.strip())
-    if not chosen or any(g not in GENERATORS for g in chosen):
-        fail(f"--generators {generators!r}: give some of {', '.join(GENERATORS)}")
-    for name in strategy or ():
-        if name not in STRATEGIES:
-            fail(f"--strategy {name!r}: one of " + "; ".join(repr(k) for k in STRATEGIES))
-    settings = LearningSettings(
-        n_slides=n,
-        cohorts=sizes,
-        size=parse_size(size, "--size"),
-        pretrain_steps=pretrain_steps,
-        heads=tuple(h.strip() for h in heads.split(",") if h.strip()),
-        seed=seed,
-        encoders=names,
-        tile_px=tile_px,
-        tile_mpp=tile_mpp,
-        generators=chosen,
-    )
-    if strategy:
-        settings = replace(
-            settings, strategies=tuple(strategy), baseline_strategies=tuple(strategy)
-        )
-    rows = run_learning_study(out, source, settings, console)
-    console.print(study_table(rows), soft_wrap=True, highlight=False, markup=False)
-
-
-def bench(
-    slide: Annotated[
-        Path | None, typer.Option(help="Slide to measure (default: the sample).")
-    ] = None,
-    seconds: Annotated[float, typer.Option(help="Time budget per single-process figure.")] = 5.0,
-    work: Annotated[
-        Path, typer.Option(help="Folder for the generated large slide (kept) and scratch.")
-    ] = Path(".slidemill-bench"),
-    large: Annotated[
-        str, typer.Option(help="Size WxH of the generated large slide; 'none' to skip it.")
-    ] = "50000x20000",
-    pipeline: Annotated[bool, typer.Option(help="Also time whole runs on 1 and 2 workers.")] = True,
-    many: Annotated[
-        list[int] | None,
-        typer.Option(
-            min=1,
-            help="Instead: N links to the slide through the whole pipeline as one batch "
-            "(repeatable): seconds and tasks per slide, client memory, first result.",
-        ),
-    ] = None,
-) -> None:
-    """Benchmark: tiling against the JPEG decode limit and a naive OpenSlide loop, whole runs on
-    1 and 2 workers, and peak worker memory, on the sample slide and a gigapixel one; with
-    --many, the per-slide overhead of a batch of many slides."""
-    from slidemill.pipeline.bench import default_sample, run_bench, run_many_bench
-
-    path = slide or default_sample()
-    if path is None:
-        fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
-    if many:
-        run_many_bench(path, tuple(many), Console(width=max(Console().width, 120)), work)
-        return
-    size = None if large.lower() == "none" else parse_size(large, "--large")
-    out = Console(width=max(Console().width, 120))
-    run_bench(path, seconds, out, workdir=work, large_size=size, pipeline=pipeline)
-
-
-def bench_gpu(
-    slide: Annotated[
-        Path | None, typer.Option(help="The sample slide (default: the sample).")
-    ] = None,
-    seconds: Annotated[float, typer.Option(help="Time budget per single figure.")] = 5.0,
-    work: Annotated[
-        Path, typer.Option(help="Folder for the generated large slide (kept) and scratch.")
-    ] = Path(".slidemill-bench"),
-    large: Annotated[
-        str,
-        typer.Option(
-            help="Size WxH of the generated slide the pipeline runs on; 'none' runs it on the "
-            "sample; 'auto': 40000x20000 with a GPU, none without."
-        ),
-    ] = "auto",
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Tiles per forward pass (default 256 GPU, 16 CPU).")
-    ] = None,
-    wheelhouse: Annotated[
-        Path | None,
-        typer.Option(
-            help="Instead of measuring: write into this folder the wheels a GPU image with only "
-            "torch lacks (slidemill's own too), for --python, and stop."
-        ),
-    ] = None,
-    python: Annotated[str, typer.Option(help="The GPU image's Python, for --wheelhouse.")] = "3.12",
-    image_has: Annotated[
-        Path | None,
-        typer.Option(help="The GPU image's `pip freeze`: what it has is left out of --wheelhouse."),
-    ] = None,
-) -> None:
-    """GPU benchmark: the encoders alone on pre-decoded tensors against the whole pipeline on a
-    LocalCUDACluster, nvJPEG against host JPEG decode, GPU utilisation sampled; on a machine
-    without a GPU, the same on the CPU. With --wheelhouse, prepares the GPU machine instead."""
-    import torch
-
-    from slidemill.pipeline.bench import (
-        build_wheelhouse,
-        default_sample,
-        read_names,
-        run_bench_gpu,
-        write_large_slide,
-    )
-
-    if wheelhouse is not None:
-        names = read_names(image_has) if image_has is not None else []
-        wheels = build_wheelhouse(wheelhouse, python, names)
-        size = sum(w.stat().st_size for w in wheels) / 2**20
-        console.print(f"{len(wheels)} wheels, {size:.0f} MiB, in {wheelhouse}", highlight=False)
-        return
-
-    path = slide or default_sample()
-    if path is None:
-        fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
-    if large.lower() == "auto":
-        large = "40000x20000" if torch.cuda.is_available() else "none"
-    big = None
-    if large.lower() != "none":
-        w, h = parse_size(large, "--large")
-        work.mkdir(parents=True, exist_ok=True)
-        big = write_large_slide(work / f"large-{w}x{h}.tiff", w, h)
-    out = Console(width=max(Console().width, 140))
-    run_bench_gpu(path, big, seconds, out, workdir=work / "gpu", batch_size=batch_size)

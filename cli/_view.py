@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from slidemill.cli._errors import console, fail
-from slidemill.cli._options import parse_size
 
 
 def view(
@@ -44,60 +43,3 @@ def view(
     if not is_loopback(host):  # browsers keep a Secure cookie only from an https page
         console.print("beyond loopback its session cookie is Secure: serve it behind HTTPS")
     serve_viewer(runs, host, port, ViewerOptions(token=token, cache_bytes=cache_mb << 20))
-
-
-def bench_viewer(
-    slide: Annotated[
-        Path | None, typer.Option(help="A real slide to pan (default: the sample).")
-    ] = None,
-    work: Annotated[
-        Path,
-        typer.Option(help="Folder for the generated large slide, the runs (kept) and scratch."),
-    ] = Path(".slidemill-bench"),
-    large: Annotated[
-        str, typer.Option(help="Size WxH of the generated large slide; 'none' to skip it.")
-    ] = "50000x20000",
-    views: Annotated[int, typer.Option(min=1, help="Views along each slide's pan path.")] = 30,
-) -> None:
-    """Benchmark the viewer: tile latency p50/p95, uncached and cached, while a client pans the
-    sample slide and a gigapixel one at full resolution; the viewer's memory meanwhile."""
-    import datetime
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from slidemill.pipeline.bench import default_sample, write_large_slide
-    from slidemill.viewer import Latencies, viewer_benchmark
-
-    path = slide or default_sample()
-    if path is None:
-        fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
-    slides = [path]
-    work.mkdir(parents=True, exist_ok=True)
-    if large.lower() != "none":
-        w, h = parse_size(large, "--large")
-        big = work / f"large-{w}x{h}.tiff"
-        if not big.exists():
-            console.print(f"generating {big} ({w * h / 1e9:.2f} gigapixel, once)…")
-        slides.append(write_large_slide(big, w, h))
-    reports = viewer_benchmark(slides, work.absolute(), views, console.print)
-    table = Table(
-        "slide", "Gpx", "views", "tiles", "slide tile p50/p95 ms", "heatmap tile p50/p95 ms",
-        "viewer RSS MiB",
-        title=f"slidemill bench-viewer, {datetime.date.today()} (uncached → cached)",
-    )  # fmt: skip
-
-    def pair(values: tuple[float, ...]) -> str:
-        return f"{Latencies.p(values, 0.5):.1f} / {Latencies.p(values, 0.95):.1f}"
-
-    for r in reports:
-        table.add_row(
-            r.slide_id,
-            f"{r.gigapixels:.2f}",
-            str(r.views),
-            str(len(r.slide_tiles.uncached) + len(r.heatmap_tiles.uncached)),
-            f"{pair(r.slide_tiles.uncached)} → {pair(r.slide_tiles.cached)}",
-            f"{pair(r.heatmap_tiles.uncached)} → {pair(r.heatmap_tiles.cached)}",
-            f"{r.rss_start_mib:.0f} → peak {r.rss_peak_mib:.0f}",
-        )
-    Console(width=max(Console().width, 130)).print(table)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slidemill.service._app import create_app
-    from slidemill.service._bench import LoadReport, load_benchmark
     from slidemill.service._contracts import (
         BatchList,
         BatchRequest,
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "create_app": "_app",
-    "LoadReport": "_bench",
-    "load_benchmark": "_bench",
     **dict.fromkeys(
         (
             "BatchList",
@@ -99,7 +96,6 @@ __all__ = [
     "ConflictError",
     "Health",
     "LedgerError",
-    "LoadReport",
     "NotFoundError",
     "PathNotAllowedError",
     "RunNow",
@@ -117,7 +113,6 @@ __all__ = [
     "inside_roots",
     "is_loopback",
     "lease_is_stale",
-    "load_benchmark",
     "load_settings",
     "serve",
 ]

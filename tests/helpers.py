@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from slidemill.pipeline.bench import default_sample
+from slidemill.pipeline.demo import default_sample
 from slidemill.pipeline.synth import Ellipse, SyntheticSlide
 from slidemill.schemas.layout import STORE_ATTRS_KEY
 

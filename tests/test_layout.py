@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import REPO
 
-ROOMS = ("schemas", "cluster", "workers", "pipeline", "viewer", "service", "cli")
+ROOMS = ("schemas", "cluster", "workers", "pipeline", "viewer", "service", "bench", "cli")
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -166,6 +166,16 @@ def test_every_package_is_in_the_wheel_list() -> None:
     assert all(_folder(name).is_dir() for name in data), data
     assert set(config["packages"]) == _package_dirs() | data
     assert config["package-dir"] == {f"slidemill.{room}": room for room in ROOMS}
+
+
+def test_the_link_tree_maps_each_installed_name_to_its_room() -> None:
+    """`slidemill/` is what static tools read: one relative link per room, nothing else, so a
+    type checker or editor resolves `slidemill.pipeline` to `pipeline/` with no install."""
+    links = {p.name: p for p in (REPO / "slidemill").iterdir()}
+    assert set(links) == set(ROOMS)
+    for room, link in links.items():
+        assert link.is_symlink() and str(link.readlink()) == f"../{room}", link
+        assert link.resolve() == (REPO / room).resolve()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from slidemill.viewer._access import (
 )
 from slidemill.viewer._app import SESSION_COOKIE, ViewerOptions, create_viewer_app
 from slidemill.viewer._assets import OSD_ENV, openseadragon_dir
-from slidemill.viewer._bench import Latencies, PanReport, pan_benchmark, viewer_benchmark
 from slidemill.viewer._geometry import (
     COLORMAPS,
     CellGrid,
@@ -34,7 +33,7 @@ from slidemill.viewer._runs import (
     slide_rows,
 )
 from slidemill.viewer._serve import check_run_folders, view
-from slidemill.viewer._slides import SlideSources
+from slidemill.viewer._slides import DZ_TILE, SlideSources
 from slidemill.viewer.errors import (
     NotFoundError,
     UnauthorizedError,
@@ -44,15 +43,14 @@ from slidemill.viewer.errors import (
 
 __all__ = [
     "COLORMAPS",
+    "DZ_TILE",
     "MIN_TOKEN_CHARS",
     "OSD_ENV",
     "SESSION_COOKIE",
     "CellGrid",
     "FolderCatalog",
-    "Latencies",
     "LookupCatalog",
     "NotFoundError",
-    "PanReport",
     "Pyramid",
     "RunCatalog",
     "RunRef",
@@ -73,9 +71,7 @@ __all__ = [
     "is_loopback",
     "load_slide",
     "openseadragon_dir",
-    "pan_benchmark",
     "slide_rows",
     "top_k",
     "view",
-    "viewer_benchmark",
 ]

@@ -1,6 +1,13 @@
 """Synthetic whole-slide images with known tissue and lesions, for the tests, the demo and the
-benchmarks."""
+benchmarks.
 
+Inside: `_slide` (what a slide is, and its rendering block by block), `_shapes` (tissue and
+planted regions), `_noise` (hashing and noise), `_cells` (nuclei and glands), `_shade` (the
+colours), `_texture` (a real slide's texture), `_tiff` (writing the pyramid), `_plan`, `_truth`
+and `_benchset` (the labelled benchmark set), `_degrade` (degraded copies for slide QC).
+"""
+
+from slidemill.pipeline.synth._benchset import BenchmarkSlide, write_benchmark_set
 from slidemill.pipeline.synth._degrade import (
     DEGRADATIONS,
     degrade,
@@ -8,21 +15,13 @@ from slidemill.pipeline.synth._degrade import (
     write_array_slide,
     write_degraded_set,
 )
-from slidemill.pipeline.synth._synth import (
-    BACKGROUND,
-    LABEL_MARKER_RGB,
-    MASK_MPP,
-    BenchmarkSlide,
-    Blob,
-    Ellipse,
-    SyntheticSlide,
-    load_truth,
-    plan_benchmark_slide,
-    truth_beside,
-    write_benchmark_set,
-    write_slide,
-)
+from slidemill.pipeline.synth._plan import plan_benchmark_slide
+from slidemill.pipeline.synth._shade import BACKGROUND
+from slidemill.pipeline.synth._shapes import Blob, Ellipse
+from slidemill.pipeline.synth._slide import MASK_MPP, SyntheticSlide
 from slidemill.pipeline.synth._texture import TextureSource, load_texture
+from slidemill.pipeline.synth._tiff import LABEL_MARKER_RGB, write_slide
+from slidemill.pipeline.synth._truth import load_truth, truth_beside
 
 __all__ = [
     "BACKGROUND",

@@ -23,7 +23,7 @@ import tifffile
 from numpy.typing import NDArray
 from skimage import filters
 
-from slidemill.pipeline.synth._synth import _array_tiles
+from slidemill.pipeline.synth._tiff import _array_tiles
 from slidemill.schemas.errors import InvalidInputError
 
 DEGRADATIONS: Final = ("blur", "blur_part", "pen", "fluorescence")

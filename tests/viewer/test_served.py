@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
-from slidemill.viewer import COLORMAPS, Latencies, Pyramid, colormap_lut, pan_benchmark
+from slidemill.bench import Latencies, pan_benchmark
+from slidemill.viewer import COLORMAPS, Pyramid, colormap_lut
 from tests.helpers import REPO, slidemill
 from tests.viewer.conftest import HIGH, LOW, ViewedRun, Viewer, start_viewer
 

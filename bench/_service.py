@@ -47,7 +47,7 @@ def load_benchmark(work: Path, *, batches: int = 20, slides_per_batch: int = 10)
     batches concurrently, time the API until all have ended, stop the service."""
     import httpx
 
-    from slidemill.pipeline.bench import served
+    from slidemill.bench._served import served
     from slidemill.pipeline.synth import Ellipse, SyntheticSlide, write_slide
     from slidemill.workers import init_bundle
 

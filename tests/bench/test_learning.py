@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from slidemill.cli import app
-from slidemill.pipeline.bench import (
+from slidemill.bench import (
     DEFAULT_TILING,
     STRATEGIES,
     LearningSettings,
@@ -20,6 +19,7 @@ from slidemill.pipeline.bench import (
     run_learning_study,
     study_table,
 )
+from slidemill.cli import app
 from slidemill.schemas.errors import InvalidInputError
 from slidemill.workers import TrainConfig
 
@@ -84,7 +84,7 @@ def test_features_and_encoder_folders_name_the_encoder_and_any_other_tiling(
 def test_the_command_passes_encoders_tiling_generators_and_strategies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import slidemill.pipeline.bench as bench
+    import slidemill.bench as bench
 
     seen: list[LearningSettings] = []
 

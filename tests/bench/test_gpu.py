@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from slidemill.pipeline.bench import run_bench_gpu
+from slidemill.bench import run_bench_gpu
 
 
 def test_bench_gpu_runs_its_cpu_path_and_says_so(sample_slide: Path, tmp_path: Path) -> None:

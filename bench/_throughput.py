@@ -7,7 +7,6 @@ size from slidemill's tiles compare fairly.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,22 +37,10 @@ from slidemill.schemas import RunSpec, TilingSpec, TissueMethod
 from slidemill.schemas.errors import InvalidInputError
 from slidemill.schemas.layout import SLIDE_STORE, StoreArray
 
-SAMPLE_NAME = "CMU-1-Small-Region.svs"
 # Runs of 1 and then 2 workers per slide, for the 2-worker figure.
 PAIRS = 3
 # Tiles per tiling task (and encode-side read) in the single-process figures: the run default.
 TILES_PER_TASK = RunSpec.model_fields["tiles_per_task"].default
-
-
-def default_sample(*folders: Path) -> Path | None:
-    """$SLIDEMILL_SAMPLE_SLIDE, else the sample slide in one of `folders`, else in
-    `../shared/data/` beside the working directory (where `make` runs). Never relative to the
-    installed package, which may live anywhere."""
-    env = os.environ.get("SLIDEMILL_SAMPLE_SLIDE")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(f) / SAMPLE_NAME for f in folders]
-    candidates += [Path.cwd().parent / "shared" / "data" / SAMPLE_NAME]
-    return next((p for p in candidates if p.is_file()), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +310,8 @@ def run_bench(
     pipeline: bool = True,
 ) -> None:
     """Measure and print (on `console`) everything `slidemill bench` reports."""
-    from slidemill.pipeline.bench._run import PipelineRun, pipeline_run
-    from slidemill.pipeline.bench._slide import write_large_slide
+    from slidemill.bench._run import PipelineRun, pipeline_run
+    from slidemill.bench._slide import write_large_slide
     from slidemill.workers import init_bundle
 
     out = console

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from slidemill.pipeline.bench import link_slides, run_many_bench
+from slidemill.bench import link_slides, run_many_bench
 
 
 def test_links_name_the_slide_n_times(sample_slide: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from slidemill.pipeline.bench import (
+from slidemill.bench import (
     Pass,
     fastest,
     large_slide_geometry,

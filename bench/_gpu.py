@@ -25,7 +25,7 @@ from distributed import LocalCluster
 from rich.console import Console
 from rich.table import Table
 
-from slidemill.pipeline.bench._bench import stored_tiles
+from slidemill.bench._throughput import stored_tiles
 from slidemill.pipeline.errors import PipelineError
 from slidemill.pipeline.graph import run_batch
 from slidemill.pipeline.slides import decode_stored

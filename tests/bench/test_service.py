@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slidemill.service import load_benchmark
+from slidemill.bench import load_benchmark
 
 
 def test_concurrent_batches_all_finish_with_exact_counts(tmp_path: Path) -> None:

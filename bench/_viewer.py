@@ -18,10 +18,7 @@ import numpy as np
 import psutil
 
 from slidemill.schemas.layout import MANIFEST_JSON, RESULTS_CSV
-from slidemill.viewer._geometry import Pyramid
-from slidemill.viewer._runs import FolderCatalog, load_slide, slide_rows
-from slidemill.viewer._slides import DZ_TILE
-from slidemill.viewer.errors import ViewerError
+from slidemill.viewer import DZ_TILE, FolderCatalog, Pyramid, ViewerError, load_slide, slide_rows
 
 VIEW_PX = (1600, 1000)
 """The browser window the client pans: its tiles are what one view asks for."""
@@ -66,7 +63,7 @@ class PanReport:
 def pan_benchmark(runs: Sequence[Path], work: Path, views: int = 30) -> list[PanReport]:
     """Serve `runs` with `slidemill view` (its log in `work`) and pan every done slide of
     them."""
-    from slidemill.pipeline.bench import served
+    from slidemill.bench._served import served
 
     catalog = FolderCatalog(runs)
     view = ["view", *map(str, runs)]
