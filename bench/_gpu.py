@@ -245,7 +245,6 @@ def pipeline_rate(
         out=out,
         scheduler=cluster.scheduler_address,
         force=True,
-        show_progress=False,
         jpeg_decode=decode,
         batch_size=batch_size,
         qc=QCMode.OFF,

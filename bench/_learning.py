@@ -224,7 +224,6 @@ def prepare_generator(
             out=features,
             cluster=load_cluster_config(),
             stages="features",
-            show_progress=False,
         )
     )
     return features

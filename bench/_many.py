@@ -127,7 +127,6 @@ def many_run(
         out=out,
         scheduler=cluster.scheduler_address,
         force=True,
-        show_progress=False,
     )
     before = tasks.done
     me = psutil.Process()

@@ -82,7 +82,6 @@ def pipeline_run(slide: Path, bundle: Path, workers: int, work: Path) -> Pipelin
             out=out,
             scheduler=cluster.scheduler_address,
             force=True,
-            show_progress=False,
         )
         t0 = time.perf_counter()
         report = run_batch(spec)

@@ -193,7 +193,7 @@ def viewer_benchmark(
         out = work / "runs" / slide.stem
         if not (out / RESULTS_CSV).is_file():
             on_step(f"running {slide.name} once, to have a heatmap to show…")
-            report = run_batch(RunSpec(slides=(slide,), model=bundle, out=out, show_progress=False))
+            report = run_batch(RunSpec(slides=(slide,), model=bundle, out=out))
             failed = [r for r in report.results if r.status != "done"]
             if failed:
                 raise ViewerError(f"benchmark run of {slide.name} failed: {failed[0].error}")

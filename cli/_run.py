@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,17 +47,22 @@ def _run_and_report(
     cluster_file: Path | None,
     scheduler: str | None,
     workers: int | None,
+    show_progress: bool,
     fail_on_flags: bool = False,
     **spec: Any,
 ) -> None:
-    """Build the RunSpec, run the batch, print its table; exit 1 when a slide failed (or, with
-    `fail_on_flags`, was flagged)."""
+    """Build the RunSpec, run the batch (with a progress bar drawn from its callbacks), print
+    its table; exit 1 when a slide failed (or, with `fail_on_flags`, was flagged)."""
     from slidemill.cluster import load_cluster_config
-    from slidemill.pipeline.graph import run_batch
+    from slidemill.pipeline.graph import batch_progress, run_batch
 
     cluster_config = load_cluster_config(cluster_file, scheduler=scheduler, n_workers=workers)
     run_spec = validated(RunSpec, cluster=cluster_config, **spec)
-    report = run_batch(run_spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"))
+    with ExitStack() as stack:
+        hooks = stack.enter_context(batch_progress(console)) if show_progress else None
+        report = run_batch(
+            run_spec, on_dashboard=lambda url: console.print(f"dashboard: {url}"), hooks=hooks
+        )
     table = Table("slide", "status", "label", "tiles", "flags", "error")
     for r in report.results:
         flags = ";".join(r.flag_codes)
@@ -111,11 +117,11 @@ def run(
         cluster_file,
         scheduler,
         workers,
+        progress,
         fail_on_flags,
         slides=tuple(slides),
         model=model,
         out=out,
-        show_progress=progress,
         **options,
     )
 
@@ -167,10 +173,10 @@ def features(
         cluster_file,
         scheduler,
         workers,
+        progress,
         slides=tuple(slides),
         model=bundle,
         out=out,
         stages="features",
-        show_progress=progress,
         **options,
     )

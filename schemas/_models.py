@@ -215,7 +215,6 @@ class RunSpec(RunOptions):
         description="Where to run (a cluster config); None = the scheduler / n_workers "
         "shortcuts, the SLIDEMILL_ environment, or the embedded LocalCluster.",
     )
-    show_progress: bool = True
     stages: Literal["all", "features"] = Field(
         default="all", description="'features' stops after the encoder (no MIL, no heatmap)."
     )

@@ -41,9 +41,7 @@ def run_spec(request: Mapping[str, Any], slides: list[str], cluster: AnyClusterC
     cluster."""
     fields = {k: v for k, v in request.items() if k != "slides"}
     try:
-        return RunSpec.model_validate(
-            {**fields, "slides": slides, "cluster": cluster, "show_progress": False}
-        )
+        return RunSpec.model_validate({**fields, "slides": slides, "cluster": cluster})
     except ValidationError as err:  # a request stored by an older version, say
         raise InvalidInputError(f"the batch's request: {describe(err)}") from err
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from slidemill.cluster import load_cluster_config
 from slidemill.pipeline.cohort import WEIGHTS_FILE, encoder_bundle, pretrain, progress_bar
 from slidemill.pipeline.evaluation import EvaluationRun, run_evaluation, synth_truth
-from slidemill.pipeline.graph import BatchReport, run_batch
+from slidemill.pipeline.graph import BatchReport, batch_progress, run_batch
 from slidemill.pipeline.synth import DEGRADATIONS, write_benchmark_set, write_degraded_set
 from slidemill.schemas import AnyClusterConfig, RunSpec, SlideResult
 from slidemill.schemas.layout import TRAINING_JSON
@@ -108,8 +108,8 @@ def run_demo(
         seed=s.seed,
     )
     console.print(f"[bold]features[/bold] {s.encoder} at {s.tile_mpp} µm/px → {features}")
-    run_batch(RunSpec(slides=(train_set,), model=bundle, out=features, cluster=cluster,
-                      stages="features", show_progress=True))  # fmt: skip
+    _run(RunSpec(slides=(train_set,), model=bundle, out=features, cluster=cluster,
+                 stages="features"), console)  # fmt: skip
     result = DemoResult({}, {})
     reports: dict[str, BatchReport] = {}
     for head in HEADS:
@@ -124,10 +124,9 @@ def run_demo(
         run = out / f"run-{head}"
         extra = (sample,) if sample is not None and head == HEADS[0] else ()
         console.print(f"[bold]run[/bold] the {head} ensemble on {1 + len(extra)} input(s) → {run}")
-        reports[head] = run_batch(
-            RunSpec(slides=(test_set, *extra), model=model, out=run, cluster=cluster,
-                    show_progress=True)
-        )  # fmt: skip
+        reports[head] = _run(
+            RunSpec(slides=(test_set, *extra), model=model, out=run, cluster=cluster), console
+        )
         console.print(f"[bold]evaluate[/bold] {head}")
         result.out_of_fold[head] = run_evaluation(out / f"report-{head}-out-of-fold", model=model)
         result.held_out[head] = run_evaluation(
@@ -157,11 +156,16 @@ def _run_degraded(
     kind_of = {f"{src.stem}-{kind}": kind for src in sources for kind in DEGRADATIONS}
     run = out / f"run-{HEADS[0]}-degraded"
     console.print(f"[bold]run[/bold] the {HEADS[0]} ensemble on {len(kind_of)} degraded copies")
-    report = run_batch(
-        RunSpec(slides=(folder,), model=out / f"model-{HEADS[0]}", out=run,
-                cluster=cluster, show_progress=True)
-    )  # fmt: skip
+    report = _run(
+        RunSpec(slides=(folder,), model=out / f"model-{HEADS[0]}", out=run, cluster=cluster),
+        console,
+    )
     return tuple((kind_of[r.slide_id], r) for r in report.results if r.slide_id in kind_of)
+
+
+def _run(spec: RunSpec, console: Console) -> BatchReport:
+    with batch_progress(console) as hooks:
+        return run_batch(spec, hooks=hooks)
 
 
 def print_diagnoses(

@@ -19,6 +19,7 @@ from slidemill.pipeline.graph._owned import (
     output_refusal,
 )
 from slidemill.pipeline.graph._plan import plan_layout, plan_slide, published_here
+from slidemill.pipeline.graph._progress import batch_progress
 from slidemill.pipeline.graph._resume import Action, ResumeKey, decide, key_of, partial_is_valid
 from slidemill.pipeline.graph._store import (
     fresh_work_dir,
@@ -54,6 +55,7 @@ __all__ = [
     "SlideJob",
     "SlidePlan",
     "WorkerWatch",
+    "batch_progress",
     "check_slide_folder",
     "claim_output",
     "decide",

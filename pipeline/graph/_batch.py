@@ -29,7 +29,6 @@ from typing import Any
 
 from distributed import Client, Future, as_completed
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from slidemill.cluster import (
     GPU_RESOURCE,
@@ -127,10 +126,14 @@ def tiling_for(manifest: ModelManifest, spec: RunOptions) -> TilingSpec:
 class BatchHooks:
     """How a long-lived caller (the lab service) shares its cluster with a batch and follows it.
 
-    The defaults are `slidemill run`'s: a cluster of its own, no callbacks."""
+    The defaults: a cluster of its own, no callbacks. `batch_progress` draws a progress bar
+    from the callbacks (the CLI's and the demo's); run_batch itself displays nothing."""
 
     client: Client | None = None
     """Run on this client's cluster instead of connecting to the spec's; left open afterwards."""
+    on_start: Callable[[int, int], None] | None = None
+    """Called once, before any result, with the batch's slide count and how many of them are
+    kept from an earlier run (their results come first)."""
     on_result: Callable[[SlideResult], None] | None = None
     """Called with each slide's result once its folder is published (kept ones included)."""
     cancel: threading.Event | None = None
@@ -209,10 +212,13 @@ def _run_locked(
         previous = read_result(out, job.slide_id)
         if decide(previous, job.key, spec.force) is Action.REUSE and previous is not None:
             results.append(previous)
-            _notify(hooks, previous)
         else:
             to_run.append(job)
     kept = tuple(r.slide_id for r in results)
+    if hooks.on_start is not None:
+        hooks.on_start(len(jobs), len(kept))
+    for previous in results:
+        _notify(hooks, previous)
     dashboard = None
     stopped: str | None = None
     interrupt: BaseException | None = None
@@ -417,66 +423,51 @@ def _follow(
     address = getattr(client.scheduler, "address", "")  # named when it is gone
     inference_resources = {GPU_RESOURCE: 1} if gpus else None
 
-    progress = Progress(
-        TextColumn("[bold]slides"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        disable=not spec.show_progress,
-    )
     watch = WorkerWatch(spec.worker_timeout_s)
     next_poll = time.monotonic()
-    with progress:
-        bar = progress.add_task("slides", total=len(pending), failed=0)
-        failed = 0
-        queue = as_completed(list(pending))
-        while not queue.is_empty():
-            if hooks.cancel is not None and hooks.cancel.is_set():
-                raise BatchCancelledError("cancelled")
-            done = _next_done(queue, POLL_S)
-            if client.status != "running":  # its futures went with the connection
-                raise SchedulerLostError(f"lost the connection to the scheduler {address}")
-            now = time.monotonic()
-            if now >= next_poll:
-                next_poll = now + POLL_S
-                watch = watch.observe(client.scheduler_info(n_workers=0)["n_workers"], now)
-                check_pools(client)  # a batch system's pool that never started stops the batch
-                if watch.expired(now):
-                    raise NoWorkersError(f"no workers for {watch.timeout_s:g} s")
-            if done is None:
+    queue = as_completed(list(pending))
+    while not queue.is_empty():
+        if hooks.cancel is not None and hooks.cancel.is_set():
+            raise BatchCancelledError("cancelled")
+        done = _next_done(queue, POLL_S)
+        if client.status != "running":  # its futures went with the connection
+            raise SchedulerLostError(f"lost the connection to the scheduler {address}")
+        now = time.monotonic()
+        if now >= next_poll:
+            next_poll = now + POLL_S
+            watch = watch.observe(client.scheduler_info(n_workers=0)["n_workers"], now)
+            check_pools(client)  # a batch system's pool that never started stops the batch
+            if watch.expired(now):
+                raise NoWorkersError(f"no workers for {watch.timeout_s:g} s")
+        if done is None:
+            continue
+        stage, job = pending.pop(done)
+        try:
+            value = done.result()
+        except Exception as err:  # a task raised: the slide fails, the batch goes on
+            value = refusal_for(err)
+        if isinstance(value, Refusal):
+            result = _failure(job, value)
+            client.cancel(slide_futures.pop(job.slide_id, []))
+            _record_failure(job, result)
+        else:
+            if stage == "plan":
+                graph = _submit_slide(submit, value, priority_of[job.slide_id], inference_resources)
+                slide_futures[job.slide_id] = graph
+                reduce_fut = graph[-1]
+                pending[reduce_fut] = ("reduce", job)
+                queue.add(reduce_fut)
                 continue
-            stage, job = pending.pop(done)
-            try:
-                value = done.result()
-            except Exception as err:  # a task raised: the slide fails, the batch goes on
-                value = refusal_for(err)
-            if isinstance(value, Refusal):
-                result = _failure(job, value)
-                client.cancel(slide_futures.pop(job.slide_id, []))
-                _record_failure(job, result)
-            else:
-                if stage == "plan":
-                    graph = _submit_slide(
-                        submit, value, priority_of[job.slide_id], inference_resources
-                    )
-                    slide_futures[job.slide_id] = graph
-                    reduce_fut = graph[-1]
-                    pending[reduce_fut] = ("reduce", job)
-                    queue.add(reduce_fut)
-                    continue
-                result = value
-                slide_futures.pop(job.slide_id, None)
-            results.append(result)
-            _notify(hooks, result)
-            failed += result.status == "failed"
-            progress.update(bar, advance=1, failed=failed)
-            log.info(
-                "%s: %s%s",
-                job.slide_id,
-                result.status,
-                f" ({result.error})" if result.error else "",
-            )
+            result = value
+            slide_futures.pop(job.slide_id, None)
+        results.append(result)
+        _notify(hooks, result)
+        log.info(
+            "%s: %s%s",
+            job.slide_id,
+            result.status,
+            f" ({result.error})" if result.error else "",
+        )
 
 
 def _next_done(queue: as_completed, timeout: float) -> Future | None:

@@ -89,7 +89,7 @@ def test_each_run_option_has_a_help_of_full_sentences(name: str) -> None:
     [
         (BatchRequest, {"slides", "model", "out"}),
         (RunSpec, {"slides", "model", "out", "scheduler", "n_workers", "cluster",
-                   "show_progress", "stages"}),
+                   "stages"}),
     ],
 )  # fmt: skip
 def test_the_run_spec_and_the_service_request_take_the_run_options_unchanged(

@@ -335,7 +335,7 @@ def test_workers_retire_before_their_walltime_and_new_jobs_take_over(
             timer.start()
             spec = RunSpec(
                 slides=(slides,), model=tiny_bundle, out=tmp_path / f"out-{len(batches)}",
-                tiles_per_task=int(BLOCKS[1]), show_progress=False,
+                tiles_per_task=int(BLOCKS[1]),
             )  # fmt: skip
             started = time.monotonic()
             try:

@@ -30,7 +30,6 @@ def test_run_leaves_the_files_other_tools_open(
             model=tiny_bundle,
             out=out,
             scheduler=cluster.scheduler_address,
-            show_progress=False,
         )
         report = run_batch(spec)
     (result,) = report.results

@@ -49,7 +49,7 @@ def no_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def spec(slides_dir: Path, model: Path, out: Path) -> RunSpec:
-    return RunSpec(slides=(slides_dir,), model=model, out=out, show_progress=False)
+    return RunSpec(slides=(slides_dir,), model=model, out=out)
 
 
 def one_done_then(

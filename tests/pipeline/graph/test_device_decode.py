@@ -45,7 +45,6 @@ def test_device_decode_gives_the_host_decodes_scores(
                 scheduler=cluster.scheduler_address,
                 jpeg_decode=decode,
                 keep_tiles=True,
-                show_progress=False,
             )
             (result,) = run_batch(spec).results
             assert result.status == "done", result.error

@@ -20,7 +20,7 @@ import zarr
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from slidemill.pipeline.graph import run_batch
+from slidemill.pipeline.graph import BatchHooks, run_batch
 from slidemill.pipeline.synth import write_slide
 from slidemill.schemas import RunSpec
 from slidemill.workers import init_bundle
@@ -142,6 +142,14 @@ def test_done_slides_are_kept_and_changes_redo_them(
     assert "dashboard" not in again.stderr  # nothing to run: no cluster was started
     assert "kept 2 slide(s)" in again.stderr
     assert {sid: (out / sid / "result.json").stat().st_mtime_ns for sid in before} == before
+    # what a caller's progress display hears: the count first, then each kept slide
+    heard: list[object] = []
+    hooks = BatchHooks(
+        on_start=lambda n, kept: heard.append((n, kept)),
+        on_result=lambda r: heard.append((r.slide_id, r.status)),
+    )
+    run_batch(RunSpec(slides=(slides,), model=tiny_bundle, out=out), hooks=hooks)
+    assert heard == [(2, 2), ("one", "done"), ("two", "done")]
     # a touched file is a changed file: only that slide is redone
     os.utime(slides / "two.tiff")
     third = subprocess.run(
@@ -225,7 +233,6 @@ def test_failing_task_is_retried_a_bounded_number_of_times_then_its_slide_fails_
         scheduler=local_cluster.scheduler_address,
         tiles_per_task=8,
         retries=2,
-        show_progress=False,
     )
     report = run_batch(spec)
     status = {r.slide_id: r for r in report.results}

@@ -31,9 +31,7 @@ SLIDE_IDS = ("synth-svs", "synth-tiff")
 
 
 def spec(slides: Path, model: Path, out: Path, **kw: Any) -> RunSpec:
-    return RunSpec(
-        slides=(slides,), model=model, out=out, tiles_per_task=16, show_progress=False, **kw
-    )
+    return RunSpec(slides=(slides,), model=model, out=out, tiles_per_task=16, **kw)
 
 
 def cli(*args: str | Path) -> list[str]:
