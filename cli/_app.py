@@ -12,6 +12,7 @@ import typer
 from slidemill.cli import (
     _bench,
     _cluster,
+    _encoders,
     _export,
     _learn,
     _model,
@@ -59,6 +60,7 @@ app.command()(_command(_service.status))
 app.command()(_command(_service.cancel))
 app.command()(_command(_export.export))
 app.command()(_command(_view.view))
+app.command()(_command(_encoders.encoders))
 app.command()(_command(_bench.bench))
 app.command("bench-gpu")(_command(_bench.bench_gpu))
 app.command("bench-learning")(_command(_bench.bench_learning))

@@ -15,6 +15,17 @@ def model_init(
     out: Annotated[Path, typer.Option(help="New bundle folder.")],
     encoder: EncoderName = "resnet18",
     encoder_file: EncoderFile = None,
+    encoder_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local weights file for the encoder; for a preset (see `slidemill encoders`), "
+            "its publisher's file, by default found in the Hugging Face cache."
+        ),
+    ] = None,
+    hub_cache: Annotated[
+        Path | None,
+        typer.Option(help="Hugging Face hub cache a preset's weights are looked for in."),
+    ] = None,
     head: Annotated[str, typer.Option(help="Registered MIL head.")] = "abmil_gated",
     classes: Annotated[
         str, typer.Option(help="Comma-separated class names.")
@@ -23,7 +34,8 @@ def model_init(
     tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Write a bundle with seeded random weights, for trying the plumbing."""
+    """Write a bundle with seeded random weights, for trying the plumbing; an encoder preset
+    (uni, virchow2, …) comes with its publisher's weights, read offline."""
     from slidemill.workers import init_bundle
 
     manifest = init_bundle(
@@ -34,9 +46,17 @@ def model_init(
         mpp=mpp,
         tile_px=tile_px,
         seed=seed,
+        encoder_weights=encoder_weights,
         encoder_file=encoder_file,
+        hub_cache=hub_cache,
     )
-    console.print(f"wrote {out} ({manifest.encoder} + {manifest.head}, {manifest.feature_dim}-d)")
+    source = manifest.encoder_weights_source
+    console.print(
+        f"wrote {out} ({manifest.encoder} + {manifest.head}, {manifest.feature_dim}-d"
+        + (f"; encoder weights {source})" if source else ")"),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def model_import_clam(

@@ -83,12 +83,30 @@ class ModelManifest(Frozen):
         "(`reference`, `calibration`), written by `slidemill train`.",
     )
     encoder: str = Field(
-        description="Registered encoder name, e.g. 'resnet18', 'histo_cnn', 'timm:<name>' or "
-        "'torchscript' (the file in the bundle as encoder.torchscript.pt)."
+        description="Registered encoder name, e.g. 'resnet18', 'histo_cnn', 'timm:<name>', "
+        "a preset such as 'uni', or 'torchscript' (the file in the bundle as "
+        "encoder.torchscript.pt)."
     )
     encoder_kwargs: dict[str, int | float | str | bool] = Field(
         default_factory=dict,
         description="Encoder arguments; for 'torchscript', the file's sha256 (file_sha256).",
+    )
+    encoder_preset: str | None = Field(
+        default=None,
+        description="The named foundation-model preset (e.g. 'uni') whose published weights "
+        "the encoder holds; None when it holds none.",
+    )
+    encoder_weights_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the file the encoder's weights were read from (a preset's "
+        "published file, or a local --encoder-weights file); None for random or trained "
+        "weights.",
+    )
+    encoder_weights_source: str | None = Field(
+        default=None,
+        description="Where that file was read: its path, or 'hf:<hub id>@<revision>/<file>' "
+        "for the Hugging Face cache.",
     )
     feature_dim: int = Field(gt=0, description="Length of one tile's feature vector.")
     head: str = Field(description="Registered MIL head name, e.g. 'abmil_gated'.")

@@ -13,6 +13,11 @@ class ModelBundleError(WorkerError):
     """A model bundle is missing, incomplete, or its weights do not match its manifest."""
 
 
+class PresetWeightsError(ModelBundleError):
+    """An encoder preset's published weights are not on this machine, or a file is not them
+    (tensors missing, unexpected or of the wrong shape: another model's weights)."""
+
+
 class UnknownComponentError(WorkerError):
     """An encoder or MIL head name that is not registered."""
 

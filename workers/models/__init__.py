@@ -1,5 +1,6 @@
-"""Model bundles and what they hold: encoders and MIL heads (registries), CLAM, ensembles, the
-device policy, and CLAM checkpoint import."""
+"""Model bundles and what they hold: encoders and MIL heads (registries), the named pathology
+foundation-model presets and their weights found offline, CLAM, ensembles, the device policy,
+and CLAM checkpoint import."""
 
 from slidemill.workers.models._bundle import (
     LoadedModel,
@@ -52,6 +53,17 @@ from slidemill.workers.models._heads import (
     TopKMIL,
 )
 from slidemill.workers.models._histocnn import HistoCNN
+from slidemill.workers.models._preset_encoder import PresetEncoder
+from slidemill.workers.models._preset_weights import (
+    PresetStatus,
+    PresetWeights,
+    find_preset_weights,
+    hub_cache_dir,
+    load_preset_encoder,
+    preset_statuses,
+    resolve_preset_weights,
+)
+from slidemill.workers.models._presets import PRESETS, EncoderPreset, LayerRef, get_preset
 from slidemill.workers.models._reference import (
     REFERENCE_SHRINKAGE,
     ReferenceStats,
@@ -76,6 +88,7 @@ __all__ = [
     "ENSEMBLE",
     "HANDCRAFTED_FEATURES",
     "HEADS",
+    "PRESETS",
     "REFERENCE_SHRINKAGE",
     "CLAMMultiBranch",
     "CLAMSingleBranch",
@@ -83,6 +96,7 @@ __all__ = [
     "ClamType",
     "ConcatEncoder",
     "Encoder",
+    "EncoderPreset",
     "EnsembleMIL",
     "FittedInputHead",
     "GatedABMIL",
@@ -91,11 +105,15 @@ __all__ = [
     "InferenceSettings",
     "InstanceABMIL",
     "InstanceLossHead",
+    "LayerRef",
     "LoadedModel",
     "MILHead",
     "MILOutput",
     "NystromAttention",
     "PoolingMIL",
+    "PresetEncoder",
+    "PresetStatus",
+    "PresetWeights",
     "ReferenceStats",
     "ResNet50Trunc",
     "ResNetTrunk",
@@ -109,20 +127,26 @@ __all__ = [
     "encoder_width",
     "ensemble_of",
     "file_sha256",
+    "find_preset_weights",
     "fit_reference",
+    "get_preset",
+    "hub_cache_dir",
     "import_clam_checkpoint",
     "inference_settings",
     "init_bundle",
     "iterative_pinv",
     "load_bundle",
     "load_encoder_weights",
+    "load_preset_encoder",
     "load_reference",
     "manifest_sha256",
     "member_kwargs_json",
     "nystrom_attention",
     "nystrom_from_landmarks",
     "ood_score",
+    "preset_statuses",
     "read_manifest",
+    "resolve_preset_weights",
     "save_bundle",
     "save_reference",
     "smooth_top1_svm_loss",

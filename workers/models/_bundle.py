@@ -4,6 +4,10 @@ A bundle is identified by the sha256 of its canonical manifest, which itself rec
 of the weights, so the id changes when either changes. A `torchscript` encoder's file travels in
 the bundle as `encoder.torchscript.pt`, its sha256 in the manifest's `encoder_kwargs`.
 
+A bundle made from an encoder preset (`uni`, …) records the preset, the sha256 of its
+publisher's weight file and where it was read (`encoder_preset`, `encoder_weights_sha256`,
+`encoder_weights_source`); a bundle made with a local `encoder_weights` file records the last two.
+
 Format 2 (`slidemill train`) adds the training features' reference (`reference.safetensors`,
 its sha256 in the manifest's `reference`) and the temperature calibration (`calibration`).
 A format-1 bundle (`model init`, a CLAM import) has neither: no OOD score, no calibration.
@@ -11,6 +15,7 @@ A format-1 bundle (`model init`, a CLAM import) has neither: no OOD score, no ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -23,7 +28,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from slidemill.schemas import ModelManifest
+from slidemill.schemas import ModelManifest, Normalisation
 from slidemill.schemas.files import staged_dir
 from slidemill.schemas.layout import (
     ENCODER_TORCHSCRIPT,
@@ -35,10 +40,18 @@ from slidemill.workers.errors import ModelBundleError
 from slidemill.workers.models._device import default_device, inference_settings
 from slidemill.workers.models._encoders import ENCODERS, TorchScriptEncoder
 from slidemill.workers.models._heads import HEADS
+from slidemill.workers.models._preset_weights import fill_presets, preset_parts
+from slidemill.workers.models._presets import PRESETS
 from slidemill.workers.models._reference import ReferenceStats, load_reference, save_reference
 from slidemill.workers.models._weights import load_encoder_weights
 
 TORCHSCRIPT = "torchscript"
+
+_ENCODER_WEIGHTS_FIELDS = ("encoder_preset", "encoder_weights_sha256", "encoder_weights_source")
+"""Where the encoder's weights came from: optional, in format 1 and 2 alike."""
+_OPTIONAL_FIELDS = ("reference", "calibration", *_ENCODER_WEIGHTS_FIELDS)
+"""Manifest fields added after format 1, left out of the id when empty: a bundle written before
+they existed keeps its id."""
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -51,14 +64,21 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def manifest_sha256(manifest: ModelManifest) -> str:
-    """The bundle id: sha256 of the manifest's canonical JSON (format 2's fields left out when
-    empty, so a format-1 bundle keeps the id it had before they existed)."""
+    """The bundle id: sha256 of the manifest's canonical JSON (later fields left out when empty,
+    so a bundle keeps the id it had before they existed)."""
     data = manifest.model_dump(mode="json")
-    for key in ("reference", "calibration"):
+    for key in _OPTIONAL_FIELDS:
         if data.get(key) is None:
             data.pop(key, None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _manifest_json(manifest: ModelManifest) -> str:
+    """The manifest file: the encoder-weights fields written only when set, so a bundle without
+    them is the file it was before they existed (and older slidemill still reads it)."""
+    unset = {k for k in _ENCODER_WEIGHTS_FIELDS if getattr(manifest, k) is None}
+    return manifest.model_dump_json(indent=2, exclude=unset) + "\n"
 
 
 def read_manifest(bundle: Path) -> ModelManifest:
@@ -196,12 +216,17 @@ def load_bundle(bundle: Path, device: torch.device | None = None) -> LoadedModel
     for `encode_tiles`."""
     manifest = check_bundle(bundle)
     weights = bundle / WEIGHTS_FILE
-    encoder, head = build_modules(manifest, bundle)
+    # a preset's every tensor comes from the bundle: built on the meta device, a 1.1 B-parameter
+    # encoder is not first initialised at random
+    meta = manifest.encoder in PRESETS
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        encoder = build_encoder(manifest, bundle)
+    head = build_head(manifest)
     state = load_file(str(weights))
-    for prefix, module in (("encoder.", encoder), ("head.", head)):
+    for prefix, module, assign in (("encoder.", encoder, meta), ("head.", head, False)):
         part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         try:
-            module.load_state_dict(part, strict=True)
+            module.load_state_dict(part, strict=True, assign=assign)
         except RuntimeError as err:
             raise ModelBundleError(f"{weights}: weights do not fit {prefix[:-1]}: {err}") from err
     device = device or default_device()
@@ -265,7 +290,7 @@ def save_bundle(
         manifest = ModelManifest.model_validate(
             {**fields, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
         )
-        (tmp / MANIFEST_JSON).write_text(manifest.model_dump_json(indent=2) + "\n")
+        (tmp / MANIFEST_JSON).write_text(_manifest_json(manifest))
     return manifest
 
 
@@ -300,9 +325,17 @@ def init_bundle(
     encoder_weights: Path | None = None,
     encoder_file: Path | None = None,
     description: str | None = None,
+    hub_cache: Path | None = None,
 ) -> ModelManifest:
     """A bundle with seeded random weights, for trying the plumbing end to end; with
-    `encoder_weights` (a local state dict file) the encoder's weights come from that file.
+    `encoder_weights` (a local state dict file) the encoder's weights come from that file, and
+    the manifest records its sha256 and path.
+
+    An encoder preset (`uni`, …, alone or in "A+B") takes its publisher's weights: from
+    `encoder_weights` in the publisher's layout, else from the Hugging Face cache (`hub_cache`,
+    default `hub_cache_dir()`), never the network; missing or foreign weights are an error,
+    never a random preset. The manifest records the preset, the file's sha256 and its source,
+    and the preset's normalisation.
 
     `encoder="torchscript"` takes the user's TorchScript file `encoder_file` (architecture and
     weights); its width is measured on one `tile_px` tile.
@@ -343,17 +376,52 @@ def init_bundle(
             f"TorchScript encoder {encoder_file.name}; head randomly initialised (seed {seed}): "
             "for plumbing checks, not diagnosis"
         )
-    if description is not None:
-        fields["description"] = description
     if encoder_file is not None:
         enc = ENCODERS.build(TORCHSCRIPT, file=str(encoder_file), probe_px=tile_px)
         fields["encoder_kwargs"] = {"file_sha256": file_sha256(encoder_file)}
     else:
-        enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
+        # a preset's every tensor comes from its publisher's file: built on the meta device, a
+        # 1.1 B-parameter encoder is not first initialised at random
+        with torch.device("meta") if encoder in PRESETS else contextlib.nullcontext():
+            enc = ENCODERS.build(encoder, **dict(encoder_kwargs or {}))
+    if len(preset_parts(enc)) == 1:
+        fields |= _preset_fields(enc, encoder, tile_px)
     fields["feature_dim"] = encoder_width(enc)
-    manifest = ModelManifest.model_validate(fields)
+    manifest = ModelManifest.model_validate(fields)  # before gigabytes of weights are read
+    found = fill_presets(enc, encoder_weights, hub_cache)
+    if found is not None:
+        fields |= {
+            "encoder_preset": found.preset,
+            "encoder_weights_sha256": file_sha256(found.path),
+            "encoder_weights_source": found.source,
+            "description": f"encoder preset {found.preset} with its published weights "
+            f"({found.source}); head randomly initialised (seed {seed})",
+        }
+    elif encoder_weights is not None:
+        load_encoder_weights(enc, encoder_weights)
+        fields |= {
+            "encoder_weights_sha256": file_sha256(encoder_weights),
+            "encoder_weights_source": str(encoder_weights.resolve()),
+        }
+    if description is not None:
+        fields["description"] = description
     torch.manual_seed(seed)  # the head's random start does not depend on the encoder built above
     head_module = build_head(manifest)
-    if encoder_weights is not None:
-        load_encoder_weights(enc, encoder_weights)
     return save_bundle(out, enc, head_module, fields)
+
+
+def _preset_fields(enc: nn.Module, encoder: str, tile_px: int) -> dict[str, object]:
+    """A preset's manifest fields: its normalisation; its tile size where it takes no other."""
+    preset = preset_parts(enc)[0].preset
+    if not preset.any_tile_size and tile_px != preset.tile_px:
+        raise ModelBundleError(
+            f"encoder preset {preset.name!r} takes {preset.tile_px}-px tiles only (its position "
+            f"embeddings are fixed), not {tile_px}"
+        )
+    norm = Normalisation(mean=preset.mean, std=preset.std)
+    if encoder != preset.name and norm != Normalisation():
+        raise ModelBundleError(
+            f"encoder {encoder!r}: preset {preset.name!r} normalises tiles with its own mean and "
+            "std, which the other parts do not expect; use it alone"
+        )
+    return {"normalisation": norm.model_dump()}
