@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-import typer
 from rich.markup import escape
 from rich.table import Table
 
 from slidemill.cli._errors import console
+from slidemill.cli._options import HubCache
 
-HubCache = Annotated[
-    Path | None,
-    typer.Option(
-        help="Hugging Face hub cache to look in (default: $HF_HUB_CACHE, else $HF_HOME/hub, "
-        "else ~/.cache/huggingface/hub). Nothing is downloaded."
-    ),
-]
+if TYPE_CHECKING:
+    from slidemill.workers.models import EncoderTiling
 
 
 def encoders(hub_cache: HubCache = None) -> None:
@@ -45,3 +40,21 @@ def encoders(hub_cache: HubCache = None) -> None:
             "Licences: " + "; ".join(f"{r.preset.name} {escape(r.preset.licence)}" for r in rows),
             highlight=False,
         )
+
+
+def chosen_encoder(
+    encoder: str | None, tile_px: int | None, mpp: float | None, hub_cache: Path | None
+) -> tuple[str, EncoderTiling]:
+    """The encoder and tiles `features` and `model init` use: those given, else the encoder's
+    own (`default_encoder`, `encoder_tiling`); says why in one line where it matters."""
+    from slidemill.workers.models import default_encoder, encoder_tiling
+
+    if encoder is None:
+        choice = default_encoder(hub_cache)
+        if choice.notice is not None:
+            console.print(f"[cyan]note:[/cyan] {escape(choice.notice)}", soft_wrap=True)
+        encoder = choice.name
+    tiling = encoder_tiling(encoder, tile_px, mpp)
+    if tiling.warning is not None:
+        console.print(f"[yellow]warning:[/yellow] {escape(tiling.warning)}", soft_wrap=True)
+    return encoder, tiling

@@ -7,13 +7,22 @@ from typing import Annotated, cast
 
 import typer
 
+from slidemill.cli._encoders import chosen_encoder
 from slidemill.cli._errors import console
-from slidemill.cli._options import EncoderFile, EncoderName, FallbackMpp, class_list
+from slidemill.cli._options import (
+    EncoderFile,
+    EncoderName,
+    FallbackMpp,
+    HubCache,
+    TileMpp,
+    TilePx,
+    class_list,
+)
 
 
 def model_init(
     out: Annotated[Path, typer.Option(help="New bundle folder.")],
-    encoder: EncoderName = "resnet18",
+    encoder: EncoderName = None,
     encoder_file: EncoderFile = None,
     encoder_weights: Annotated[
         Path | None,
@@ -22,29 +31,27 @@ def model_init(
             "its publisher's file, by default found in the Hugging Face cache."
         ),
     ] = None,
-    hub_cache: Annotated[
-        Path | None,
-        typer.Option(help="Hugging Face hub cache a preset's weights are looked for in."),
-    ] = None,
+    hub_cache: HubCache = None,
     head: Annotated[str, typer.Option(help="Registered MIL head.")] = "abmil_gated",
     classes: Annotated[
         str, typer.Option(help="Comma-separated class names.")
     ] = "negative,positive",
-    mpp: Annotated[float, typer.Option(help="µm/px the model works at.")] = 0.5,
-    tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
+    mpp: TileMpp = None,
+    tile_px: TilePx = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write a bundle with seeded random weights, for trying the plumbing; an encoder preset
     (uni, virchow2, …) comes with its publisher's weights, read offline."""
     from slidemill.workers import init_bundle
 
+    name, tiling = chosen_encoder(encoder, tile_px, mpp, hub_cache)
     manifest = init_bundle(
         out,
-        encoder=encoder,
+        encoder=name,
         head=head,
         class_names=class_list(classes),
-        mpp=mpp,
-        tile_px=tile_px,
+        mpp=tiling.mpp,
+        tile_px=tiling.tile_px,
         seed=seed,
         encoder_weights=encoder_weights,
         encoder_file=encoder_file,

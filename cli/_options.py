@@ -103,12 +103,40 @@ Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 # Options of the commands that build an encoder (`features`, `model init`).
 EncoderName = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="Registered encoder (resnet18, resnet50_trunc, histo_cnn, handcrafted: H&E "
-        "features with no training, …), timm:<name> for any timm model, torchscript with "
+        help="Registered encoder: a foundation-model preset (uni, virchow2, h-optimus-0, "
+        "phikon, …: `slidemill encoders`), handcrafted (H&E features with no training), "
+        "histo_cnn, resnet18, …, timm:<name> for any timm model, torchscript with "
         "--encoder-file, or A+B for the features of both side by side (e.g. "
-        "histo_cnn+handcrafted)."
+        "uni+handcrafted). Default: the first preset whose weights are in the Hugging Face "
+        "cache, else handcrafted.",
+        show_default=False,
+    ),
+]
+HubCache = Annotated[
+    Path | None,
+    typer.Option(
+        help="Hugging Face hub cache a preset's weights are read from (default: $HF_HUB_CACHE, "
+        "else $HF_HOME/hub, else ~/.cache/huggingface/hub). Nothing is downloaded.",
+        show_default=False,
+    ),
+]
+TilePx = Annotated[
+    int | None,
+    typer.Option(
+        min=16,
+        help="Tile edge in pixels (default: the encoder's own: a preset's, 112 for "
+        "handcrafted, else 224).",
+        show_default=False,
+    ),
+]
+TileMpp = Annotated[
+    float | None,
+    typer.Option(
+        min=0.01,
+        help="µm/px of the tiles (default: the encoder's own: a preset's, else 0.5).",
+        show_default=False,
     ),
 ]
 EncoderFile = Annotated[

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from slidemill.cli._encoders import chosen_encoder
 from slidemill.cli._errors import EXIT_FAILED, console
 from slidemill.cli._options import (
     QC,
@@ -20,6 +21,7 @@ from slidemill.cli._options import (
     FailOnFlags,
     FallbackMpp,
     Force,
+    HubCache,
     JpegDecode,
     KeepJpeg,
     KeepTiles,
@@ -28,6 +30,8 @@ from slidemill.cli._options import (
     Progress,
     Retries,
     Scheduler,
+    TileMpp,
+    TilePx,
     TilesPerTask,
     Tissue,
     Workers,
@@ -129,13 +133,18 @@ def run(
 def features(
     slides: Annotated[list[Path], typer.Argument(help="Slide files and/or folders of slides.")],
     out: Annotated[Path, typer.Option(help="Features folder (one encoder and tiling each).")],
-    encoder: EncoderName = "resnet18",
+    encoder: EncoderName = None,
     encoder_weights: Annotated[
-        Path | None, typer.Option(help="Local weights file for the encoder (default: random).")
+        Path | None,
+        typer.Option(
+            help="Local weights file for the encoder; for a preset, its publisher's file "
+            "(default: found in the Hugging Face cache)."
+        ),
     ] = None,
+    hub_cache: HubCache = None,
     encoder_file: EncoderFile = None,
-    tile_mpp: Annotated[float, typer.Option(help="µm/px of the tiles.")] = 0.5,
-    tile_px: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 224,
+    tile_mpp: TileMpp = None,
+    tile_px: TilePx = None,
     seed: Annotated[int, typer.Option(help="Seed of a random encoder.")] = 0,
     cluster_file: ClusterFile = None,
     scheduler: Scheduler = None,
@@ -160,14 +169,16 @@ def features(
     validated(RunOptions, **options)  # before the encoder bundle is written
     from slidemill.pipeline.cohort import encoder_bundle
 
+    name, tiling = chosen_encoder(encoder, tile_px, tile_mpp, hub_cache)
     bundle = encoder_bundle(
         out,
-        encoder=encoder,
+        encoder=name,
         encoder_weights=encoder_weights,
-        tile_mpp=tile_mpp,
-        tile_px=tile_px,
+        tile_mpp=tiling.mpp,
+        tile_px=tiling.tile_px,
         seed=seed,
         encoder_file=encoder_file,
+        hub_cache=hub_cache,
     )
     _run_and_report(
         cluster_file,

@@ -16,6 +16,7 @@ from slidemill.pipeline.errors import InvalidInputError
 from slidemill.pipeline.graph import claim_output
 from slidemill.schemas.layout import ENCODER_BUNDLE, MANIFEST_JSON
 from slidemill.workers import file_sha256, init_bundle, read_manifest
+from slidemill.workers.models import ENCODERS, PRESETS, WEIGHT_FREE
 
 PLACEHOLDER_CLASSES = ("placeholder-a", "placeholder-b")
 
@@ -29,22 +30,28 @@ def encoder_bundle(
     tile_px: int,
     seed: int,
     encoder_file: Path | None = None,
+    hub_cache: Path | None = None,
 ) -> Path:
     """The features folder's encoder bundle: made on first use, checked against the request
     after that (features of another encoder or resolution belong in another folder).
 
-    `encoder_file` is the TorchScript file of `encoder="torchscript"`."""
+    `encoder_file` is the TorchScript file of `encoder="torchscript"`; a preset's weights come
+    from `encoder_weights` or the Hugging Face cache `hub_cache` (default: the user's)."""
     bundle = out / ENCODER_BUNDLE
     notes: list[str] = []
     if encoder_file is not None:
         if not encoder_file.is_file():
             raise InvalidInputError(f"{encoder_file}: no such TorchScript file")
         notes.append(f"TorchScript file sha256 {file_sha256(encoder_file)}")
+    presets = [part for part in ENCODERS.split(encoder) if part in PRESETS]
     if encoder_weights is not None:
         notes.append(f"encoder weights sha256 {file_sha256(encoder_weights)}")
-    elif encoder_file is None:
+    elif presets:
+        # the cache's file is found (and its sha256 recorded in the manifest) by init_bundle
+        notes.append(f"published weights of {', '.join(presets)}")
+    elif encoder_file is None and ENCODERS.split(encoder) != [WEIGHT_FREE]:
         notes.append(f"random encoder, seed {seed}")
-    weights_note = "; ".join(notes)
+    weights_note = "; ".join(notes) or "no weights"
     if (bundle / MANIFEST_JSON).is_file():
         m = read_manifest(bundle)
         wanted = (encoder, tile_mpp, tile_px)
@@ -65,6 +72,7 @@ def encoder_bundle(
         seed=seed,
         encoder_weights=encoder_weights,
         encoder_file=encoder_file,
+        hub_cache=hub_cache,
         description=f"feature encoder for slidemill features ({weights_note}); "
         "the head is a placeholder",
     )

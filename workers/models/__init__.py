@@ -22,6 +22,13 @@ from slidemill.workers.models._clam import (
     smooth_top1_svm_loss,
 )
 from slidemill.workers.models._clam_import import import_clam_checkpoint
+from slidemill.workers.models._defaults import (
+    WEIGHT_FREE,
+    EncoderChoice,
+    EncoderTiling,
+    default_encoder,
+    encoder_tiling,
+)
 from slidemill.workers.models._device import InferenceSettings, default_device, inference_settings
 from slidemill.workers.models._encoders import (
     ENCODERS,
@@ -90,13 +97,16 @@ __all__ = [
     "HEADS",
     "PRESETS",
     "REFERENCE_SHRINKAGE",
+    "WEIGHT_FREE",
     "CLAMMultiBranch",
     "CLAMSingleBranch",
     "ClamSize",
     "ClamType",
     "ConcatEncoder",
     "Encoder",
+    "EncoderChoice",
     "EncoderPreset",
+    "EncoderTiling",
     "EnsembleMIL",
     "FittedInputHead",
     "GatedABMIL",
@@ -124,6 +134,8 @@ __all__ = [
     "TransMIL",
     "check_bundle",
     "default_device",
+    "default_encoder",
+    "encoder_tiling",
     "encoder_width",
     "ensemble_of",
     "file_sha256",

@@ -210,6 +210,12 @@ def train_from_features(
         "tile_px": enc.tile_px,
         "class_names": match.class_names,
         "weights_sha256": "0" * 64,
+        # where the encoder's published weights came from, carried into every bundle made here
+        **{
+            k: v
+            for k in ("encoder_preset", "encoder_weights_sha256", "encoder_weights_source")
+            if (v := getattr(enc, k)) is not None
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
     fold_dirs, fold_sha = [], []
