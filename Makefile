@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres chromium slurm lint docs bench bench-service bench-viewer bench-textured gpu-carry bench-gpu clean
+.PHONY: install demo test postgres chromium slurm netns lint docs bench bench-service bench-viewer bench-textured gpu-carry bench-gpu clean
 
 # setuptools notes at every editable install that a folder named like the package may shadow
 # it: `slidemill/` is that folder on purpose (links to the rooms), so the note is silenced.
@@ -38,7 +38,7 @@ demo: install
 # subprocesses and clusters as much as it computes.
 TEST_WORKERS ?= 2
 
-test: install postgres chromium slurm
+test: install postgres chromium slurm netns
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The ledger's tests start a real PostgreSQL server from Debian's `postgresql` package (its
@@ -63,6 +63,17 @@ chromium:
 	    echo "chromium is missing, so the viewer's browser tests fail;" \
 	      "install it (Debian: sudo apt-get install chromium)"; \
 	  fi; \
+	fi
+
+# The offline preset test runs slidemill in a network namespace of its own (util-linux's
+# `unshare`, iproute2's `ip` to bring its loopback up); iproute2 is installed when missing.
+netns:
+	@if ! command -v ip >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	      -o DPkg::Lock::Timeout=600 iproute2; \
+	  else echo "iproute2 is missing, so the offline preset test fails;" \
+	      "install it (Debian: sudo apt-get install iproute2)"; fi; \
 	fi
 
 # The SLURM tests start a real single-node SLURM (Debian's `slurm-wlm`, with `munge`) as root;
