@@ -65,10 +65,29 @@ from slidemill.workers.training._splits import (
 # reproducibility
 
 
+REPRODUCIBLE_THREADS = 2
+"""torch's intra-op threads while training on CPU. A CPU reduction's result depends on how many
+threads split it, so a machine with another core count would train other weights from the same
+seed (pretraining differs after three steps with 1 thread against 2); the published figures
+were measured with 2."""
+
+
+@contextmanager
+def fixed_threads(n: int = REPRODUCIBLE_THREADS) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` for the block, then restored."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 @contextmanager
 def deterministic(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch (CPU and CUDA), numpy's and python's global generators, turn on torch's
-    deterministic algorithms and cuDNN's deterministic mode; restore all of it on exit.
+    deterministic algorithms and cuDNN's deterministic mode, and fix the CPU thread count
+    (`fixed_threads`); restore all of it on exit.
 
     On CUDA, cuBLAS needs `CUBLAS_WORKSPACE_CONFIG` for determinism: set to ':4096:8' when unset.
     An op with no deterministic CUDA kernel (TransMIL's adaptive pooling backward) warns there
@@ -84,7 +103,7 @@ def deterministic(seed: int, device: torch.device) -> Iterator[None]:
     saved_py = random.getstate()
     saved_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     devices = list(range(torch.cuda.device_count())) if cuda else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), fixed_threads():
         try:
             if cuda and saved_env is None:
                 os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"

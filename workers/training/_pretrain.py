@@ -25,6 +25,7 @@ from torch.nn import functional
 from slidemill.schemas import Normalisation
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.models import encoder_width
+from slidemill.workers.training._loop import fixed_threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +146,21 @@ def pretrain_encoder(
     progress: Callable[[int, float], None] | None = None,
 ) -> PretrainReport:
     """Train `encoder` in place on `tiles` (N, H, W, 3) uint8; `progress(step, loss)` per step.
+    On CPU with a fixed thread count, so a seed gives the same weights on any machine.
 
     Afterwards, an encoder with `set_standardisation` gets the mean and spread of its features
     over (up to 4096 of) the tiles, so its outputs are unit-scale."""
+    with fixed_threads():
+        return _pretrain(encoder, tiles, config, norm, progress)
+
+
+def _pretrain(
+    encoder: nn.Module,
+    tiles: NDArray[np.uint8],
+    config: PretrainConfig,
+    norm: Normalisation | None,
+    progress: Callable[[int, float], None] | None,
+) -> PretrainReport:
     if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
         raise TrainingError(f"tiles must be (N, H, W, 3) uint8, got {tiles.shape} {tiles.dtype}")
     if len(tiles) < 2:
