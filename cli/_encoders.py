@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -33,9 +34,12 @@ def encoders(hub_cache: HubCache = None) -> None:
             p.name, f"{p.tile_px} px", f"{p.mpp:g}", str(p.width), f"{p.params / 1e6:,.0f} M",
             found,
         )  # fmt: skip
-    console.print(table)
+    # A listing goes to stdout, wide enough that a cache path is never cut to "…" on a narrow
+    # terminal; the module's console is stderr's, sized once at import.
+    out = Console(width=max(Console().width, 160))
+    out.print(table)
     if rows:
-        console.print(
+        out.print(
             f"looked in {escape(str(rows[0].looked_in.parent))}; nothing is downloaded. "
             "Licences: " + "; ".join(f"{r.preset.name} {escape(r.preset.licence)}" for r in rows),
             highlight=False,
