@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres chromium slurm netns lint docs bench bench-service bench-viewer bench-textured gpu-carry bench-gpu clean
+.PHONY: install demo test postgres chromium slurm netns lint docs bench bench-service bench-viewer bench-textured bench-families gpu-carry bench-gpu clean
 
 # setuptools notes at every editable install that a folder named like the package may shadow
 # it: `slidemill/` is that folder on purpose (links to the rooms), so the note is silenced.
@@ -119,6 +119,13 @@ bench-textured: install
 	$(BIN)/slidemill bench-learning --out .bench-textured --texture $(SAMPLE) \
 	  --generators textured --size 6144x6144 --tile-mpp 0.5 --encoders handcrafted \
 	  --heads topk_linear,mean_pool --strategy "fixed 40 epochs + weight averaging"
+
+# Leave-one-family-out over the four lesion families (docs/learning-studies.md): each family's
+# 48 slides of the sample slide's tissue, `handcrafted` features at two tilings, every candidate
+# setting cross-validated on every family, each family scored with the setting chosen on the
+# others. Steps already done are kept: remove the folder to rebuild every figure from nothing.
+bench-families: install
+	$(BIN)/slidemill bench-families --out .bench-learning-families --texture $(SAMPLE)
 
 # The GPU benchmark in one command. Here (the venv installed) it runs its CPU path. On a GPU
 # machine whose image has torch but not the rest: `make gpu-carry` here first writes build/gpu

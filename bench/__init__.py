@@ -2,9 +2,41 @@
 
 `slidemill bench`: tiling throughput against the raw JPEG decode limit and the naive OpenSlide
 loop; `bench-gpu`: the same and encoding on a GPU (and the wheels a bare GPU machine needs);
-`bench-learning`: training settings on small cohorts of the generators; `bench-service`: the
-service under load; `bench-viewer`: what panning costs."""
+`bench-encoders`: the encoder presets in float32 and int8 on this machine's CPU;
+`bench-learning`: training settings on small cohorts of the generators; `bench-explain`: how
+faithful the demo models' explanations are and what explaining costs; `bench-families`:
+whether settings chosen on some lesion families hold on another (leave one family out);
+`bench-service`: the service under load; `bench-viewer`: what panning costs."""
 
+from slidemill.bench._encoders import (
+    EncoderRow,
+    default_order,
+    encoder_table,
+    measure_preset,
+    run_bench_encoders,
+    tissue_tiles,
+)
+from slidemill.bench._explain import (
+    ExplainBench,
+    HeadFaithfulness,
+    ScalingPoint,
+    explain_tables,
+    find_demo,
+    run_bench_explain,
+)
+from slidemill.bench._families import (
+    FAMILY_STRATEGIES,
+    Candidate,
+    Choice,
+    FamilySettings,
+    HeldOutRow,
+    Score,
+    choose_setting,
+    family_table,
+    leave_one_family_out,
+    run_family_study,
+    split_train_test,
+)
 from slidemill.bench._gpu import run_bench_gpu
 from slidemill.bench._learning import (
     DEFAULT_TILING,
@@ -37,24 +69,42 @@ from slidemill.bench._wheels import build_wheelhouse, missing, read_names
 
 __all__ = [
     "DEFAULT_TILING",
+    "FAMILY_STRATEGIES",
     "GENERATORS",
     "STRATEGIES",
+    "Candidate",
+    "Choice",
+    "EncoderRow",
+    "ExplainBench",
+    "FamilySettings",
+    "HeadFaithfulness",
+    "HeldOutRow",
     "Latencies",
     "LearningSettings",
     "LoadReport",
     "ManyRun",
     "PanReport",
     "Pass",
+    "ScalingPoint",
+    "Score",
     "Served",
     "StudyRow",
     "build_wheelhouse",
+    "choose_setting",
     "cohorts",
+    "default_order",
     "encoder_folder",
+    "encoder_table",
+    "explain_tables",
+    "family_table",
     "fastest",
     "features_folder",
+    "find_demo",
     "large_slide_geometry",
+    "leave_one_family_out",
     "link_slides",
     "load_benchmark",
+    "measure_preset",
     "missing",
     "pan_benchmark",
     "pipeline_run",
@@ -62,13 +112,18 @@ __all__ = [
     "raw_decode",
     "read_names",
     "run_bench",
+    "run_bench_encoders",
+    "run_bench_explain",
     "run_bench_gpu",
+    "run_family_study",
     "run_learning_study",
     "run_many_bench",
     "served",
     "single_process",
+    "split_train_test",
     "study_features",
     "study_table",
+    "tissue_tiles",
     "viewer_benchmark",
     "write_large_slide",
 ]

@@ -13,6 +13,7 @@ from slidemill.cli import (
     _bench,
     _cluster,
     _encoders,
+    _explain,
     _export,
     _learn,
     _model,
@@ -59,13 +60,17 @@ app.command()(_command(_service.submit))
 app.command()(_command(_service.status))
 app.command()(_command(_service.cancel))
 app.command()(_command(_export.export))
+app.command()(_command(_explain.explain))
 app.command()(_command(_view.view))
 app.command()(_command(_encoders.encoders))
 app.command()(_command(_bench.bench))
 app.command("bench-gpu")(_command(_bench.bench_gpu))
+app.command("bench-encoders")(_command(_bench.bench_encoders))
 app.command("bench-learning")(_command(_bench.bench_learning))
+app.command("bench-families")(_command(_bench.bench_families))
 app.command("bench-service")(_command(_bench.bench_service))
 app.command("bench-viewer")(_command(_bench.bench_viewer))
+app.command("bench-explain")(_command(_bench.bench_explain))
 
 model_app = typer.Typer(no_args_is_help=True, help="Model bundles.")
 model_app.command("init")(_command(_model.model_init))

@@ -1,5 +1,6 @@
-"""`slidemill bench`, `bench-gpu`, `bench-learning`, `bench-service`, `bench-viewer`: the
-benchmarks and the learning study, whose room (`slidemill.bench`) only this module imports."""
+"""`slidemill bench`, `bench-gpu`, `bench-encoders`, `bench-learning`, `bench-families`,
+`bench-service`, `bench-viewer`: the benchmarks and the learning studies, whose room
+(`slidemill.bench`) only this module imports."""
 
 from __future__ import annotations
 
@@ -119,6 +120,51 @@ def bench_gpu(
     run_bench_gpu(path, big, seconds, out, workdir=work / "gpu", batch_size=batch_size)
 
 
+def bench_encoders(
+    presets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated presets to measure (default: all, smallest first)."),
+    ] = None,
+    slide: Annotated[
+        Path | None, typer.Option(help="Slide the tissue tiles are cut from (default: the sample).")
+    ] = None,
+    tiles: Annotated[int, typer.Option(min=1, help="Tiles per timed batch.")] = 16,
+    large_tiles: Annotated[
+        int, typer.Option(min=1, help="Tiles per timed batch of the ViT-H and ViT-g presets.")
+    ] = 4,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Timed rounds of float32 and int8 each (alternating).")
+    ] = 3,
+) -> None:
+    """Encoder presets at full size with random weights on this machine: tiles/s in float32
+    and with --quantize int8's linear layers, peak memory of each (a process per preset), the
+    cosine similarity of int8 features to float32's on tissue tiles; bf16 on a GPU."""
+    import shlex
+    import sys
+
+    from slidemill.bench import default_order, run_bench_encoders
+    from slidemill.pipeline.demo import default_sample
+
+    path = slide or default_sample()
+    if path is None:
+        fail("no sample slide found; give one with --slide or set SLIDEMILL_SAMPLE_SLIDE")
+    everything = default_order()
+    chosen = tuple(p.strip() for p in presets.split(",") if p.strip()) if presets else everything
+    unknown = [p for p in chosen if p not in everything]
+    if unknown or not chosen:
+        fail(f"--presets {presets!r}: give some of {', '.join(everything)}")
+    command = "slidemill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_bench_encoders(
+        chosen,
+        path,
+        Console(width=max(Console().width, 200)),
+        tiles=tiles,
+        large_tiles=large_tiles,
+        rounds=rounds,
+        command=command.strip(),
+    )
+
+
 def bench_learning(
     out: Annotated[
         Path, typer.Option(help="Folder for both generators' slides, encoders and features.")
@@ -206,6 +252,95 @@ def bench_learning(
     console.print(study_table(rows), soft_wrap=True, highlight=False, markup=False)
 
 
+def bench_families(
+    out: Annotated[
+        Path, typer.Option(help="Folder for every family's slides, features and figures.")
+    ] = Path(".bench-learning-families"),
+    texture: Annotated[
+        Path | None,
+        typer.Option(help="Real slide whose texture the families use (default: sample)."),
+    ] = None,
+    families: Annotated[
+        str, typer.Option(help="Comma-separated lesion families, each held out in turn.")
+    ] = "crowding,architecture,stroma,necrosis",
+    n_train: Annotated[int, typer.Option(min=8, help="Training slides per family.")] = 32,
+    n_test: Annotated[int, typer.Option(min=4, help="Test slides per family.")] = 16,
+    cohorts: Annotated[str, typer.Option(help="Comma-separated training cohort sizes.")] = "16,32",
+    size: Annotated[str, typer.Option(help="Level-0 size WIDTHxHEIGHT of each slide.")] = (
+        "4096x4096"
+    ),
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    encoders: Annotated[
+        str, typer.Option(help="Comma-separated weight-free encoders (candidates).")
+    ] = "handcrafted",
+    tilings: Annotated[
+        str, typer.Option(help="Comma-separated tilings PX@MPP (candidates).")
+    ] = "112@0.5,112@1",
+    heads: Annotated[str, typer.Option(help="Comma-separated MIL heads (candidates).")] = (
+        "topk_linear,abmil_gated,mean_pool"
+    ),
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A training strategy among the candidates (repeat for more; default: the "
+            "fixed schedule with weight averaging, and early stopping)."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for slides and training.")] = 2,
+) -> None:
+    """Leave-one-family-out: for each lesion family, the encoder, tiling, head and training
+    strategy are chosen by cross-validation on the other families only, then trained on the
+    family's cohorts and scored on its unseen test slides (slide and localisation AUROC);
+    writes OUT/family-study.json."""
+    from slidemill.bench import (
+        FAMILY_STRATEGIES,
+        STRATEGIES,
+        FamilySettings,
+        family_table,
+        run_family_study,
+    )
+    from slidemill.pipeline.demo import default_sample
+    from slidemill.pipeline.synth import FAMILIES
+
+    source = texture or default_sample()
+    if source is None:
+        fail("no sample slide found; give one with --texture or set SLIDEMILL_SAMPLE_SLIDE")
+    chosen = tuple(f.strip() for f in families.split(",") if f.strip())
+    if len(chosen) < 2 or any(f not in FAMILIES for f in chosen):
+        fail(f"--families {families!r}: give two or more of {', '.join(FAMILIES)}")
+    try:
+        sizes = tuple(int(c) for c in cohorts.split(","))
+        tiles = tuple(
+            (int(t.split("@")[0]), float(t.split("@")[1])) for t in tilings.split(",") if t
+        )
+    except (ValueError, IndexError):
+        fail(f"--cohorts {cohorts!r} / --tilings {tilings!r}: give e.g. 16,32 and 112@0.5,112@1")
+    for name in strategy or ():
+        if name not in STRATEGIES:
+            fail(f"--strategy {name!r}: one of " + "; ".join(repr(k) for k in STRATEGIES))
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(e.strip() for e in text.split(",") if e.strip())
+
+    if not names(encoders) or not names(heads) or not tiles:
+        fail("--encoders, --heads and --tilings each need at least one value")
+    settings = FamilySettings(
+        families=chosen,
+        n_train=n_train,
+        n_test=n_test,
+        cohorts=sizes,
+        size=parse_size(size, "--size"),
+        seed=seed,
+        encoders=names(encoders),
+        tilings=tiles,
+        heads=names(heads),
+        strategies=tuple(strategy) if strategy else FAMILY_STRATEGIES,
+        workers=workers,
+    )
+    rows = run_family_study(out, source, settings, console)
+    console.print(family_table(rows), soft_wrap=True, highlight=False, markup=False)
+
+
 def bench_service(
     work: Annotated[
         Path, typer.Option(help="Scratch folder (generated slides, outputs, the ledger).")
@@ -284,3 +419,41 @@ def bench_viewer(
             f"{r.rss_start_mib:.0f} → peak {r.rss_peak_mib:.0f}",
         )
     Console(width=max(Console().width, 130)).print(table)
+
+
+def bench_explain(
+    demo: Annotated[
+        Path | None,
+        typer.Option(help="A finished demo's folder (default: demo-out, else /tmp/demo9)."),
+    ] = None,
+    budget: Annotated[int, typer.Option(min=1, help="Orders of each slide's regions.")] = 64,
+    max_players: Annotated[int, typer.Option(min=1, help="Regions per slide at most.")] = 64,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the orders.")] = 0,
+    out: Annotated[Path, typer.Option(help="Where the figures are written as JSON.")] = Path(
+        ".slidemill-bench/explain.json"
+    ),
+    end_to_end: Annotated[
+        bool, typer.Option(help="Also time `slidemill explain` itself on a copy of each run.")
+    ] = True,
+) -> None:
+    """Explanations of the demo's models measured: deletion and insertion AUC of attention, tile
+    scores and Shapley values on the held-out positive slides (random and truth orders beside
+    them), their lesion localisation AUROC against the generated slides' truth, and seconds per
+    slide, also on bags 4, 16 and 64 times larger."""
+    from slidemill.bench import find_demo, run_bench_explain
+
+    folder = demo or find_demo()
+    if folder is None:
+        fail("no finished demo found in demo-out or /tmp/demo9; run `make demo` or give --demo")
+    console.print(
+        f"slidemill bench-explain, {datetime.date.today()}, demo {folder}", highlight=False
+    )
+    run_bench_explain(
+        folder,
+        Console(width=max(Console().width, 200)),
+        budget=budget,
+        max_players=max_players,
+        seed=seed,
+        out=out,
+        whole_command=end_to_end,
+    )

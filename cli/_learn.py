@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -12,12 +12,30 @@ from rich.table import Table
 from slidemill.cli._errors import console, fail
 from slidemill.cli._options import class_list
 
+if TYPE_CHECKING:
+    from slidemill.workers.training import SelectionReport, TrainingReport
+
+SELECT_HELP = (
+    "auto: choose the encoder/head pair by nested cross-validation on these slides among every "
+    "--features folder (one per encoder) with each of --heads, report every candidate's "
+    "figures, and train the chosen one as without it. Costs folders × heads × --folds × "
+    "(--inner-folds + 1) trainings, plus --folds for the chosen one: with 2 folders and the "
+    "defaults 2 × 3 × 5 × 4 + 5 = 125 (the inner ones on about half the slides)."
+)
+
 
 def train(
+    ctx: typer.Context,
     labels: Annotated[
         Path, typer.Option(help="CSV with a label column and a slide_id and/or path column.")
     ],
-    features: Annotated[Path, typer.Option(help="Features folder from `slidemill features`.")],
+    features: Annotated[
+        list[Path],
+        typer.Option(
+            help="Features folder from `slidemill features`; with --select auto, repeat it: one "
+            "folder per encoder, all of the same labelled slides."
+        ),
+    ],
     out: Annotated[
         Path, typer.Option(help="New folder: a bundle per fold, the ensemble, training.json.")
     ],
@@ -62,15 +80,53 @@ def train(
         str | None,
         typer.Option(help="The head's settings as a JSON object, e.g. '{\"dropout\": 0.1}'."),
     ] = None,
+    select: Annotated[Literal["auto"] | None, typer.Option(help=SELECT_HELP)] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option(
+            help="With --select auto: the comma-separated heads to try on every features folder "
+            "(default: topk_linear,abmil_gated,mean_pool)."
+        ),
+    ] = None,
+    inner_folds: Annotated[
+        int,
+        typer.Option(
+            min=2, help="With --select auto: folds of the inner CV inside each of the --folds."
+        ),
+    ] = 3,
 ) -> None:
     """Train a MIL head on stored features with stratified k-fold cross-validation: a bundle per
-    fold, their ensemble (give the folder to `run --model`), and out-of-fold predictions."""
+    fold, their ensemble (give the folder to `run --model`), and out-of-fold predictions; with
+    --select auto, first choose the encoder and head by nested cross-validation."""
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
     from rich.text import Text
 
-    from slidemill.workers.training import EpochReport, LabelMatch, TrainConfig, train_from_features
+    from slidemill.workers.training import (
+        EpochReport,
+        Fit,
+        LabelMatch,
+        SelectionConfig,
+        TrainConfig,
+        select_and_train,
+        train_from_features,
+    )
 
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)  # typer carries its own click: by name
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    if select is None:
+        if len(features) != 1:
+            fail(f"{len(features)} --features folders: give one, or add --select auto to choose")
+        for name in ("heads", "inner_folds"):
+            if given(name):
+                fail(f"--{name.replace('_', '-')} is for --select auto")
+    else:
+        if given("head"):
+            fail("--head trains one head; with --select auto give the candidates with --heads")
+        if head_kwargs is not None:
+            fail("--select auto trains every head with its defaults; drop --head-kwargs")
     kwargs: dict[str, int | float | str | bool] = {}
     if head_kwargs is not None:
         try:
@@ -121,20 +177,109 @@ def train(
         weight_decay=weight_decay,
         seed=seed,
     )
+    if select is None:
+        with progress:
+            report = train_from_features(
+                labels,
+                features[0],
+                out,
+                config,
+                classes=class_names,
+                on_labels=show_labels,
+                on_epoch=show_epoch,
+            )
+        _print_training(report)
+        return
+
+    settings = SelectionConfig(inner_folds=inner_folds)
+    if heads is not None:
+        settings = SelectionConfig(heads=class_list(heads), inner_folds=inner_folds)
+    selection_bar = progress.add_task("selection", total=None, visible=False)
+
+    def show_fit(f: Fit) -> None:
+        where = "CV fold" if f.inner_fold is None else f"inner {f.inner_fold + 1}/{inner_folds}"
+        progress.update(
+            selection_bar,
+            total=f.total,
+            completed=f.index,
+            visible=True,
+            description=f"selection: outer {f.outer_fold + 1}/{folds} {where}  {f.candidate.name}",
+        )
+
     with progress:
-        report = train_from_features(
+        chosen = select_and_train(
             labels,
             features,
             out,
             config,
+            settings,
             classes=class_names,
             on_labels=show_labels,
+            on_fit=show_fit,
             on_epoch=show_epoch,
         )
+        progress.update(selection_bar, completed=progress.tasks[selection_bar].total)
+    _print_selection(chosen)
+    _print_training(chosen.training)
 
-    def num(x: float | None) -> str:
-        return "—" if x is None else f"{x:.3f}"
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def _print_selection(report: SelectionReport) -> None:
+    """Every candidate's inner-CV (mean over the outer folds) and CV figures, the choice and
+    why, and the nested estimate with how often each candidate was picked."""
+    s = report.selection
+    k = s.outer_folds
+    table = Table(
+        "encoder",
+        "head",
+        "params",
+        "inner AUROC",
+        "inner log-loss",
+        "inner Brier",
+        "picked",
+        "CV AUROC",
+        "CV log-loss",
+        "CV Brier",
+        "seconds",
+        title=f"candidates: inner CV ({s.inner_folds} folds, mean over {k} outer folds) and "
+        f"CV on all slides ({k} folds)",
+    )
+    picks = s.picks()
+    for i, c in enumerate(s.candidates):
+        inner, plain = s.inner_mean(i), s.plain[i]
+        mark = "bold green" if i == s.choice.index else None
+        table.add_row(
+            c.encoder,
+            c.head,
+            str(c.n_parameters),
+            _num(inner.auroc),
+            _num(inner.log_loss),
+            _num(inner.brier),
+            f"{picks[i]}/{k}",
+            _num(plain.auroc),
+            _num(plain.log_loss),
+            _num(plain.brier),
+            f"{s.seconds[i]:.0f}",
+            style=mark,
+        )
+    console.print(table)
+    console.print(f"chose {s.chosen.name}: {s.choice.reason}", highlight=False, soft_wrap=True)
+    picked = ", ".join(f"{c.name} {n}/{k}" for c, n in zip(s.candidates, picks, strict=True) if n)
+    console.print(
+        f"nested estimate of select-then-train: AUROC {_num(s.nested.auroc)}, log-loss "
+        f"{_num(s.nested.log_loss)}, Brier {_num(s.nested.brier)} over {s.nested.n_slides} "
+        f"slides ({k} outer folds; picked: {picked})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_training(report: TrainingReport) -> None:
+    """The held-out folds of a training run, its out-of-fold AUROC, and what it wrote."""
+    num = _num
     table = Table(
         "fold",
         "train",

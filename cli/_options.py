@@ -56,8 +56,10 @@ def run_option(field: str, flags: str | None = None) -> Any:
 
 if TYPE_CHECKING:
     JpegDecodeMode = str
-else:  # the field's own `Literal`, whose values typer offers as the choices
+    QuantizeMode = str
+else:  # the fields' own `Literal`s, whose values typer offers as the choices
     JpegDecodeMode = RunOptions.model_fields["jpeg_decode"].annotation
+    QuantizeMode = RunOptions.model_fields["quantize"].annotation
 
 
 def run_options(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,7 +73,7 @@ FallbackMpp = Annotated[float | None, run_option("fallback_mpp", "--mpp")]
 Overlap = Annotated[int, run_option("overlap_px", "--overlap")]
 MinTissue = Annotated[float, run_option("min_tissue_fraction", "--min-tissue")]
 Tissue = Annotated[TissueMethod, run_option("tissue_method")]
-BatchSize = Annotated[int, run_option("batch_size")]
+BatchSize = Annotated[int | None, run_option("batch_size")]
 Retries = Annotated[int, run_option("retries")]
 Force = Annotated[bool, run_option("force")]
 KeepTiles = Annotated[bool, run_option("keep_tiles")]
@@ -79,6 +81,7 @@ KeepJpeg = Annotated[bool | None, run_option("keep_jpeg", "--keep-jpeg/--decode-
 JpegDecode = Annotated[JpegDecodeMode, run_option("jpeg_decode")]
 WorkerTimeout = Annotated[float, run_option("worker_timeout_s", "--worker-timeout")]
 QC = Annotated[QCMode, run_option("qc")]
+Quantize = Annotated[QuantizeMode, run_option("quantize")]
 
 # Options of the commands outside the run's options: where it runs, what it shows, how it exits.
 FailOnFlags = Annotated[

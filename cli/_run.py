@@ -28,6 +28,7 @@ from slidemill.cli._options import (
     MinTissue,
     Overlap,
     Progress,
+    Quantize,
     Retries,
     Scheduler,
     TileMpp,
@@ -108,6 +109,7 @@ def run(
     worker_timeout_s: WorkerTimeout = RUN_DEFAULTS.worker_timeout_s,
     progress: Progress = True,
     qc: QC = RUN_DEFAULTS.qc,
+    quantize: Quantize = RUN_DEFAULTS.quantize,
     fail_on_flags: FailOnFlags = False,
 ) -> None:
     """Run a batch of slides through tissue detection, tiling, the model and heatmaps.
@@ -163,6 +165,7 @@ def features(
     worker_timeout_s: WorkerTimeout = RUN_DEFAULTS.worker_timeout_s,
     progress: Progress = True,
     qc: QC = RUN_DEFAULTS.qc,
+    quantize: Quantize = RUN_DEFAULTS.quantize,
 ) -> None:
     """Tile slides and run the encoder only, keeping features for `slidemill train`."""
     options = run_options(locals())

@@ -31,6 +31,7 @@ from slidemill.cli._options import (
     KeepTiles,
     MinTissue,
     Overlap,
+    Quantize,
     Retries,
     Scheduler,
     TilesPerTask,
@@ -120,6 +121,7 @@ def submit(
     jpeg_decode: JpegDecode = RUN_DEFAULTS.jpeg_decode,
     worker_timeout_s: WorkerTimeout = RUN_DEFAULTS.worker_timeout_s,
     qc: QC = RUN_DEFAULTS.qc,
+    quantize: Quantize = RUN_DEFAULTS.quantize,
     fail_on_flags: FailOnFlags = False,
 ) -> None:
     """Submit a batch to the service and print its id; with --wait, follow it to the end.

@@ -94,17 +94,39 @@ def synth(
             "pen, fluorescence; ground truth for slide QC in degradations.csv."
         ),
     ] = None,
+    generator: Annotated[
+        str | None,
+        typer.Option(
+            help="drawn, textured, or a lesion family on the texture (default: the sample "
+            "slide): crowding, architecture, stroma, necrosis; lesions of 0.2-3% of the "
+            "tissue among confounders, each slide with its own stain and scanner."
+        ),
+    ] = None,
 ) -> None:
     """Generate a labelled benchmark with ground truth: pyramidal SVS slides (JPEG tiles,
     0.5/2/8 µm/px) with planted lesions and look-alikes, `<stem>.mask.png` (lesions at 8 µm/px)
     and `<stem>.truth.json` beside each, and `labels.csv`; with --degrade, degraded copies."""
     import time
 
-    from slidemill.pipeline.synth import DEGRADATIONS, write_benchmark_set, write_degraded_set
+    from slidemill.pipeline.demo import default_sample
+    from slidemill.pipeline.synth import (
+        DEGRADATIONS,
+        FAMILIES,
+        write_benchmark_set,
+        write_degraded_set,
+    )
 
     for kind in degrade or ():
         if kind not in DEGRADATIONS:
             fail(f"--degrade {kind}: choose from {', '.join(DEGRADATIONS)}")
+    if generator is not None and generator not in ("drawn", "textured", *FAMILIES):
+        fail(f"--generator {generator}: one of drawn, textured, {', '.join(FAMILIES)}")
+    if generator == "drawn" and texture is not None:
+        fail("--generator drawn takes no --texture")
+    if generator not in (None, "drawn") and texture is None:
+        texture = default_sample()
+        if texture is None:
+            fail(f"--generator {generator}: give a real slide with --texture")
 
     start = time.perf_counter()
     slides = write_benchmark_set(
@@ -114,6 +136,7 @@ def synth(
         seed=seed,
         size=parse_size(size, "--size"),
         texture=texture,
+        generator=generator if generator in FAMILIES else None,
     )
     for s in slides:
         console.print(f"{s.path}  {s.label}", highlight=False)

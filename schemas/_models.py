@@ -174,8 +174,20 @@ class RunOptions(Frozen):
         description="How tissue is told from background on the thumbnail: 'otsu_saturation' "
         "thresholds its saturation, 'none' takes the whole slide as tissue.",
     )
-    batch_size: int = Field(
-        default=64, ge=1, le=4096, description="Tiles per encoder forward pass."
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Tiles per encoder forward pass. Unset: each worker takes the largest batch "
+        "whose activations fit its memory (measured on one tile of its encoder), at most 64 on "
+        "a CPU and 256 on a GPU.",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="'int8' quantises the encoder's linear layers to 8-bit integers on CPU "
+        "workers (dynamic quantisation: weights in int8, activations scaled per batch), which "
+        "encodes faster with features close to, not equal to, float32's; a GPU worker ignores "
+        "it with a warning and keeps its float16/bfloat16 autocast. 'none' keeps float32.",
     )
     retries: int = Field(
         default=2,
@@ -263,6 +275,11 @@ class Provenance(Frozen):
     level: int | None = Field(default=None, description="Pyramid level tiles were read from.")
     file_size: int | None = Field(default=None, description="Slide file size in bytes.")
     file_mtime_ns: int | None = Field(default=None, description="Slide file modification time.")
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="The run's --quantize: 'int8' when CPU workers encoded with the encoder's "
+        "linear layers in int8 (results written before the option existed read as 'none').",
+    )
     decode: Literal["cpu", "nvjpeg", "mixed"] | None = Field(
         default=None,
         description="Where the tiles' JPEG was decoded: on the workers' host cores (cpu), on "

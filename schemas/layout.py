@@ -14,6 +14,8 @@ read an output folder can too.
         heatmap.ome.zarr/       the heatmap as OME-Zarr (NGFF 0.5), one channel per class, µm
         qupath.geojson          tiles (detections) and lesion regions (annotations), level-0 px
         slide.zarr/             Zarr v3 group, attributes["slidemill"] = SlideStoreAttrs
+        explain.zarr/           `slidemill explain`: per tile attention, tile score and Shapley
+                                value (ExplainArray), attributes["slidemill_explain"]
     BUNDLE/                     a model bundle
       manifest.json             ModelManifest
       weights.safetensors       keys encoder.* and head.*
@@ -56,6 +58,13 @@ QUPATH_GEOJSON: Final = "qupath.geojson"
 SLIDE_STORE: Final = "slide.zarr"
 STORE_ATTRS_KEY: Final = "slidemill"
 """The key of `SlideStoreAttrs` in the slide store's root attributes."""
+EXPLAIN_STORE: Final = "explain.zarr"
+"""`slidemill explain`'s Zarr v3 group beside the slide store (`ExplainArray`); written whole
+under a temporary name, then renamed. A re-run of the slide replaces the folder, and it with it."""
+EXPLAIN_ATTRS_KEY: Final = "slidemill_explain"
+"""The key of the explanation's settings and summary in `explain.zarr`'s root attributes."""
+EXPLAIN_FORMAT: Final = "slidemill-explain/1"
+"""The version of `explain.zarr`'s layout, recorded in its attributes (`format`)."""
 
 # A model bundle
 MANIFEST_JSON: Final = "manifest.json"
@@ -107,6 +116,34 @@ class StoreArray(StrEnum):
     """(N,) float32: share of the tile's pixels that is ink."""
     QC_BACKGROUND = "qc_background"
     """(N,) float32: share of the tile's pixels that is glass."""
+
+
+class ExplainArray(StrEnum):
+    """The arrays of `<slide_id>/explain.zarr`: N tiles in slide.zarr's order (so on the same
+    grid as the heatmap), P regions, M tiles with reasons, G named feature groups."""
+
+    GRID_INDEX = "grid_index"
+    """(N, 2) int32: tile-grid row, column (as in slide.zarr)."""
+    ATTENTION = "attention"
+    """(N,) float32: the head's attention, as the run stored it."""
+    TILE_SCORE = "tile_score"
+    """(N,) float32: each tile's probability of the explained class, as the run stored it."""
+    SHAPLEY = "shapley"
+    """(N,) float32: the tile's equal share of its region's Shapley value (log-odds of the
+    explained class); NaN for tiles left out of the bag. They add up to the slide's log-odds
+    minus the empty bag's."""
+    REGION = "region"
+    """(N,) int32: the region (player) of each tile; −1 for tiles left out of the bag."""
+    REGION_SHAPLEY = "region_shapley"
+    """(P,) float64: each region's Shapley value."""
+    MAPS = "maps"
+    """(3, rows, cols) float32: attention, tile score and Shapley share on the tile grid, NaN
+    off tissue."""
+    REASON_TILES = "reason_tiles"
+    """(M,) int64: the tiles of the top regions given feature-level reasons."""
+    REASONS = "reasons"
+    """(M, G) float32: Integrated Gradients of each one's log-odds by named feature group
+    (the group names in the attributes' `reason_names`); only for `handcrafted` encoders."""
 
 
 TILE_ARRAYS: Final = (StoreArray.TILES, StoreArray.TILE_JPEG, StoreArray.TILE_JPEG_ROWS)

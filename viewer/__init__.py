@@ -1,5 +1,6 @@
-"""The web viewer: run pages, a DeepZoom slide with a tiled heatmap over it, tile scores and the
-top-k tiles, served by `slidemill view` and mounted in `slidemill serve`.
+"""The web viewer: run pages, a DeepZoom slide with a tiled heatmap over it (and the explanation of
+an explained slide), tile scores and the top-k tiles, served by `slidemill view` and mounted in
+`slidemill serve`.
 
 Pure arithmetic (pyramid, cell geometry, heatmap tiles) in `_geometry`; run folders read by id in
 `_runs`; slide pixels through openslide's DeepZoom in `_slides`; the HTTP routes in `_app`; who may
@@ -21,6 +22,7 @@ from slidemill.viewer._geometry import (
     colormap_lut,
     heat_tile,
     index_grid,
+    signed_values,
     top_k,
 )
 from slidemill.viewer._runs import (
@@ -71,6 +73,7 @@ __all__ = [
     "is_loopback",
     "load_slide",
     "openseadragon_dir",
+    "signed_values",
     "slide_rows",
     "top_k",
     "view",

@@ -1,5 +1,6 @@
 """The viewer's HTTP app: pages (static HTML and scripts that read the JSON routes), the slide's
-DeepZoom tiles, heatmap tiles rendered on demand, tile scores and the top-k tiles.
+DeepZoom tiles, heatmap tiles rendered on demand (the classes, attention, and the explanation
+of an explained slide), tile scores and the top-k tiles.
 
 Every route names a run by key and a slide by id; the slide file is the one the run's own
 result names. No route takes a file path, and only pyramid levels are served."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slidemill.pipeline.export import EXPLANATION_CHANNEL
 from slidemill.schemas import SlidemillError
 from slidemill.viewer._access import MAX_SESSIONS, SESSION_TTL_S, SessionStore, checked_token
 from slidemill.viewer._assets import STATIC_DIR, openseadragon_dir
@@ -218,7 +221,7 @@ def create_viewer_app(
         width, height = data.attrs.slide_dimensions
         result = data.result
         tiling = result.provenance.tiling
-        layers = [*data.attrs.class_names, "attention"]
+        layers = data.layers
         default = layers[1] if len(data.attrs.class_names) == 2 else layers[0]
         return {
             "slide_id": data.slide_id,
@@ -243,6 +246,7 @@ def create_viewer_app(
                 "tile_size": HEAT_TILE,
                 "max_level": Pyramid(width, height, HEAT_TILE).max_level,
             },
+            "explanation": _explanation_info(data),
         }
 
     @app.get("/api/colormaps/{name}")
@@ -263,14 +267,20 @@ def create_viewer_app(
     def top_tiles(
         run: str, slide: str, k: Annotated[int, Query(ge=1, le=64)] = options.top_k
     ) -> dict[str, Any]:
-        """The k tiles of highest attention, and for each class the k highest-scoring."""
+        """The k tiles of highest attention, for each class the k highest-scoring, and for an
+        explained slide the k of highest Shapley share (`explanation`; null when not
+        explained)."""
         data = slide_of(run, slide)
+        shapley = data.explanation.shapley if data.explanation is not None else None
         return {
             "attention": [_tile(data, int(i)) for i in top_k(data.attention, k)],
             "classes": {
                 name: [_tile(data, int(i)) for i in top_k(data.scores[:, ci], k)]
                 for ci, name in enumerate(data.attrs.class_names)
             },
+            "explanation": (
+                [_tile(data, int(i)) for i in top_k(shapley, k)] if shapley is not None else None
+            ),
         }
 
     # images --------------------------------------------------------------------------------
@@ -378,4 +388,43 @@ def _tile(data: SlideData, index: int) -> dict[str, Any]:
         "scores": {
             name: float(data.scores[index, ci]) for ci, name in enumerate(data.attrs.class_names)
         },
+        "explanation": _tile_explanation(data, index),
+    }
+
+
+EXPLANATION_COLORMAP = "coolwarm"
+"""The explanation layer's colormap: diverging, white at 0 (`COLORMAPS` holds it)."""
+
+
+def _explanation_info(data: SlideData) -> dict[str, Any] | None:
+    """What the slide page says of an explained slide; None when it was not explained."""
+    e = data.explanation
+    if e is None:
+        return None
+    info = e.info
+    keys = (
+        "budget", "seed", "n_players", "cell", "exact", "permutations", "full_log_odds",
+        "empty_log_odds", "seconds", "faithfulness",
+    )  # fmt: skip
+    return {
+        "layer": EXPLANATION_CHANNEL,
+        "target": e.target,
+        "max_abs": e.max_abs,
+        "colormap": EXPLANATION_COLORMAP,
+        "reason_names": list(e.reason_names),
+        **{k: info.get(k) for k in keys},
+    }
+
+
+def _tile_explanation(data: SlideData, index: int) -> dict[str, Any] | None:
+    """A tile's Shapley share, region and top feature-level reasons; None when the slide was
+    not explained."""
+    e = data.explanation
+    if e is None:
+        return None
+    share = float(e.shapley[index])
+    return {
+        "shapley": share if math.isfinite(share) else None,
+        "region": int(e.region[index]),
+        "reasons": [{"feature": n, "value": v} for n, v in e.reasons_of(index)],
     }

@@ -175,6 +175,22 @@ def attention_values(
     return out
 
 
+def signed_values(
+    values: NDArray[np.float32],
+    grid_index: NDArray[np.integer],
+    shape: tuple[int, int],
+    scale: float,
+) -> NDArray[np.float32]:
+    """Signed per-tile values (Shapley shares) on the grid for a diverging colormap: v ↦ 0.5 +
+    0.5 · v / `scale`, so 0 is the colormap's middle and ±`scale` its ends (clipped beyond);
+    NaN where no tile was kept or the value is NaN."""
+    out = np.full(shape, np.nan, dtype=np.float32)
+    if values.size:
+        mapped = 0.5 + 0.5 * np.clip(values / (scale if scale > 0 else 1.0), -1.0, 1.0)
+        out[grid_index[:, 0], grid_index[:, 1]] = mapped
+    return out
+
+
 def top_k(values: NDArray[np.floating], k: int) -> NDArray[np.int64]:
     """Indices of the `k` largest finite values, largest first (ties: lower index first)."""
     finite = np.flatnonzero(np.isfinite(values))

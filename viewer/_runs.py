@@ -18,15 +18,22 @@ from cachetools import LRUCache
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
+from slidemill.pipeline.export import (
+    EXPLANATION_CHANNEL,
+    ExportError,
+    SlideExplanation,
+    read_explanation,
+)
 from slidemill.schemas import SlideResult, SlideStoreAttrs, describe
 from slidemill.schemas.layout import (
+    EXPLAIN_STORE,
     RESULT_JSON,
     RESULTS_CSV,
     SLIDE_STORE,
     STORE_ATTRS_KEY,
     StoreArray,
 )
-from slidemill.viewer._geometry import CellGrid, attention_values, index_grid
+from slidemill.viewer._geometry import CellGrid, attention_values, index_grid, signed_values
 from slidemill.viewer.errors import NotFoundError, UnreadableResultError
 
 # What a slide id or a run key may look like in a URL: no separators, no dot-dot, no NUL.
@@ -182,7 +189,8 @@ class SlideData:
 
     slide_id: str
     version: int
-    """Its result file's modification time (ns): a re-run's tiles never come from the cache."""
+    """Its result file's or explanation's modification time (ns), the later: a re-run's or a
+    new explanation's tiles never come from the cache."""
     result: SlideResult
     flags: tuple[tuple[str, str], ...]
     """(code, reason) of each trust flag."""
@@ -202,15 +210,29 @@ class SlideData:
     """(N,) MIL attention."""
     thumbnail: NDArray[np.uint8]
     """(h, w, 3) the slide at the tissue detection's resolution (pyramid pixels only)."""
+    explanation: SlideExplanation | None = None
+    """Its `slidemill explain` output, None when it was not explained."""
+    explanation_grid: NDArray[np.float32] | None = None
+    """(rows, cols) Shapley shares mapped for a diverging colormap (0.5 is 0, the ends
+    ±`explanation.max_abs`), NaN off tissue; None when not explained."""
 
     @property
     def slide_path(self) -> Path:
         return Path(self.result.path)
 
+    @property
+    def layers(self) -> list[str]:
+        """The heatmap layers: each class, `attention`, and `explanation` when explained."""
+        extra = [EXPLANATION_CHANNEL] if self.explanation_grid is not None else []
+        return [*self.attrs.class_names, "attention", *extra]
+
     def layer(self, name: str) -> NDArray[np.float32]:
-        """The (rows, cols) values of a heatmap layer: a class name or `attention`."""
+        """The (rows, cols) values of a heatmap layer: a class name, `attention` or
+        `explanation`."""
         if name == "attention":
             return self.attention_grid
+        if name == EXPLANATION_CHANNEL and self.explanation_grid is not None:
+            return self.explanation_grid
         if name in self.attrs.class_names:
             return self.heatmap[self.attrs.class_names.index(name)]
         raise NotFoundError(f"{self.slide_id} has no heatmap layer {name!r}")
@@ -243,15 +265,27 @@ def load_slide(run: Path, slide_id: str) -> SlideData:
         attention = read(StoreArray.ATTENTION).astype(np.float32, copy=False)
         scores = read(StoreArray.SCORES).astype(np.float32, copy=False)
         thumbnail = read(StoreArray.THUMBNAIL)
+        explanation = read_explanation(folder)
     except NotFoundError:
         raise
+    except ExportError as err:
+        raise UnreadableResultError(f"{slide_id}: {_reason(err)}") from err
     except (OSError, ValueError, KeyError) as err:
         raise UnreadableResultError(f"{slide_id}: cannot read its result: {_reason(err)}") from err
     shape = attrs.grid_shape
     flags = result.qc.flags if result.qc is not None else ()
+    explanation_grid = None
+    if explanation is not None:
+        if explanation.shapley.shape != (grid_index.shape[0],):
+            raise UnreadableResultError(
+                f"{slide_id}: its explanation does not fit its tiles; run `slidemill explain` again"
+            )
+        explanation_grid = signed_values(
+            explanation.shapley, grid_index, shape, explanation.max_abs
+        )
     return SlideData(
         slide_id=slide_id,
-        version=version,
+        version=max(version, explained_at(folder)),
         result=result,
         flags=tuple((str(f.code), f.reason) for f in flags),
         attrs=attrs,
@@ -263,15 +297,25 @@ def load_slide(run: Path, slide_id: str) -> SlideData:
         scores=scores,
         attention=attention,
         thumbnail=thumbnail,
+        explanation=explanation,
+        explanation_grid=explanation_grid,
     )
 
 
+def explained_at(folder: Path) -> int:
+    """When the slide's explanation was written (ns), 0 when it has none."""
+    try:
+        return (folder / EXPLAIN_STORE / "zarr.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 class SlideDataCache:
-    """The last few slides' data, keyed by run folder, slide id and result mtime (a re-run
-    replaces them)."""
+    """The last few slides' data, keyed by run folder, slide id, result and explanation mtime
+    (a re-run or a new explanation replaces them)."""
 
     def __init__(self, capacity: int = 16) -> None:
-        self._cache: LRUCache[tuple[str, str, int], SlideData] = LRUCache(maxsize=capacity)
+        self._cache: LRUCache[tuple[str, str, int, int], SlideData] = LRUCache(maxsize=capacity)
         self._lock = Lock()
 
     def get(self, run: Path, slide_id: str) -> SlideData:
@@ -280,7 +324,7 @@ class SlideDataCache:
             mtime = (run / slide_id / RESULT_JSON).stat().st_mtime_ns
         except OSError as err:
             raise NotFoundError(f"run {run.name} has no published slide {slide_id!r}") from err
-        key = (str(run), slide_id, mtime)
+        key = (str(run), slide_id, mtime, explained_at(run / slide_id))
         with self._lock:
             found = self._cache.get(key)
         if found is None:

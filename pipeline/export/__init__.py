@@ -1,8 +1,15 @@
 """Files other tools open, written from a slide's store: the heatmap as OME-Zarr (NGFF), QuPath
-GeoJSON, and a self-contained HTML report per batch."""
+GeoJSON, and a self-contained HTML report per batch; and a slide's `explain.zarr`, written by
+`slidemill explain` and drawn as a layer by these exports and the viewer."""
 
 from slidemill.pipeline.export._errors import ExportError
+from slidemill.pipeline.export._explanation import (
+    SlideExplanation,
+    read_explanation,
+    write_explanation,
+)
 from slidemill.pipeline.export._files import (
+    EXPLANATION_CHANNEL,
     EXPORT_FILES,
     ExportFailure,
     ExportReport,
@@ -18,6 +25,7 @@ from slidemill.pipeline.export._geometry import CellGeometry, positive_classes
 from slidemill.pipeline.export._pyramid import LevelTransform, downsample, level_transforms, pyramid
 from slidemill.pipeline.export._qupath import (
     DEFAULT_THRESHOLD,
+    SHAPLEY_MEASUREMENT,
     Region,
     TileMaps,
     feature_collection,
@@ -35,7 +43,9 @@ from slidemill.pipeline.export._report import (
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "EXPLANATION_CHANNEL",
     "EXPORT_FILES",
+    "SHAPLEY_MEASUREMENT",
     "THUMB_MAX_PX",
     "CellGeometry",
     "ExportError",
@@ -43,6 +53,7 @@ __all__ = [
     "ExportReport",
     "LevelTransform",
     "Region",
+    "SlideExplanation",
     "SlideMaps",
     "TileMaps",
     "downsample",
@@ -53,6 +64,7 @@ __all__ = [
     "level_transforms",
     "positive_classes",
     "pyramid",
+    "read_explanation",
     "read_slide_maps",
     "region_features",
     "render_batch_report",
@@ -61,6 +73,7 @@ __all__ = [
     "thumbnail_uri",
     "tile_features",
     "write_batch_report",
+    "write_explanation",
     "write_ome_zarr",
     "write_qupath",
 ]

@@ -1,15 +1,12 @@
-"""The thin I/O shell: read a slide store, write `heatmap.ome.zarr` and `qupath.geojson` into a
-slide's folder (each under a temporary name, then renamed), and do it for a whole run folder."""
+"""The thin I/O shell: read a slide store (and its explanation, when `slidemill explain` wrote
+one), write `heatmap.ome.zarr` and `qupath.geojson` into a slide's folder (each under a temporary
+name, then renamed), and do it for a whole run folder."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from pydantic import ValidationError
 
 from slidemill.pipeline.errors import one_line
 from slidemill.pipeline.export._errors import ExportError
+from slidemill.pipeline.export._explanation import read_explanation
 from slidemill.pipeline.export._geometry import CellGeometry
 from slidemill.pipeline.export._pyramid import level_transforms, pyramid
 from slidemill.pipeline.export._qupath import (
@@ -29,8 +27,9 @@ from slidemill.pipeline.export._qupath import (
     feature_collection,
 )
 from slidemill.pipeline.export._report import write_batch_report
+from slidemill.pipeline.export._staging import replacing
 from slidemill.schemas import InvalidInputError, SlideResult, SlideStoreAttrs
-from slidemill.schemas.files import staged_dir, write_atomic
+from slidemill.schemas.files import write_atomic
 from slidemill.schemas.layout import (
     HEATMAP_OME_ZARR,
     PARTIAL_DIR,
@@ -64,14 +63,18 @@ class SlideMaps:
     geometry: CellGeometry
     """Where the heatmap's cells lie."""
     tiles: TileMaps
-    """Tile scores and attention."""
+    """Tile scores and attention (and Shapley values, when the slide was explained)."""
     heatmap: NDArray[np.float32]
     """(C, grid rows, grid cols), NaN off tissue."""
+    explanation: NDArray[np.float32] | None = None
+    """(grid rows, grid cols) each tile's share of its region's Shapley value (`slidemill
+    explain`), NaN off tissue and outside the bag; None when the slide was not explained."""
 
 
 def read_slide_maps(store: Path) -> SlideMaps:
-    """Read what the exports need from a slide store; `ExportError` names the store when it is
-    missing, has no heatmap (a features-only run) or is unreadable."""
+    """Read what the exports need from a slide store, and the explanation beside it when there
+    is one; `ExportError` names the store when it is missing, has no heatmap (a features-only
+    run) or is unreadable."""
     try:
         root = zarr.open_group(store=str(store), mode="r")
         attrs = SlideStoreAttrs.model_validate(root.attrs[STORE_ATTRS_KEY])
@@ -92,7 +95,9 @@ def read_slide_maps(store: Path) -> SlideMaps:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:  # ValidationError is a ValueError
         raise ExportError(f"{store}: cannot read the slide store ({one_line(err)})") from err
-    return slide_maps(store, attrs, heatmap, grid_index, scores, attention)
+    explained = read_explanation(store.parent)
+    shapley = explained.shapley if explained is not None else None
+    return slide_maps(store, attrs, heatmap, grid_index, scores, attention, shapley)
 
 
 def slide_maps(
@@ -102,10 +107,12 @@ def slide_maps(
     grid_index: NDArray[np.int64],
     scores: NDArray[np.float32],
     attention: NDArray[np.float32],
+    shapley: NDArray[np.float32] | None = None,
 ) -> SlideMaps:
     """The exports' input from a slide store's attributes and arrays, as `read_slide_maps` reads
-    them (the reduce task, which holds them already, passes them itself); `ExportError` names
-    `store` when they do not fit together."""
+    them (the reduce task, which holds them already, passes them itself), with each tile's
+    Shapley share (N,) when the slide was explained; `ExportError` names `store` when they do
+    not fit together."""
     mpp = attrs.provenance.slide_mpp
     if mpp is None:
         raise ExportError(f"{store}: the store records no µm/px (provenance.slide_mpp)")
@@ -115,51 +122,72 @@ def slide_maps(
             f"{store}: heatmap {heatmap.shape} / scores {scores.shape} do not match "
             f"{n_classes} classes on a {attrs.grid_shape} grid"
         )
+    explanation = None
+    if shapley is not None:
+        if shapley.shape != (grid_index.shape[0],):
+            raise ExportError(
+                f"{store}: the explanation has {shapley.shape} values for {grid_index.shape[0]} "
+                "tiles; explain the slide again (`slidemill explain`)"
+            )
+        explanation = np.full(attrs.grid_shape, np.nan, dtype=np.float32)
+        explanation[grid_index[:, 0], grid_index[:, 1]] = shapley
     tiles = TileMaps(
-        attrs.slide_id, attrs.class_names, grid_index[:, 0], grid_index[:, 1], scores, attention
+        attrs.slide_id,
+        attrs.class_names,
+        grid_index[:, 0],
+        grid_index[:, 1],
+        scores,
+        attention,
+        None if shapley is None else shapley.astype(np.float32, copy=False),
     )
-    return SlideMaps(attrs, CellGeometry.of(attrs, mpp), tiles, heatmap)
+    return SlideMaps(attrs, CellGeometry.of(attrs, mpp), tiles, heatmap, explanation)
 
 
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A staged folder for `path`; an existing `path` is swapped out only once the new one is
-    whole, so a reader sees the old folder or the new one (apart from two renames)."""
-    aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-    with staged_dir(path) as tmp:
-        yield tmp
-        if path.exists():
-            path.rename(aside)
-    shutil.rmtree(aside, ignore_errors=True)
+EXPLANATION_CHANNEL = "explanation"
+"""The label of the OME-Zarr channel of Shapley shares, after the classes' (explained slides)."""
 
 
 def write_ome_zarr(path: Path, maps: SlideMaps) -> Path:
     """The heatmap as an NGFF multiscale image at `path`: axes c, y, x (µm), one channel per
-    class labelled with its name, levels 2× apart, each with its scale and translation."""
+    class labelled with its name, then, for an explained slide, a channel `explanation` (the
+    Shapley shares, log-odds, window symmetric about 0); levels 2× apart, each with its scale
+    and translation."""
     with warnings.catch_warnings():  # ome-zarr 0.18 warns about its own Scaler default on import
         warnings.simplefilter("ignore", DeprecationWarning)
         from ome_zarr.writer import write_multiscales_metadata
 
-    levels = pyramid(maps.heatmap)
-    transforms = level_transforms(maps.geometry, len(levels))
-    omero = {
-        "channels": [
+    channels: list[dict[str, object]] = [
+        {
+            "label": name,
+            "color": "{:02X}{:02X}{:02X}".format(*PALETTE[i % len(PALETTE)]),
+            "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0},
+            "active": True,
+        }
+        for i, name in enumerate(maps.attrs.class_names)
+    ]
+    heat = maps.heatmap
+    if maps.explanation is not None:
+        finite = np.abs(maps.explanation[np.isfinite(maps.explanation)])
+        end = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        heat = np.concatenate([heat, maps.explanation[None].astype(np.float32)])
+        channels.append(
             {
-                "label": name,
-                "color": "{:02X}{:02X}{:02X}".format(*PALETTE[i % len(PALETTE)]),
-                "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0},
-                "active": True,
+                "label": EXPLANATION_CHANNEL,
+                "color": "FFFFFF",
+                "window": {"min": -end, "max": end, "start": -end, "end": end},
+                "active": False,
             }
-            for i, name in enumerate(maps.attrs.class_names)
-        ]
-    }
+        )
+    levels = pyramid(heat)
+    transforms = level_transforms(maps.geometry, len(levels))
+    omero = {"channels": channels}
     # The levels are tile-grid sized arrays in memory: written straight through zarr, as
     # ome-zarr's `write_multiscale` would write them (the same array metadata and chunks,
     # test_export.py compares the two file for file) but without building and running a dask
     # graph per level, which costs more than the writing. Within a Dask worker that graph must
     # not go to the batch's own scheduler either: it would queue behind the whole batch.
     # ome-zarr's metadata writer writes, and validates, the multiscales metadata.
-    with _replacing(path) as tmp:
+    with replacing(path) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w")
         for k, level in enumerate(levels):
             array = group.create_array(

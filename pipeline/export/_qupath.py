@@ -32,6 +32,10 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (60, 60, 60),
 )
 
+SHAPLEY_MEASUREMENT = "shapley"
+"""A tile's measurement of its share of its region's Shapley value (log-odds of the explained
+class), on explained slides."""
+
 # Object ids are UUIDs (what QuPath expects since 0.4), derived from the slide and the object
 # so that exporting the same slide twice gives the same ids.
 _IDS = uuid.UUID("6f1f4a52-9b53-4c1e-9d1b-5f0c3c2b7e10")
@@ -57,6 +61,9 @@ class TileMaps:
     """(N, C) tile class probabilities."""
     attention: NDArray[np.float32]
     """(N,) MIL attention."""
+    shapley: NDArray[np.float32] | None = None
+    """(N,) each tile's share of its region's Shapley value (`slidemill explain`), NaN outside
+    the bag; None when the slide was not explained."""
 
 
 def class_color(index: int) -> list[int]:
@@ -77,17 +84,21 @@ def _ring(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
 
 def tile_features(maps: TileMaps, geometry: CellGeometry) -> list[dict[str, Any]]:
     """One detection per tile: its heatmap cell as a square, P(class) for every class and the
-    attention as measurements (QuPath's measurement maps colour by them), classified as its
-    most probable class."""
+    attention as measurements (QuPath's measurement maps colour by them), and for an explained
+    slide its Shapley share (`SHAPLEY_MEASUREMENT`, where it has one), classified as its most
+    probable class."""
     boxes = np.round(geometry.cell_boxes(maps.rows, maps.cols), _DECIMALS).tolist()
     names = [f"P({c})" for c in maps.class_names]
     best = np.argmax(maps.scores, axis=1).tolist()
     scores = maps.scores.astype(np.float64).tolist()
     attention = maps.attention.astype(np.float64).tolist()
+    shapley = maps.shapley.astype(np.float64).tolist() if maps.shapley is not None else None
     features = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         measurements = dict(zip(names, scores[i], strict=True))
         measurements["attention"] = attention[i]
+        if shapley is not None and np.isfinite(shapley[i]):  # JSON has no NaN
+            measurements[SHAPLEY_MEASUREMENT] = shapley[i]
         features.append(
             {
                 "type": "Feature",

@@ -75,7 +75,13 @@ from slidemill.schemas import (
 )
 from slidemill.schemas.files import write_atomic
 from slidemill.schemas.layout import PARTIAL_DIR, RESULT_JSON, RESULTS_CSV
-from slidemill.workers import ModelPlugin, check_bundle, manifest_sha256, resolve_model_dir
+from slidemill.workers import (
+    ModelPlugin,
+    Quantize,
+    check_bundle,
+    manifest_sha256,
+    resolve_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +189,7 @@ def run_batch(
             class_names=() if spec.stages == "features" else manifest.class_names,
             feature_dim=manifest.feature_dim,
             batch_size=spec.batch_size,
-            key=resume_key(e.path, tiling, model_sha, spec.fallback_mpp),
+            key=resume_key(e.path, tiling, model_sha, spec.fallback_mpp, spec.quantize),
             force=spec.force,
             features_only=spec.stages == "features",
             threshold=manifest.threshold,
@@ -192,6 +198,7 @@ def run_batch(
             qc=spec.qc,
             jpeg_decode=spec.jpeg_decode,
             roots=tuple(str(r) for r in hooks.allow_roots),
+            quantize=spec.quantize,
         )
         for e in entries
     ]
@@ -320,7 +327,11 @@ def _fail_unfinished(
 
 
 def resume_key(
-    path: Path, tiling: TilingSpec, model_sha: str, fallback_mpp: float | None
+    path: Path,
+    tiling: TilingSpec,
+    model_sha: str,
+    fallback_mpp: float | None,
+    quantize: Quantize = "none",
 ) -> ResumeKey | None:
     """The slide's resume key, or None when the file cannot be examined (it will fail)."""
     try:
@@ -335,6 +346,7 @@ def resume_key(
         model_sha256=model_sha,
         slidemill_version=slidemill_version(),
         fallback_mpp=fallback_mpp,
+        quantize=quantize,
     )
 
 
@@ -375,7 +387,10 @@ def _run_on(
     gpus = gpu_pool or bool(gpu_workers(client))
     jobs = [replace(j, keep_jpeg=keep_jpeg(j.keep_jpeg, gpus)) for j in jobs]
     register_worker_plugin(
-        client, ModelPlugin(job0.model_bundle, job0.model_sha256, GPU_RESOURCE if gpus else None)
+        client,
+        ModelPlugin(
+            job0.model_bundle, job0.model_sha256, GPU_RESOURCE if gpus else None, job0.quantize
+        ),
     )
 
     def submit(fn: Callable[..., Any], *args: Any, key: str, priority: int, **kw: Any) -> Future:

@@ -30,6 +30,7 @@ from slidemill.schemas.files import write_atomic
 from slidemill.schemas.layout import RESULT_JSON, SLIDE_STORE
 from slidemill.workers import (
     DecodeRequest,
+    Quantize,
 )
 
 
@@ -57,8 +58,8 @@ class SlideJob:
     """Slide-level classes."""
     feature_dim: int
     """Encoder output width."""
-    batch_size: int
-    """Tiles per encoder forward pass."""
+    batch_size: int | None
+    """Tiles per encoder forward pass; None: what fits the worker's memory (`auto_batch_size`)."""
     key: ResumeKey | None = None
     """What the outputs depend on (None when the file could not be examined)."""
     force: bool = False
@@ -81,6 +82,8 @@ class SlideJob:
     roots: tuple[str, ...] = ()
     """Folders the slide must lie inside whenever a worker opens it (the lab service's allowed
     roots); empty: anywhere."""
+    quantize: Quantize = "none"
+    """The encoder's linear layers in int8 on CPU workers (`quantize_encoder`), or float32."""
 
     @property
     def allowed(self) -> tuple[Path, ...]:
@@ -115,6 +118,7 @@ class SlideJob:
             level=level,
             file_size=self.key.file_size if self.key else None,
             file_mtime_ns=self.key.file_mtime_ns if self.key else None,
+            quantize=self.quantize,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from slidemill.schemas import Provenance, SlideResult, TilingSpec
 
@@ -30,6 +31,9 @@ class ResumeKey:
     """The version that produced the outputs."""
     fallback_mpp: float | None
     """The --mpp fallback (it changes tiles of slides without mpp)."""
+    quantize: Literal["none", "int8"] = "none"
+    """The run's --quantize: int8 features are not float32's. Last, with a default, so the key
+    an interrupted run saved in its plan before the option existed still reads (as 'none')."""
 
 
 def key_of(provenance: Provenance, path: str) -> ResumeKey | None:
@@ -49,6 +53,7 @@ def key_of(provenance: Provenance, path: str) -> ResumeKey | None:
         model_sha256=provenance.model_sha256,
         slidemill_version=provenance.slidemill_version,
         fallback_mpp=provenance.fallback_mpp,
+        quantize=provenance.quantize,
     )
 
 

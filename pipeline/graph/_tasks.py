@@ -55,6 +55,7 @@ from slidemill.schemas import (
 )
 from slidemill.schemas.layout import HEATMAP_PNG, StoreArray
 from slidemill.workers import (
+    auto_batch_size,
     choose_decode,
     device_decode_available,
     encode_tensor,
@@ -139,8 +140,9 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> Encod
     if is_done(job.work, f"encode-{start}") or published_here(plan) is not None:
         return Encoded(0.0, None)
     t0 = time.perf_counter()
-    model = get_model(job.model_bundle, job.model_sha256)
+    model = get_model(job.model_bundle, job.model_sha256, job.quantize)
     device = model.device
+    batch_size = job.batch_size or auto_batch_size(model, job.tiling.tile_px)
     where = choose_decode(
         device.type,
         plan.jpeg is not None,
@@ -149,14 +151,14 @@ def encode_block(plan: SlidePlan, start: int, stop: int, _tiled: float) -> Encod
     )
     if where in ("nvjpeg", "torchvision"):
         on_device = read_tile_tensor(job.store, start, stop, job.path, device)
-        features = encode_tensor(model, on_device, job.batch_size)
+        features = encode_tensor(model, on_device, batch_size)
         # QC reads the pixels on the host: one copy back, uint8
         tiles = on_device.permute(0, 2, 3, 1).cpu().numpy()
     else:
         tiles = read_tile_pixels(job.store, start, stop, job.path, getattr(_decoded, "tiles", None))
         if plan.jpeg is not None:  # this thread's next block decodes into the same memory
             _decoded.tiles = tiles
-        features = encode_tiles(model, tiles, job.batch_size)
+        features = encode_tiles(model, tiles, batch_size)
     write_block(job.store, StoreArray.FEATURES, start, features)
     # QC here rather than in the tile task: this is where the pixels are decoded in every case
     qc = tile_qc(tiles)
@@ -206,7 +208,7 @@ def mil_slide(plan: SlidePlan, _encoded: list[Encoded]) -> MILResult:
         return MILResult(probabilities=published.probabilities, seconds=0.0)
     t0 = time.perf_counter()
     job = plan.job
-    model = get_model(job.model_bundle, job.model_sha256)
+    model = get_model(job.model_bundle, job.model_sha256, job.quantize)  # the one encode loaded
     features = read_all(job.store, StoreArray.FEATURES).astype(np.float32, copy=False)
     keep = np.ones(features.shape[0], dtype=bool)
     if job.qc is QCMode.EXCLUDE:

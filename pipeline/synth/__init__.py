@@ -4,7 +4,9 @@ benchmarks.
 Inside: `_slide` (what a slide is, and its rendering block by block), `_shapes` (tissue and
 planted regions), `_noise` (hashing and noise), `_cells` (nuclei and glands), `_shade` (the
 colours), `_texture` (a real slide's texture), `_tiff` (writing the pyramid), `_plan`, `_truth`
-and `_benchset` (the labelled benchmark set), `_degrade` (degraded copies for slide QC).
+and `_benchset` (the labelled benchmark set), `_degrade` (degraded copies for slide QC); `_families`
+and `_scene` (lesion families: lesions that differ from normal tissue in different ways, among
+confounders, each slide with its own stain and scanner).
 """
 
 from slidemill.pipeline.synth._benchset import BenchmarkSlide, write_benchmark_set
@@ -15,7 +17,9 @@ from slidemill.pipeline.synth._degrade import (
     write_array_slide,
     write_degraded_set,
 )
+from slidemill.pipeline.synth._families import LESION_SHARE, plan_family_slide, write_scanned
 from slidemill.pipeline.synth._plan import plan_benchmark_slide
+from slidemill.pipeline.synth._scene import FAMILIES, VARIANTS, Band, Scene
 from slidemill.pipeline.synth._shade import BACKGROUND
 from slidemill.pipeline.synth._shapes import Blob, Ellipse
 from slidemill.pipeline.synth._slide import MASK_MPP, SyntheticSlide
@@ -26,11 +30,16 @@ from slidemill.pipeline.synth._truth import load_truth, truth_beside
 __all__ = [
     "BACKGROUND",
     "DEGRADATIONS",
+    "FAMILIES",
     "LABEL_MARKER_RGB",
+    "LESION_SHARE",
     "MASK_MPP",
+    "VARIANTS",
+    "Band",
     "BenchmarkSlide",
     "Blob",
     "Ellipse",
+    "Scene",
     "SyntheticSlide",
     "TextureSource",
     "degrade",
@@ -38,9 +47,11 @@ __all__ = [
     "load_texture",
     "load_truth",
     "plan_benchmark_slide",
+    "plan_family_slide",
     "truth_beside",
     "write_array_slide",
     "write_benchmark_set",
     "write_degraded_set",
+    "write_scanned",
     "write_slide",
 ]

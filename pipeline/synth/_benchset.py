@@ -2,7 +2,8 @@
 
 `write_benchmark_set` (the `slidemill synth` command) writes a labelled set into one folder:
 
-    synthetic-NNN.svs          0.5 µm/px, levels at 0.5, 2 and 8 µm/px
+    synthetic-NNN.svs          0.5 µm/px, levels at 0.5, 2 and 8 µm/px (a lesion family's
+                               slides: `<family>-NNN.svs`, as its scanner wrote them)
     synthetic-NNN.mask.png     lesion mask at 8 µm/px (`MASK_MPP`), 255 = lesion; pixel (i, j)
                                covers level-0 [16j, 16j+16) x [16i, 16i+16) and holds the
                                truth at its centre
@@ -23,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from slidemill.pipeline.synth._families import plan_family_slide, write_scanned
 from slidemill.pipeline.synth._noise import _MASK64
 from slidemill.pipeline.synth._plan import plan_benchmark_slide
+from slidemill.pipeline.synth._scene import FAMILIES
 from slidemill.pipeline.synth._slide import MASK_MPP, SyntheticSlide
 from slidemill.pipeline.synth._texture import load_texture
 from slidemill.pipeline.synth._tiff import write_slide
@@ -64,11 +67,17 @@ def write_benchmark_set(
     downsamples: Sequence[int] = (1, 4, 16),
     mask_mpp: float = MASK_MPP,
     texture: Path | None = None,
+    generator: str | None = None,
 ) -> list[BenchmarkSlide]:
     """`n` SVS slides (`synthetic-NNN.svs`), n · `positive_fraction` (rounded half up) of them
     positive in a seeded random order, each with its lesion mask and truth sidecar, and
     `labels.csv` (slide_id, path relative to `out`, label). Deterministic in `seed`. With a
-    `texture` slide, the textured benchmark (`plan_benchmark_slide`)."""
+    `texture` slide, the textured benchmark (`plan_benchmark_slide`); with a `generator` of
+    `FAMILIES` too, that lesion family's set (`plan_family_slide`, `<family>-NNN.svs`)."""
+    if generator is not None and generator not in FAMILIES:
+        raise InvalidInputError(f"generator {generator!r}: one of {', '.join(FAMILIES)}")
+    if generator is not None and texture is None:
+        raise InvalidInputError(f"lesion family {generator}: needs a texture slide (--texture)")
     if n < 1:
         raise InvalidInputError("n must be at least 1")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -89,8 +98,14 @@ def write_benchmark_set(
         slide_seed = int(
             np.random.SeedSequence([seed & _MASK64, i]).generate_state(1)[0] & 0x7FFFFFFF
         )
-        slide = plan_benchmark_slide(slide_seed, i in positive, size[0], size[1], mpp, source)
-        path = write_slide(out / f"synthetic-{i:03d}.svs", slide, downsamples=downsamples)
+        if generator is not None:
+            slide = plan_family_slide(
+                slide_seed, i in positive, generator, size[0], size[1], mpp, source
+            )
+            path = write_scanned(out / f"{generator}-{i:03d}.svs", slide, downsamples)
+        else:
+            slide = plan_benchmark_slide(slide_seed, i in positive, size[0], size[1], mpp, source)
+            path = write_slide(out / f"synthetic-{i:03d}.svs", slide, downsamples=downsamples)
         mask_path, truth_path = write_truth(slide, path, mask_mpp)
         written.append(BenchmarkSlide(path.stem, path, slide.label, slide, mask_path, truth_path))
     with (out / "labels.csv").open("w", newline="") as f:

@@ -97,6 +97,10 @@ def _shade(slide: SyntheticSlide, xs: F64, ys: F64, step: float, probe: bool = F
         axis=1,
     )
     tissue = _tissue_block(slide, xs, ys)
+    if slide.scene is not None:  # a lesion family's slide (`_families` imports this module)
+        from slidemill.pipeline.synth._families import _shade_family
+
+        return _shade_family(slide, xs, ys, step, tissue, grain)
     if tissue is None:
         return np.stack([np.float32(v) + 1.5 * grain for v in BACKGROUND])
     px = 1.0 / slide.texture_mpp  # pixels per µm

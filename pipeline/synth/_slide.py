@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from slidemill.pipeline.synth._noise import F32, _box
+from slidemill.pipeline.synth._scene import Scene
 from slidemill.pipeline.synth._shapes import Blob, Ellipse
 
 MASK_MPP = 8.0
@@ -54,6 +55,9 @@ class SyntheticSlide:
     """Hard negatives: lesion-like (darker, more purple) colour, normal structure."""
     texture: str | None = None
     """A real slide whose tissue texture fills the tissue (`_texture`); None = drawn texture."""
+    scene: Scene | None = None
+    """A lesion family's slide (`_families`, with a `texture`): its lesions' kinds, confounders,
+    stain and scanner; None for the drawn and the textured benchmark."""
 
     @property
     def label(self) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from slidemill.pipeline.synth._scene import Band, Scene
 from slidemill.pipeline.synth._shapes import Blob, Ellipse
 from slidemill.pipeline.synth._slide import MASK_MPP, SyntheticSlide
 from slidemill.schemas.errors import InvalidInputError
@@ -37,7 +38,7 @@ def truth_json(
     """The JSON sidecar of a slide: enough to rebuild it (`load_truth`) and to score against."""
     rows, cols = slide.mask_shape(mask_mpp)
     mpp = slide.texture_mpp
-    return {
+    doc = {
         "format": TRUTH_FORMAT,
         "slide_id": slide_id,
         "label": slide.label,
@@ -62,6 +63,29 @@ def truth_json(
         "tissue": [{"cx": e.cx, "cy": e.cy, "rx": e.rx, "ry": e.ry} for e in slide.tissue],
         "texture": slide.texture,
     }
+    if slide.scene is not None:  # a lesion family's slide; the other benchmarks' stay as they were
+        doc["scene"] = _scene_json(slide.scene, mpp)
+    return doc
+
+
+def _scene_json(scene: Scene, mpp: float) -> dict[str, Any]:
+    return {
+        "family": scene.family,
+        "variants": list(scene.variants),
+        "mimic_variants": list(scene.mimic_variants),
+        "crowds": [_blob_json(b, mpp) for b in scene.crowds],
+        "lymphoid": [_blob_json(b, mpp) for b in scene.lymphoid],
+        "folds": [
+            {"x0": f.x0, "y0": f.y0, "x1": f.x1, "y1": f.y1, "half_width": f.half_width}
+            for f in scene.folds
+        ],
+        "stain_scale": list(scene.stain_scale),
+        "white": list(scene.white),
+        "blur_um": scene.blur_um,
+        "jpeg_quality": scene.jpeg_quality,
+        "scanner": "blur and JPEG quality are applied to the written level 0 only; "
+        "the rebuilt slide renders the tissue before the scanner",
+    }
 
 
 def _lesion_share(slide: SyntheticSlide) -> float:
@@ -84,10 +108,27 @@ def load_truth(path: Path) -> SyntheticSlide:
     if doc.get("format") != TRUTH_FORMAT:
         raise InvalidInputError(f"{path}: not a {TRUTH_FORMAT} file")
 
-    def blobs(key: str) -> tuple[Blob, ...]:
+    def blobs(key: str, where: dict[str, Any] = doc) -> tuple[Blob, ...]:
         return tuple(
             Blob(b["cx"], b["cy"], b["radius"], tuple((a, p) for a, p in b["harmonics"]))
-            for b in doc[key]
+            for b in where[key]
+        )
+
+    scene = None
+    if "scene" in doc:
+        sc = doc["scene"]
+        s, w = sc["stain_scale"], sc["white"]
+        scene = Scene(
+            sc["family"],
+            tuple(sc["variants"]),
+            tuple(sc["mimic_variants"]),
+            blobs("crowds", sc),
+            blobs("lymphoid", sc),
+            tuple(Band(f["x0"], f["y0"], f["x1"], f["y1"], f["half_width"]) for f in sc["folds"]),
+            (s[0], s[1], s[2]),
+            (w[0], w[1], w[2]),
+            sc["blur_um"],
+            sc["jpeg_quality"],
         )
 
     e, h = doc["stain"]["eosin"], doc["stain"]["haematoxylin"]
@@ -101,6 +142,7 @@ def load_truth(path: Path) -> SyntheticSlide:
         lesions=blobs("lesions"),
         mimics=blobs("mimics"),
         texture=doc.get("texture"),
+        scene=scene,
     )
 
 

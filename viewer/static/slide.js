@@ -1,6 +1,8 @@
 // The slide page: the slide as a DeepZoom layer, the heatmap as a second tiled layer over it
 // (same level-0 size, so the two lie on each other at every zoom), the tile under the pointer,
-// and galleries of the top-k tiles that fly the view to a tile and outline it.
+// and galleries of the top-k tiles that fly the view to a tile and outline it. An explained
+// slide (`slidemill explain`) has an "explanation" layer too: Shapley shares, signed, drawn with
+// a diverging colormap, and the hover adds a tile's share, region and feature-level reasons.
 "use strict";
 (async () => {
   const { run, slide } = pathParts();
@@ -17,9 +19,13 @@
     el("div", {}, el("span", { class: "flag", text: f.code }), el("span", { text: ` ${f.reason}` }))));
 
   const state = { layer: info.heatmap.default, cmap: info.heatmap.colormaps[0], opacity: 0.6, threshold: 0 };
+  const explained = info.explanation;
+  const isExplanation = (name) => Boolean(explained) && name === explained.layer;
+  const layerText = (name) => name === "attention" ? "attention"
+    : isExplanation(name) ? `explanation: Shapley, P(${explained.target})` : `P(${name})`;
   const layerSelect = document.getElementById("layer");
   for (const name of info.heatmap.layers) {
-    layerSelect.append(el("option", { value: name, text: name === "attention" ? "attention" : `P(${name})` }));
+    layerSelect.append(el("option", { value: name, text: layerText(name) }));
   }
   layerSelect.value = state.layer;
   const cmapSelect = document.getElementById("cmap");
@@ -73,8 +79,23 @@
       ctx.fillStyle = i / 255 < state.threshold ? "#ffffff" : `rgb(${r},${g},${b})`;
       ctx.fillRect(i, 0, 1, canvas.height);
     });
+    const signed = isExplanation(state.layer);
+    const m = signed ? explained.max_abs : 1;
+    document.getElementById("bar-low").textContent = signed ? (-m).toPrecision(2) : "0";
+    document.getElementById("bar-high").textContent = signed ? `+${m.toPrecision(2)}` : "1";
     document.getElementById("bar-name").textContent = state.layer === "attention"
-      ? "attention (÷ slide max)" : `P(${state.layer})`;
+      ? "attention (÷ slide max)" : signed ? "Shapley share, log-odds" : `P(${state.layer})`;
+  }
+
+  if (explained) {
+    const f = explained.faithfulness || {};
+    const auc = (k, which) => (f[k] && f[k][which] != null) ? f[k][which].toFixed(3) : "–";
+    const kinds = [["attention", "attention"], ["tile_score", "tile score"], ["shapley", "Shapley"]];
+    document.getElementById("explain-summary").replaceChildren(
+      el("div", { text: `Explained P(${explained.target}): ${explained.n_players} regions, ` +
+        `${explained.exact ? "exact" : `${explained.permutations} orders`}, seed ${explained.seed}` }),
+      ...kinds.map(([k, label]) => el("div", { "data-explanation": k,
+        text: `${label}: deletion AUC ${auc(k, "deletion_auc")}, insertion AUC ${auc(k, "insertion_auc")}` })));
   }
 
   const opacity = document.getElementById("opacity");
@@ -93,7 +114,20 @@
     showValues(); addHeatmap(); drawColorbar();
   });
   threshold.addEventListener("input", showValues);
-  layerSelect.addEventListener("change", () => { state.layer = layerSelect.value; addHeatmap(); drawColorbar(); });
+  let cmapBefore = null;
+  layerSelect.addEventListener("change", () => {
+    state.layer = layerSelect.value;
+    // signed values want a diverging colormap; the one chosen before comes back after
+    if (isExplanation(state.layer) && cmapBefore === null) {
+      cmapBefore = state.cmap;
+      state.cmap = explained.colormap;
+    } else if (!isExplanation(state.layer) && cmapBefore !== null) {
+      state.cmap = cmapBefore;
+      cmapBefore = null;
+    }
+    cmapSelect.value = state.cmap;
+    addHeatmap(); drawColorbar();
+  });
   cmapSelect.addEventListener("change", () => { state.cmap = cmapSelect.value; addHeatmap(); drawColorbar(); });
   showValues();
   drawColorbar();
@@ -118,9 +152,19 @@
 
   function describeTile(tile) {
     const lines = Object.entries(tile.scores).map(([c, p]) => el("div", { text: `P(${c}) ${p.toFixed(3)}` }));
+    const why = [];
+    const e = tile.explanation;
+    if (e) {
+      why.push(el("div", { "data-explanation": "shapley", text: e.shapley === null
+        ? "Shapley: not in the bag" : `Shapley ${e.shapley >= 0 ? "+" : ""}${e.shapley.toFixed(3)} (region ${e.region})` }));
+      for (const r of e.reasons) {
+        why.push(el("div", { class: "reason", "data-feature": r.feature,
+          text: `${r.feature} ${r.value >= 0 ? "+" : ""}${r.value.toFixed(3)}` }));
+      }
+    }
     return el("div", { "data-tile": String(tile.index) },
       el("div", { text: `tile ${tile.index} at (${tile.x}, ${tile.y})` }), ...lines,
-      el("div", { text: `attention ${tile.attention.toExponential(2)}` }));
+      el("div", { text: `attention ${tile.attention.toExponential(2)}` }), ...why);
   }
 
   function flyTo(tile, button) {
@@ -147,6 +191,10 @@
 
   const top = await getJSON(api("top-tiles"));
   document.getElementById("top-attention").replaceChildren(...gallery(top.attention, "attention"));
+  if (top.explanation) {
+    document.getElementById("top-explanation").replaceChildren(el("h2", { text: "Highest Shapley share" }),
+      el("div", { class: "gallery", "data-class": "explanation" }, ...gallery(top.explanation, "Shapley")));
+  }
   const perClass = document.getElementById("top-classes");
   for (const [name, tiles] of Object.entries(top.classes)) {
     perClass.append(el("h2", { text: `Highest P(${name})` }),

@@ -9,7 +9,9 @@ slide, and integer labels:
   the (optionally smoothed) validation loss from `min_epochs` on, and keeps the weights of the
   best validation epoch, or the average of the last epochs' weights. For two classes it
   chooses a decision threshold on the validation slides (Youden's J, `choose_threshold`).
-- `cross_validate` runs every fold and gathers the held-out (out-of-fold) predictions.
+- `fit_split` trains on a fold's training part as a fold does (a stratified validation share
+  held back); `cross_validate` runs it for every fold and gathers the held-out (out-of-fold)
+  predictions.
 
 Everything random comes from the seed: the fold assignment and the validation splits from numpy
 `default_rng`, the head's initialisation and dropout from torch's generator seeded per fold, the
@@ -166,7 +168,8 @@ def _bag_tensor(bag: NDArray[np.float32], device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(bag, dtype=np.float32)).to(device)
 
 
-def _device(config: TrainConfig) -> torch.device:
+def training_device(config: TrainConfig) -> torch.device:
+    """The device `config` trains on: its `device`, else CUDA when available, else CPU."""
     return torch.device(config.device) if config.device else default_device()
 
 
@@ -251,7 +254,7 @@ def train_fold(
     if overlap:
         raise TrainingError(f"fold {fold}: slides in both training and validation: {overlap}")
     run_seed = config.seed if seed is None else seed
-    device = _device(config)
+    device = training_device(config)
     in_dim = check_bags(bags, [*train_ids, *val_ids])
     y_train = np.array([labels[i] for i in train_ids], dtype=np.int64)
     if y_train.min() < 0 or y_train.max() >= n_classes:
@@ -362,6 +365,43 @@ def train_fold(
     )
 
 
+def fit_split(
+    bags: Mapping[str, NDArray[np.float32]],
+    labels: Mapping[str, int],
+    rest_ids: Sequence[str],
+    n_classes: int,
+    config: TrainConfig,
+    *,
+    seed: int,
+    fold: int = 0,
+    n_folds: int = 1,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> tuple[tuple[str, ...], tuple[str, ...], TrainedHead]:
+    """Train on `rest_ids` as a cross-validation fold does: a stratified `val_fraction` of each
+    class (seeded by `seed`) is held back for early stopping and the threshold, the head is
+    trained on the others with `seed`. Returns (training ids, validation ids, the head).
+
+    `cross_validate` trains each fold with it, and `train --select auto` each of its fits, so a
+    candidate's plain cross-validation there is the one `train` runs."""
+    y_rest = np.array([labels[i] for i in rest_ids], dtype=np.int64)
+    train_rel, val_rel = stratified_split(y_rest, config.val_fraction, seed)
+    train_ids = tuple(rest_ids[i] for i in train_rel)
+    val_ids = tuple(rest_ids[i] for i in val_rel)
+    trained = train_fold(
+        bags,
+        labels,
+        train_ids,
+        val_ids,
+        n_classes,
+        config,
+        fold=fold,
+        n_folds=n_folds,
+        seed=seed,
+        on_epoch=on_epoch,
+    )
+    return train_ids, val_ids, trained
+
+
 def _choose_threshold(
     head: nn.Module,
     bags: Mapping[str, NDArray[np.float32]],
@@ -420,27 +460,23 @@ def cross_validate(
     with torch.random.fork_rng(devices=[]):  # a bad head or setting fails before any training
         build_head(config.head, config.head_kwargs, in_dim, n_classes)
     fold_of = stratified_folds(y, config.n_folds, config.seed)
-    device = _device(config)
+    device = training_device(config)
     results: list[FoldResult] = []
     oof = np.zeros((len(ids), n_classes), dtype=np.float64)
     for k in range(config.n_folds):
         seed = fold_seed(config.seed, k)
         test_idx = np.flatnonzero(fold_of == k)
         rest_idx = np.flatnonzero(fold_of != k)
-        train_rel, val_rel = stratified_split(y[rest_idx], config.val_fraction, seed)
-        train_ids = tuple(ids[i] for i in rest_idx[train_rel])
-        val_ids = tuple(ids[i] for i in rest_idx[val_rel])
         test_ids = tuple(ids[i] for i in test_idx)
-        trained = train_fold(
+        train_ids, val_ids, trained = fit_split(
             bags,
             labels,
-            train_ids,
-            val_ids,
+            [ids[i] for i in rest_idx],
             n_classes,
             config,
+            seed=seed,
             fold=k,
             n_folds=config.n_folds,
-            seed=seed,
             on_epoch=on_epoch,
         )
         probs = predict_probabilities(trained.head, bags, test_ids, device)

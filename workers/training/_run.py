@@ -36,6 +36,7 @@ from slidemill.workers.training._config import CrossValidation, EpochReport, Tra
 from slidemill.workers.training._features import FeatureBags, FeatureFolder, scan_features
 from slidemill.workers.training._labels import LabelMatch, match_labels, read_label_csv
 from slidemill.workers.training._loop import cross_validate
+from slidemill.workers.training._select import SelectionRecord
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -169,6 +170,7 @@ def train_from_features(
     on_labels: Callable[[LabelMatch], None] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     cache_bytes: int = 8 << 30,
+    selection: SelectionRecord | None = None,
 ) -> TrainingReport:
     """Cross-validate a head on a features folder and write the training folder `out`:
 
@@ -179,7 +181,8 @@ def train_from_features(
         oof_predictions.csv    slide_id, fold, label, prob_<class>...: held-out predictions
 
     `on_labels` sees the label matching (with its warnings) before training starts; `on_epoch`
-    every epoch of every fold. `training.json` is written last: its presence marks a complete
+    every epoch of every fold. `selection` (from `select_and_train`) goes into `training.json` and
+    the bundles' descriptions. `training.json` is written last: its presence marks a complete
     folder. Raises `TrainingError` / `LabelError` (a `WorkerError`) on bad input.
     """
     started = time.perf_counter()
@@ -218,6 +221,7 @@ def train_from_features(
         },
     }
     out.mkdir(parents=True, exist_ok=True)
+    chosen = "" if selection is None else f". {selection.summary}"
     fold_dirs, fold_sha = [], []
     k_total = config.n_folds
     for result, fold_reference in zip(cv.folds, trust.fold_references, strict=True):
@@ -236,6 +240,7 @@ def train_from_features(
                     f"(seed {config.seed}); {len(result.train_ids)} training and "
                     f"{len(result.val_ids)} validation slides; held-out AUROC {auc} on "
                     f"{len(result.test_ids)} slides; encoder bundle {encoder_model.sha256[:12]}"
+                    f"{chosen}"
                 ),
                 **trust_fields,
                 "reference": trust.reference_entry(),
@@ -277,6 +282,7 @@ def train_from_features(
                 f"slidemill train: mean probability of the {len(cv.folds)} fold heads "
                 f"({config.head}, seed {config.seed}); out-of-fold AUROC {oof_text}; "
                 "threshold = mean of the folds' validation thresholds"
+                f"{chosen}"
             ),
             **trust_fields,
             "reference": trust.reference_entry(),
@@ -299,6 +305,8 @@ def train_from_features(
         ensemble_threshold,
         seconds,
     )
+    if selection is not None:
+        training["selection"] = dict(selection.record)
     training_path = out / TRAINING_JSON
     write_atomic(training_path, (json.dumps(training, indent=2) + "\n").encode("utf-8"))
     return TrainingReport(
