@@ -296,6 +296,36 @@ def _labels(out: Path, family: str) -> tuple[dict[str, int], dict[str, Path]]:
     return labels, {r["slide_id"]: slides / r["path"] for r in rows}
 
 
+def _bags(
+    out: Path, labels: Mapping[str, int], encoder: str, tile_px: int, tile_mpp: float
+) -> tuple[Mapping[str, NDArray[np.float32]], set[str]]:
+    """The labelled slides' feature bags of `encoder` at one tiling, and the ids with usable
+    features. A join "A+B" concatenates its parts' bags tile by tile: the parts share the
+    tiling, so the same tiles in the same order, which their coordinates must confirm."""
+    from slidemill.pipeline.graph import read_all
+    from slidemill.schemas.layout import StoreArray
+    from slidemill.workers.training import FeatureBags, scan_features
+
+    folders = [
+        scan_features(features_folder(out, p, tile_px, tile_mpp)) for p in encoder.split("+")
+    ]
+    ok = {
+        sid
+        for sid in labels
+        if all(sid in f.slides and f.slides[sid].reason is None for f in folders)
+    }
+    parts = [FeatureBags({sid: f.slides[sid].store for sid in ok}) for f in folders]
+    if len(parts) == 1:
+        return parts[0], ok
+    joined: dict[str, NDArray[np.float32]] = {}
+    for sid in sorted(ok):
+        coords = [np.asarray(read_all(f.slides[sid].store, StoreArray.COORDS)) for f in folders]
+        if any(not np.array_equal(coords[0], c) for c in coords[1:]):
+            raise ValueError(f"{encoder}: the parts' tiles of {sid} differ")
+        joined[sid] = np.concatenate([bags[sid] for bags in parts], axis=1)
+    return joined, ok
+
+
 # ---------------------------------------------------------------------------------------------
 # Cross-validation and test scores of one family
 
@@ -361,7 +391,6 @@ def _score_family(job: _FamilyJob) -> list[Score]:
     import torch
 
     from slidemill.workers import cross_validate
-    from slidemill.workers.training import FeatureBags, scan_features
 
     torch.set_num_threads(1)
     s, family = job.settings, job.family
@@ -372,12 +401,8 @@ def _score_family(job: _FamilyJob) -> list[Score]:
     for cand in job.candidates:
         key = (cand.encoder, cand.tile_px, cand.tile_mpp)
         if key not in folders:
-            features = features_folder(job.out, *key)
-            folder = scan_features(features)
-            ok = {
-                sid for sid in labels if sid in folder.slides and folder.slides[sid].reason is None
-            }
-            bags = FeatureBags({sid: folder.slides[sid].store for sid in ok})
+            features = features_folder(job.out, cand.encoder.split("+")[0], *key[1:])
+            bags, ok = _bags(job.out, labels, *key)
             lesion = {
                 sid: m
                 for sid in ok
@@ -499,7 +524,9 @@ def run_family_study(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     prepare_slides(out, texture, s, console)
     console.print(f"  slides ready, {time.perf_counter() - started:.0f} s", highlight=False)
-    for encoder in s.encoders:
+    # a join ("handcrafted+texture") is read from its parts' folders (`_bags`), not encoded again
+    parts = dict.fromkeys(p for encoder in s.encoders for p in encoder.split("+"))
+    for encoder in parts:
         for px, mpp in s.tilings:
             prepare_features(out, s, encoder, px, mpp, console)
     console.print(f"  features ready, {time.perf_counter() - started:.0f} s", highlight=False)

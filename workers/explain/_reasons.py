@@ -1,13 +1,14 @@
 """Feature-level reasons: which named features moved a tile's score, by Captum's Integrated
 Gradients on the head.
 
-The `handcrafted` encoder's columns have names (`HANDCRAFTED_FEATURES`); a learned encoder's do
-not, and in an "A+B" concatenation its columns are summed into one group named after the part.
-For each chosen tile, the attribution of column j is Integrated Gradients of the tile's
-log-odds of the target class (its row of `tile_logits`, with the tile's features moving and the
-rest of the bag as it is) from the bag's median tile to the tile itself: how much of the tile's
-difference from the slide's typical tile each feature accounts for. The attributions of a tile
-add up to that difference (IG's completeness, up to the integral's error).
+The `handcrafted` and `texture` encoders' columns have names (`HANDCRAFTED_FEATURES`,
+`TEXTURE_FEATURES`); a learned encoder's do not, and in an "A+B" concatenation its columns are
+summed into one group named after the part. For each chosen tile, the attribution of column j
+is Integrated Gradients of the tile's log-odds of the target class (its row of `tile_logits`,
+with the tile's features moving and the rest of the bag as it is) from the bag's median tile to
+the tile itself: how much of the tile's difference from the slide's typical tile each feature
+accounts for. The attributions of a tile add up to that difference (IG's completeness, up to
+the integral's error).
 """
 
 from __future__ import annotations
@@ -20,7 +21,19 @@ from numpy.typing import NDArray
 from torch import nn
 
 from slidemill.workers.explain._masked import log_odds
-from slidemill.workers.models import HANDCRAFTED_FEATURES, ConcatEncoder, HandcraftedEncoder
+from slidemill.workers.models import (
+    HANDCRAFTED_FEATURES,
+    TEXTURE_FEATURES,
+    ConcatEncoder,
+    HandcraftedEncoder,
+    TextureEncoder,
+)
+
+_NAMED: dict[type[nn.Module], tuple[str, ...]] = {
+    HandcraftedEncoder: HANDCRAFTED_FEATURES,
+    TextureEncoder: TEXTURE_FEATURES,
+}
+"""The weight-free encoders whose columns have names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +69,9 @@ def feature_groups(encoder: nn.Module, name: str) -> FeatureGroups | None:
     names: list[str] = []
     of_column: list[int] = []
     for part_name, part in parts:
-        if isinstance(part, HandcraftedEncoder):
-            for feature in HANDCRAFTED_FEATURES:
+        named = _NAMED.get(type(part))
+        if named is not None:
+            for feature in named:
                 of_column.append(len(names))
                 names.append(feature)
         else:
@@ -65,7 +79,7 @@ def feature_groups(encoder: nn.Module, name: str) -> FeatureGroups | None:
             group = len(names)
             names.append(f"{part_name.strip()} (learned)")
             of_column += [group] * width
-    if not any(isinstance(p, HandcraftedEncoder) for _, p in parts):
+    if not any(type(p) in _NAMED for _, p in parts):
         return None
     return FeatureGroups(tuple(names), np.asarray(of_column, dtype=np.int64))
 

@@ -79,6 +79,7 @@ from slidemill.workers.models._reference import (
     ood_score,
     save_reference,
 )
+from slidemill.workers.models._texture import TEXTURE_FEATURES, TextureEncoder
 from slidemill.workers.models._transmil import (
     NystromAttention,
     TransMIL,
@@ -97,6 +98,7 @@ __all__ = [
     "HEADS",
     "PRESETS",
     "REFERENCE_SHRINKAGE",
+    "TEXTURE_FEATURES",
     "WEIGHT_FREE",
     "CLAMMultiBranch",
     "CLAMSingleBranch",
@@ -127,6 +129,7 @@ __all__ = [
     "ReferenceStats",
     "ResNet50Trunc",
     "ResNetTrunk",
+    "TextureEncoder",
     "TimmEncoder",
     "TinyCNN",
     "TopKMIL",

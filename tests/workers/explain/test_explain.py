@@ -34,7 +34,13 @@ from slidemill.workers.explain import (
     tile_reasons,
     tile_shares,
 )
-from slidemill.workers.models import HANDCRAFTED_FEATURES, ConcatEncoder, HandcraftedEncoder
+from slidemill.workers.models import (
+    ENCODERS,
+    HANDCRAFTED_FEATURES,
+    TEXTURE_FEATURES,
+    ConcatEncoder,
+    HandcraftedEncoder,
+)
 
 D = 12
 
@@ -269,6 +275,10 @@ def test_feature_groups_name_handcrafted_columns_and_sum_a_learned_part() -> Non
     assert (both.of_column[:width] == 0).all() and both.of_column[width] == 1
     summed = both.sum(np.ones((2, width + len(HANDCRAFTED_FEATURES))))
     assert summed.shape == (2, len(both.names)) and summed[0, 0] == width
+    joined = ENCODERS.build("handcrafted+texture")
+    named = feature_groups(joined, "handcrafted+texture")
+    assert named is not None and named.names == (*HANDCRAFTED_FEATURES, *TEXTURE_FEATURES)
+    assert (named.of_column == np.arange(len(named.names))).all()
 
 
 def test_reasons_add_up_to_the_tile_s_difference_from_the_median_tile() -> None:
