@@ -17,8 +17,10 @@ from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
 from slidemill.bench import Latencies, pan_benchmark
+from slidemill.schemas.layout import SLIDE_STORE, StoreArray
 from slidemill.viewer import COLORMAPS, Pyramid, colormap_lut
-from tests.helpers import REPO, slidemill
+from tests.helpers import REPO, StoreView, slidemill
+from tests.pipeline.export.test_explanation import NAMES, explain_store
 from tests.viewer.conftest import HIGH, LOW, ViewedRun, Viewer, start_viewer
 
 ARTEFACTS = REPO / "build" / "test-artifacts" / "viewer"
@@ -238,10 +240,17 @@ def _shot(page: Page, name: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.int16)
 
 
+SETTLE_MS = 240_000
+"""How long a page may take to draw every tile: generous, since a machine busy with other jobs
+(CI beside a benchmark) starves the browser, the viewer and the slide reads at once; the tests
+check what is drawn, never how fast."""
+
+
 def _settle(page: Page) -> None:
-    page.wait_for_function("window.slidemill && window.slidemill.ready()", timeout=60_000)
+    page.wait_for_function("window.slidemill && window.slidemill.ready()", timeout=SETTLE_MS)
 
 
+@pytest.mark.timeout(3 * SETTLE_MS // 1000)
 def test_in_a_browser_the_run_page_sorts_filters_and_opens_a_slide(
     page: Page, viewer: Viewer
 ) -> None:
@@ -261,6 +270,7 @@ def test_in_a_browser_the_run_page_sorts_filters_and_opens_a_slide(
     _settle(p)
 
 
+@pytest.mark.timeout(3 * SETTLE_MS // 1000)
 def test_in_a_browser_the_heatmap_lies_on_the_tissue_and_the_sliders_change_it(
     page: Page, viewer: Viewer, viewed_run: ViewedRun
 ) -> None:
@@ -309,6 +319,7 @@ def test_in_a_browser_the_heatmap_lies_on_the_tissue_and_the_sliders_change_it(
     _settle(p)
 
 
+@pytest.mark.timeout(3 * SETTLE_MS // 1000)
 def test_in_a_browser_a_top_k_tile_flies_the_view_onto_it_and_hover_shows_scores(
     page: Page, viewer: Viewer, viewed_run: ViewedRun
 ) -> None:
@@ -335,3 +346,65 @@ def test_in_a_browser_a_top_k_tile_flies_the_view_onto_it_and_hover_shows_scores
     p.mouse.move(centre["x"] + 3, centre["y"] + 3)
     p.wait_for_selector(f"#hover [data-tile='{viewed_run.top_tile}']")
     assert f"P(positive) {LOW:.3f}" in p.inner_text("#hover")
+
+
+@pytest.fixture(scope="module")
+def explained(
+    viewed_run: ViewedRun, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Viewer, np.ndarray]]:
+    """A copy of the run whose SVS has an explanation (`explain.zarr`, reasons for its tiles 0
+    and 5, tile 1 left out of the bag), served by a viewer of its own; and its Shapley shares."""
+    copy = tmp_path_factory.mktemp("explained") / RUN
+    shutil.copytree(viewed_run.out, copy)
+    shapley = explain_store(copy / viewed_run.slide_id)
+    running = start_viewer([copy], tmp_path_factory.mktemp("explained-viewer") / "viewer.log")
+    yield running, shapley
+    running.stop()
+
+
+@pytest.mark.timeout(3 * SETTLE_MS // 1000)
+def test_in_a_browser_an_explained_slide_shows_its_layer_and_says_why_under_the_pointer(
+    page: Page, explained: tuple[Viewer, np.ndarray], viewed_run: ViewedRun
+) -> None:
+    viewer, shapley = explained
+    p = page
+    p.goto(f"{viewer.url}/runs/{RUN}/slides/synth-svs/")
+    _settle(p)
+    layer = p.evaluate("window.slidemill.info.explanation.layer")
+    options = p.eval_on_selector_all("#layer option", "os => os.map(o => [o.value, o.textContent])")
+    assert [layer, "explanation: Shapley, P(positive)"] in options
+    summary = p.inner_text("#explain-summary")
+    assert "8 orders, seed 0" in summary
+    assert "Shapley: deletion AUC 0.250, insertion AUC 0.850" in summary
+    p.fill("#opacity", "1")
+    _settle(p)
+    scores = _shot(p, "explained-scores")
+    p.select_option("#layer", layer)
+    _settle(p)
+    shares = _shot(p, "explained-shapley")
+    assert p.inner_text("#bar-name") == "Shapley share, log-odds"
+    assert p.evaluate("window.slidemill.state.cmap") != p.evaluate(
+        "window.slidemill.info.heatmap.colormaps[0]"
+    )
+
+    # the tiles' pixels change from P(positive) to their shares; off tissue nothing is drawn
+    grid = viewed_run.grid
+    gi = StoreView(viewed_run.out / viewed_run.slide_id / SLIDE_STORE)[StoreArray.GRID_INDEX]
+    centres = []
+    for r, c in gi:
+        x, y, w, h = grid.cell_box(int(r), int(c))
+        s = p.evaluate(f"window.slidemill.imageToScreen({x + w / 2}, {y + h / 2})")
+        centres.append((int(s["y"]), int(s["x"])))
+    changed = [int(np.abs(shares[at] - scores[at]).max()) > 10 for at in centres]
+    assert np.mean(changed) > 0.5, "the explanation layer looks like the scores"
+
+    # the first tile has reasons: its share, region and the named features show on hover
+    x, y, w, h = grid.cell_box(int(gi[0, 0]), int(gi[0, 1]))
+    at = p.evaluate(f"window.slidemill.imageToScreen({x + w / 2}, {y + h / 2})")
+    p.mouse.move(at["x"], at["y"])
+    p.wait_for_selector("#hover [data-tile='0'] [data-explanation='shapley']")
+    text = p.inner_text("#hover")
+    assert f"Shapley {float(shapley[0]):+.3f} (region 0)" in text
+    assert all(name in text for name in NAMES)
+    p.select_option("#layer", p.evaluate("window.slidemill.info.heatmap.default"))
+    _settle(p)

@@ -57,7 +57,20 @@ def explain_store(folder: Path, seed: int = 1) -> np.ndarray:
         region_shapley=np.zeros(int(region.max()) + 1),
         reason_tiles=np.array([0, 5]),
         reasons=np.array([[0.3, -0.5, 0.1], [0.0, 0.2, -0.1]], np.float32),
-        info={"target": "positive", "budget": 8, "seed": 0, "reason_names": list(NAMES)},
+        info={
+            "target": "positive",
+            "budget": 8,
+            "seed": 0,
+            "reason_names": list(NAMES),
+            "n_players": int(region.max()) + 1,
+            "exact": False,
+            "permutations": 8,
+            "faithfulness": {
+                "attention": {"deletion_auc": 0.5, "insertion_auc": 0.6},
+                "tile_score": {"deletion_auc": 0.3, "insertion_auc": 0.8},
+                "shapley": {"deletion_auc": 0.25, "insertion_auc": 0.85},
+            },
+        },
     )
     return shapley
 
