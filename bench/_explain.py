@@ -271,23 +271,24 @@ def run_bench_explain(
     seed: int = 0,
     out: Path | None = None,
     whole_command: bool = True,
+    heads: Sequence[str] = HEADS,
 ) -> ExplainBench:
-    """Measure every head of the demo at `demo`; print the tables, and write them as JSON to
-    `out` when given."""
+    """Measure each of `heads` in `demo` (its `run-<head>/` and `model-<head>/`); print the
+    tables, and write them as JSON to `out` when given."""
     import torch
 
     bench = ExplainBench(str(demo), budget, max_players, seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one worker thread's share of a core
     try:
-        for head in HEADS:
+        for head in heads:
             row, scaling = head_faithfulness(demo, head, budget, max_players, seed)
             bench.heads.append(row)
             bench.scaling.extend(scaling)
     finally:
         torch.set_num_threads(threads)
     if whole_command:
-        for head in HEADS:
+        for head in heads:
             bench.end_to_end[head] = end_to_end(demo, head, budget, max_players, seed)
     for table in explain_tables(bench):
         console.print(table)

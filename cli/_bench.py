@@ -435,6 +435,12 @@ def bench_explain(
     end_to_end: Annotated[
         bool, typer.Option(help="Also time `slidemill explain` itself on a copy of each run.")
     ] = True,
+    heads: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated heads: the folder's run-<head>/ and model-<head>/ of each."
+        ),
+    ] = "abmil_gated,mean_pool",
 ) -> None:
     """Explanations of the demo's models measured: deletion and insertion AUC of attention, tile
     scores and Shapley values on the held-out positive slides (random and truth orders beside
@@ -445,6 +451,11 @@ def bench_explain(
     folder = demo or find_demo()
     if folder is None:
         fail("no finished demo found in demo-out or /tmp/demo9; run `make demo` or give --demo")
+    names = tuple(h.strip() for h in heads.split(",") if h.strip())
+    for head in names:
+        for part in (f"run-{head}", f"model-{head}"):
+            if not (folder / part).is_dir():
+                fail(f"--heads {head}: {folder / part} is not a folder")
     console.print(
         f"slidemill bench-explain, {datetime.date.today()}, demo {folder}", highlight=False
     )
@@ -456,4 +467,5 @@ def bench_explain(
         seed=seed,
         out=out,
         whole_command=end_to_end,
+        heads=names,
     )

@@ -58,3 +58,13 @@ def test_a_slide_made_by_another_model_fails_alone_with_its_reason(
         "made by model abababababab" in got.output and "give the model the run used" in got.output
     )
     assert not (tmp_path / "slide-a" / "explain.zarr").exists()
+
+
+def test_bench_explain_refuses_a_head_the_folder_lacks(tmp_path: Path) -> None:
+    for head in ("abmil_gated", "mean_pool"):
+        (tmp_path / f"run-{head}").mkdir()
+        (tmp_path / f"model-{head}").mkdir()
+    args = ["bench-explain", "--demo", str(tmp_path), "--heads", "abmil_gated,topk_linear"]
+    got = runner.invoke(app, args)
+    assert got.exit_code == EXIT_USAGE
+    assert f"--heads topk_linear: {tmp_path / 'run-topk_linear'} is not a folder" in got.output
