@@ -55,6 +55,7 @@ from slidemill.pipeline.synth._shade import (
     _TEXTURE_EFFACE,
     _TEXTURE_NUCLEUS_KEEP,
     BACKGROUND,
+    SCENE_SHADERS,
 )
 from slidemill.pipeline.synth._shapes import Blob, Ellipse, _field
 from slidemill.pipeline.synth._slide import SyntheticSlide
@@ -703,6 +704,9 @@ def _shade_family(
         back = np.float32(BACKGROUND[ch] * scene.white[ch]) + 1.5 * grain
         out[ch] = plane if all_tissue else np.where(tissue, plane, back)
     return out
+
+
+SCENE_SHADERS.append(_shade_family)  # `_shade` calls it for a slide with a scene
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +87,13 @@ def _tissue_block(slide: SyntheticSlide, xs: F64, ys: F64) -> NDArray[np.bool_] 
     return inside
 
 
+SceneShader = Callable[[SyntheticSlide, F64, F64, float, NDArray[np.bool_] | None, F32], F32]
+"""Shades a slide with a `scene` (xs, ys, step, its tissue block, grain) → RGB planes."""
+SCENE_SHADERS: list[SceneShader] = []
+"""The shading of slides with a `scene`: `_families` puts its own here when imported (as the
+package's `__init__` does), so this module does not import the one that imports it."""
+
+
 def _shade(slide: SyntheticSlide, xs: F64, ys: F64, step: float, probe: bool = False) -> F32:
     """RGB planes at the level-0 sample grid `ys` x `xs` (ascending, `step` px apart). Shape:
     3 x ny x nx, float32. A `probe` (for `_lesion_gain`) has every lesion and look-alike of
@@ -97,10 +105,9 @@ def _shade(slide: SyntheticSlide, xs: F64, ys: F64, step: float, probe: bool = F
         axis=1,
     )
     tissue = _tissue_block(slide, xs, ys)
-    if slide.scene is not None:  # a lesion family's slide (`_families` imports this module)
-        from slidemill.pipeline.synth._families import _shade_family
-
-        return _shade_family(slide, xs, ys, step, tissue, grain)
+    if slide.scene is not None:  # a lesion family's slide
+        (shade_scene,) = SCENE_SHADERS
+        return shade_scene(slide, xs, ys, step, tissue, grain)
     if tissue is None:
         return np.stack([np.float32(v) + 1.5 * grain for v in BACKGROUND])
     px = 1.0 / slide.texture_mpp  # pixels per µm
