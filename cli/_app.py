@@ -15,6 +15,7 @@ from slidemill.cli import (
     _encoders,
     _explain,
     _export,
+    _federated,
     _learn,
     _model,
     _run,
@@ -91,6 +92,13 @@ cluster_app = typer.Typer(no_args_is_help=True, help="Cluster configs.")
 cluster_app.command("check")(_command(_cluster.cluster_check))
 cluster_app.command("example")(_command(_cluster.cluster_example))
 app.add_typer(cluster_app, name="cluster")
+
+federated_app = typer.Typer(
+    no_args_is_help=True, help="Train across sites on Flower: parameters move, slides stay."
+)
+federated_app.command("serve")(_command(_federated.federated_serve))
+federated_app.command("join")(_command(_federated.federated_join))
+app.add_typer(federated_app, name="federated")
 
 
 def main() -> None:

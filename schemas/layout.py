@@ -78,6 +78,13 @@ TRAINING_JSON: Final = "training.json"
 OOF_CSV: Final = "oof_predictions.csv"
 ENSEMBLE_DIR: Final = "ensemble"
 
+# A federated training folder (`slidemill federated serve`)
+FEDERATION_JSON: Final = "federation.json"
+"""Written last: the run's provenance (settings, sites and their slide counts, rounds, privacy)."""
+FEDERATED_MODEL_DIR: Final = "model"
+ROUNDS_DIR: Final = "rounds"
+"""The global head after each completed round, so a restarted aggregator resumes."""
+
 # A features folder (`slidemill features`): a run folder plus the encoder the features came from
 ENCODER_BUNDLE: Final = "encoder-bundle"
 

@@ -52,6 +52,7 @@ from slidemill.workers.models._heads import (
     HEADS,
     FittedInputHead,
     GatedABMIL,
+    InputMoments,
     InstanceABMIL,
     InstanceLossHead,
     MILHead,
@@ -73,10 +74,13 @@ from slidemill.workers.models._preset_weights import (
 from slidemill.workers.models._presets import PRESETS, EncoderPreset, LayerRef, get_preset
 from slidemill.workers.models._reference import (
     REFERENCE_SHRINKAGE,
+    ReferenceMoments,
     ReferenceStats,
     fit_reference,
     load_reference,
     ood_score,
+    reference_from_moments,
+    reference_moments,
     save_reference,
 )
 from slidemill.workers.models._texture import TEXTURE_FEATURES, TextureEncoder
@@ -115,6 +119,7 @@ __all__ = [
     "HandcraftedEncoder",
     "HistoCNN",
     "InferenceSettings",
+    "InputMoments",
     "InstanceABMIL",
     "InstanceLossHead",
     "LayerRef",
@@ -126,6 +131,7 @@ __all__ = [
     "PresetEncoder",
     "PresetStatus",
     "PresetWeights",
+    "ReferenceMoments",
     "ReferenceStats",
     "ResNet50Trunc",
     "ResNetTrunk",
@@ -161,6 +167,8 @@ __all__ = [
     "ood_score",
     "preset_statuses",
     "read_manifest",
+    "reference_from_moments",
+    "reference_moments",
     "resolve_preset_weights",
     "save_bundle",
     "save_reference",

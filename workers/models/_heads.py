@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional
 
@@ -60,6 +62,35 @@ class FittedInputHead(Protocol):
         """bags: every training slide's features, each (N_i, in_dim), visited once (a cohort's
         features need not fit in memory together)."""
         ...
+
+    def input_moments(self, bags: Iterable[torch.Tensor]) -> InputMoments:
+        """The sums `fit_input` fits from, so sites can add theirs (federated training)."""
+        ...
+
+    def set_input(self, moments: InputMoments) -> None:
+        """Fit the standardisation from sums: `fit_input(b)` is `set_input(input_moments(b))`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InputMoments:
+    """Count, sum and sum of squares of the (transformed) training tiles' features, in float64:
+    what a head's input standardisation is fitted from, and all of it that leaves a site
+    (`eq=False`: arrays)."""
+
+    n: int
+    """Tiles summed."""
+    total: NDArray[np.float64]
+    """Σ x. Shape: in_dim."""
+    squares: NDArray[np.float64]
+    """Σ x². Shape: in_dim."""
+
+    def __add__(self, other: InputMoments) -> InputMoments:
+        if self.total.shape != other.total.shape:
+            raise ValueError(f"moments of widths {self.total.shape} and {other.total.shape}")
+        return InputMoments(
+            self.n + other.n, self.total + other.total, self.squares + other.squares
+        )
 
 
 def check_bag(features: torch.Tensor, in_dim: int) -> None:
@@ -338,16 +369,28 @@ class TopKMIL(nn.Module):
         nn.init.zeros_(self.score.bias)
 
     def fit_input(self, bags: Iterable[torch.Tensor]) -> None:
+        self.set_input(self.input_moments(bags))
+
+    def input_moments(self, bags: Iterable[torch.Tensor]) -> InputMoments:
         # one bag at a time, sums in float64: the training tiles are never all in memory
-        n, total, squares = 0, torch.zeros(self.in_dim, dtype=torch.float64), None
+        n, total = 0, torch.zeros(self.in_dim, dtype=torch.float64)
+        squares = torch.zeros(self.in_dim, dtype=torch.float64)
         for bag in bags:
             check_bag(bag, self.in_dim)
             x = _centred(bag.detach().to("cpu", torch.float64))
             n += x.shape[0]
             total += x.sum(0)
-            squares = x.square().sum(0) if squares is None else squares + x.square().sum(0)
-        if squares is None:
+            squares += x.square().sum(0)
+        return InputMoments(n, total.numpy(), squares.numpy())
+
+    def set_input(self, moments: InputMoments) -> None:
+        if moments.n == 0:
             raise ValueError("fit_input needs at least one bag")
+        if moments.total.shape != (self.in_dim,):
+            raise ValueError(f"moments of width {moments.total.shape}, the head's is {self.in_dim}")
+        n = moments.n
+        total = torch.from_numpy(np.asarray(moments.total, dtype=np.float64))
+        squares = torch.from_numpy(np.asarray(moments.squares, dtype=np.float64))
         mean = total / n
         var = (squares - n * mean.square()) / max(n - 1, 1)
         std = var.clamp_min(0.0).sqrt() if n > 1 else torch.ones_like(mean)

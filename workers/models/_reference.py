@@ -50,10 +50,62 @@ def fit_reference(slides: Sequence[NDArray[np.floating]]) -> ReferenceStats:
     mean = x.mean(axis=0)
     centred = x - mean
     cov = centred.T @ centred / max(1, x.shape[0] - 1)
+    return ReferenceStats(mean, _shrunk_inverse(cov), len(parts), int(x.shape[0]))
+
+
+def _shrunk_inverse(cov: NDArray[np.float64]) -> NDArray[np.float64]:
     d = cov.shape[0]
     scale = float(np.trace(cov)) / d or 1.0
     shrunk = (1.0 - REFERENCE_SHRINKAGE) * cov + REFERENCE_SHRINKAGE * scale * np.eye(d)
-    return ReferenceStats(mean, np.linalg.inv(shrunk), len(parts), int(x.shape[0]))
+    inverse: NDArray[np.float64] = np.linalg.inv(shrunk).astype(np.float64)
+    return inverse
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ReferenceMoments:
+    """The sums a reference is fitted from (the same tiles `fit_reference` uses): what a site
+    sends so an aggregator can fit the reference of every site's slides (`eq=False`: arrays)."""
+
+    n_slides: int
+    """Slides summed."""
+    n_tiles: int
+    """Tiles summed."""
+    total: NDArray[np.float64]
+    """Σ x. Shape: D."""
+    outer: NDArray[np.float64]
+    """Σ x xᵀ. Shape: D x D."""
+
+    def __add__(self, other: ReferenceMoments) -> ReferenceMoments:
+        if self.total.shape != other.total.shape:
+            raise TrainingError(f"moments of widths {self.total.shape} and {other.total.shape}")
+        return ReferenceMoments(
+            self.n_slides + other.n_slides,
+            self.n_tiles + other.n_tiles,
+            self.total + other.total,
+            self.outer + other.outer,
+        )
+
+    def __sub__(self, other: ReferenceMoments) -> ReferenceMoments:
+        return self + ReferenceMoments(-other.n_slides, -other.n_tiles, -other.total, -other.outer)
+
+
+def reference_moments(slides: Sequence[NDArray[np.floating]]) -> ReferenceMoments:
+    """The sums of `fit_reference`'s tiles (each slide's even subsample)."""
+    parts = [_subsample(np.asarray(f, dtype=np.float64)) for f in slides if len(f)]
+    if not parts:
+        raise TrainingError("a feature reference needs at least one slide with tiles")
+    x = np.concatenate(parts)
+    return ReferenceMoments(len(parts), int(x.shape[0]), x.sum(axis=0), x.T @ x)
+
+
+def reference_from_moments(moments: ReferenceMoments) -> ReferenceStats:
+    """`fit_reference` from sums: the same reference, to rounding, as fitting on the tiles."""
+    n = moments.n_tiles
+    if n < 1 or moments.n_slides < 1:
+        raise TrainingError("a feature reference needs at least one slide with tiles")
+    mean = moments.total / n
+    cov = (moments.outer - n * np.outer(mean, mean)) / max(1, n - 1)
+    return ReferenceStats(mean, _shrunk_inverse(cov), moments.n_slides, n)
 
 
 def _subsample(f: NDArray[np.float64]) -> NDArray[np.float64]:

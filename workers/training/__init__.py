@@ -30,9 +30,11 @@ from slidemill.workers.training._labels import (
     read_label_csv,
 )
 from slidemill.workers.training._loop import (
+    build_head,
     cross_validate,
     fit_split,
     predict_probabilities,
+    train_epochs,
     train_fold,
 )
 from slidemill.workers.training._pretrain import (
@@ -102,6 +104,7 @@ __all__ = [
     "Unmatched",
     "augment",
     "bag_loss",
+    "build_head",
     "choose",
     "class_weights",
     "cross_validate",
@@ -121,6 +124,7 @@ __all__ = [
     "select_and_train",
     "stratified_folds",
     "stratified_split",
+    "train_epochs",
     "train_fold",
     "train_from_features",
 ]

@@ -365,6 +365,71 @@ def train_fold(
     )
 
 
+def train_epochs(
+    head: nn.Module,
+    bags: Mapping[str, NDArray[np.float32]],
+    labels: Mapping[str, int],
+    ids: Sequence[str],
+    weights: Sequence[float],
+    config: TrainConfig,
+    *,
+    epochs: int,
+    seed: int,
+    anchor_mu: float = 0.0,
+) -> float:
+    """Train `head` in place for `epochs` epochs over `ids` (one bag a step, in a seeded order
+    when `config.shuffle`), with `config`'s optimiser, rate and weight decay, class `weights`
+    (C,) and any instance loss; no validation, no early stop: a federated site's local update.
+
+    `anchor_mu` > 0 adds FedProx's proximal term μ/2 ‖w − w₀‖² to every step's loss, w₀ the
+    weights `head` came in with. Returns the mean training loss of the last epoch.
+    """
+    if not ids:
+        raise TrainingError("no slides to train on")
+    device = next(head.parameters()).device
+    with deterministic(seed, device):
+        optimiser_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimiser = optimiser_cls(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        w = torch.tensor(list(weights), dtype=torch.float32, device=device)
+        anchor = [p.detach().clone() for p in head.parameters()] if anchor_mu > 0 else []
+        mix = config.instance_loss_weight if isinstance(head, InstanceLossHead) else 0.0
+        order_rng = torch.Generator().manual_seed(seed)
+        mean_loss = math.nan
+        head.train()
+        for epoch in range(1, epochs + 1):
+            order = (
+                torch.randperm(len(ids), generator=order_rng).tolist()
+                if config.shuffle
+                else list(range(len(ids)))
+            )
+            total = 0.0
+            for i in order:
+                y = int(labels[ids[i]])
+                x = _bag_tensor(bags[ids[i]], device)
+                loss = bag_loss(head(x).logits, y, w)
+                if mix > 0.0 and isinstance(head, InstanceLossHead):
+                    loss = (1.0 - mix) * loss + mix * head.instance_loss(x, y)
+                if anchor:
+                    drift = sum(
+                        (p - p0).square().sum()
+                        for p, p0 in zip(head.parameters(), anchor, strict=True)
+                    )
+                    loss = loss + 0.5 * anchor_mu * drift
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"epoch {epoch}: the loss became {value} on slide {ids[i]}; lower the "
+                        "learning rate"
+                    )
+                total += value
+            mean_loss = total / len(order)
+        head.eval()
+    return mean_loss
+
+
 def fit_split(
     bags: Mapping[str, NDArray[np.float32]],
     labels: Mapping[str, int],

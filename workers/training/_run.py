@@ -17,7 +17,14 @@ import torch
 
 from slidemill.schemas import REFERENCE_FORMAT, slidemill_version
 from slidemill.schemas.files import write_atomic
-from slidemill.schemas.layout import ENSEMBLE_DIR, MANIFEST_JSON, OOF_CSV, TRAINING_JSON
+from slidemill.schemas.layout import (
+    ENSEMBLE_DIR,
+    FEDERATED_MODEL_DIR,
+    FEDERATION_JSON,
+    MANIFEST_JSON,
+    OOF_CSV,
+    TRAINING_JSON,
+)
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.metrics import TemperatureFit, fit_temperature
 from slidemill.workers.models import (
@@ -136,10 +143,15 @@ def fit_trust(bags: FeatureBags, cv: CrossValidation) -> TrustFit:
 
 def resolve_model_dir(path: Path) -> Path:
     """`path/ensemble` when `path` is a training folder (`training.json` and
-    `ensemble/manifest.json`), else `path`: `--model` accepts either."""
+    `ensemble/manifest.json`), `path/model` when it is a federated one (`federation.json` and
+    `model/manifest.json`), else `path`: `--model` accepts any of them."""
     path = Path(path)
     if (path / TRAINING_JSON).is_file() and (path / ENSEMBLE_DIR / MANIFEST_JSON).is_file():
         return path / ENSEMBLE_DIR
+    if (path / FEDERATION_JSON).is_file() and (
+        path / FEDERATED_MODEL_DIR / MANIFEST_JSON
+    ).is_file():
+        return path / FEDERATED_MODEL_DIR
     return path
 
 

@@ -1,0 +1,339 @@
+"""Flower's own processes, started for `slidemill federated serve` and `join`: the aggregator is
+a SuperLink and the run `flwr run` submits to it (its ServerApp runs in Flower's SuperExec), a
+site is a SuperNode (its ClientApp likewise). Nothing here trains; it writes the Flower App
+folder and the configuration files, starts the processes, and waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from slidemill.cluster import is_loopback
+from slidemill.schemas import TlsFiles
+from slidemill.workers.errors import TrainingError
+from slidemill.workers.federated._aggregator import (
+    FEDERATION_JSON,
+    MODEL_DIR,
+    ROUNDS_DIR,
+    RUN_ENCODER,
+    RUN_OUT,
+)
+from slidemill.workers.federated._plan import FederationSettings
+from slidemill.workers.federated._records import SETTINGS
+from slidemill.workers.federated._site import (
+    NODE_FEATURES,
+    NODE_LABELS,
+    NODE_NAME,
+    NODE_WORKDIR,
+    REFUSED_FILE,
+)
+from slidemill.workers.models import check_bundle
+from slidemill.workers.training import match_labels, read_label_csv, scan_features
+
+FLOWER_DIR = "flower"
+"""In the aggregator's output folder: Flower's home, the App folder, the SuperLink's state
+database and the logs."""
+APP_NAME = "slidemill_federation"
+SITE_MARKER = ".slidemill-site"
+"""Marks a folder `join` created (it writes into no other)."""
+STARTUP_TIMEOUT = 120.0
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment of Flower's processes: this interpreter's scripts first on PATH (Flower
+    starts `flower-superexec` by name), its home in `home`, and no telemetry or update check
+    (nothing may reach the internet)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_HOME"] = str(home)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    return env
+
+
+def _script(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.is_file() else shutil.which(name)
+    if found is None:
+        raise TrainingError(f"Flower's {name} is not installed (pip install flwr)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(host: str, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+            raise TrainingError(f"Flower's SuperLink exited at start: {' | '.join(tail)} ({log})")
+        with contextlib.suppress(OSError), socket.create_connection((target, port), timeout=1.0):
+            return
+        time.sleep(0.2)
+    raise TrainingError(
+        f"Flower's SuperLink did not listen on {host}:{port} within {STARTUP_TIMEOUT:g} s"
+    )
+
+
+@contextlib.contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _check_tls(host: str, tls: TlsFiles | None, where: str) -> None:
+    if tls is None and not is_loopback(f"tcp://{host}:1"):
+        raise TrainingError(
+            f"{where}: {host} is beyond loopback: give TLS certificates (--tls-ca, --tls-cert, "
+            "--tls-key), so model updates do not cross the network in clear"
+        )
+    if tls is not None:
+        for path in (tls.ca_file, tls.cert_file, tls.key_file):
+            if path is not None and not Path(path).is_file():
+                raise TrainingError(f"{where}: no certificate file {path}")
+
+
+def _tls_args(tls: TlsFiles | None) -> list[str]:
+    if tls is None:
+        return ["--insecure"]
+    if tls.key_file is None:
+        raise TrainingError("the SuperLink needs its private key in a file of its own (--tls-key)")
+    return [
+        "--ssl-ca-certfile",
+        str(tls.ca_file),
+        "--ssl-certfile",
+        str(tls.cert_file),
+        "--ssl-keyfile",
+        str(tls.key_file),
+    ]
+
+
+def write_app(folder: Path, settings: FederationSettings, encoder: Path, out: Path) -> Path:
+    """The Flower App folder `flwr run` bundles: a pyproject naming slidemill's ServerApp and
+    ClientApp, with this run's configuration (settings, the encoder bundle, the output)."""
+    app = folder / APP_NAME
+    app.mkdir(parents=True, exist_ok=True)
+    project = {
+        "build-system": {"requires": ["setuptools>=77"], "build-backend": "setuptools.build_meta"},
+        "project": {
+            "name": "slidemill-federation",
+            "version": "1.0.0",
+            "description": "slidemill's federated MIL head training",
+            "license": "Apache-2.0",
+            # installed already where the SuperLink and the SuperNodes run
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "slidemill",
+                    "components": {
+                        "serverapp": "slidemill.workers.federated._aggregator:server_app",
+                        "clientapp": "slidemill.workers.federated._site:site_app",
+                    },
+                    "config": {
+                        SETTINGS: settings.to_json(),
+                        RUN_ENCODER: str(encoder),
+                        RUN_OUT: str(out),
+                    },
+                }
+            }
+        },
+    }
+    (app / "pyproject.toml").write_text(tomli_w.dumps(project), encoding="utf-8")
+    return app
+
+
+def _check_out(out: Path, settings: FederationSettings) -> None:
+    """`out` must be new, empty, or an unfinished run of the same settings (resumed)."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if (out / FEDERATION_JSON).exists():
+        raise TrainingError(f"{out}: holds a finished federated model; choose a new folder")
+    if not (out / ROUNDS_DIR).is_dir() and not (out / FLOWER_DIR).is_dir():
+        raise TrainingError(f"{out}: exists and is not a federated run's folder; choose a new one")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeResult:
+    """What `serve` made."""
+
+    federation_json: Path
+    """The run's provenance."""
+    bundle: Path
+    """The model bundle."""
+    seconds: float
+    """Wall time."""
+
+
+def serve(
+    settings: FederationSettings,
+    encoder: Path,
+    out: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9092,
+    tls: TlsFiles | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> ServeResult:
+    """Start a SuperLink on host:port, submit slidemill's Flower App to it and wait for the
+    federated run to finish; the bundle is `out/model`. Restarted on the same `out` with the
+    same settings, the run resumes after its last completed round."""
+    started = time.perf_counter()
+    encoder = Path(encoder).resolve()
+    if (encoder / "encoder-bundle").is_dir():  # a features folder: its encoder
+        encoder = encoder / "encoder-bundle"
+    check_bundle(encoder)
+    _check_tls(host, tls, "federated serve")
+    out = Path(out).resolve()
+    _check_out(out, settings)
+    home = out / FLOWER_DIR
+    home.mkdir(parents=True, exist_ok=True)
+    env = flower_env(home)
+    connection: dict[str, object] = {"address": f"127.0.0.1:{port}"}
+    if tls is None:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(tls.ca_file)
+    (home / "config.toml").write_text(
+        tomli_w.dumps({"superlink": {"default": "slidemill", "slidemill": connection}}),
+        encoding="utf-8",
+    )
+    app = write_app(home, settings, encoder, out)
+    link = [
+        _script("flower-superlink"),
+        *_tls_args(tls),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        str(home / "superlink.db"),
+    ]
+    with _process(link, env, home / "superlink.log") as superlink:
+        _wait_listening(host, port, superlink, home / "superlink.log")
+        run = subprocess.Popen(
+            [_script("flwr"), "run", str(app), "slidemill", "--stream"],
+            env=env,
+            cwd=home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert run.stdout is not None
+        with (home / "run.log").open("a", encoding="utf-8") as log:
+            for line in run.stdout:
+                log.write(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+        run.wait()
+    federation = out / FEDERATION_JSON
+    if not federation.is_file():
+        raise TrainingError(
+            f"the federated run ended without a model (exit {run.returncode}); its log: "
+            f"{home / 'run.log'}"
+        )
+    return ServeResult(federation, out / MODEL_DIR, time.perf_counter() - started)
+
+
+def _check_site(features: Path, labels: Path, name: str) -> int:
+    folder = scan_features(features)
+    match = match_labels(read_label_csv(labels), folder.slides, base=labels.parent)
+    if not match.labels:
+        raise TrainingError(f"site {name!r}: no slide of {labels} has features in {features}")
+    return len(match.labels)
+
+
+def _site_workdir(workdir: Path) -> None:
+    if workdir.exists() and any(workdir.iterdir()) and not (workdir / SITE_MARKER).is_file():
+        raise TrainingError(f"{workdir}: exists and is not a site's folder; choose a new one")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / SITE_MARKER).touch()
+    (workdir / REFUSED_FILE).unlink(missing_ok=True)
+
+
+def join(
+    features: Path,
+    labels: Path,
+    server: str,
+    name: str,
+    workdir: Path,
+    *,
+    root_certificates: Path | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> int:
+    """Run a SuperNode for this site until it stops; returns its exit status. Raises
+    `TrainingError` at once on an unreadable features folder or labels, and with the
+    aggregator's one-line reason when the model cannot use this site's features."""
+    features, labels, workdir = (
+        Path(features).resolve(),
+        Path(labels).resolve(),
+        Path(workdir).resolve(),
+    )
+    if not name or any(c.isspace() or c in "\"'" for c in name):
+        raise TrainingError(f"site name {name!r}: give a name without spaces or quotes")
+    n_slides = _check_site(features, labels, name)
+    host = server.rsplit(":", 1)[0].strip("[]")
+    if root_certificates is None and not is_loopback(f"tcp://{host}:1"):
+        raise TrainingError(
+            f"federated join: {server} is beyond loopback: give the aggregator's CA "
+            "(--root-certificates) so the site's updates travel over TLS"
+        )
+    _site_workdir(workdir)
+    node_config = {
+        NODE_FEATURES: str(features),
+        NODE_LABELS: str(labels),
+        NODE_NAME: name,
+        NODE_WORKDIR: str(workdir),
+    }
+    config_file = workdir / "node-config.toml"
+    config_file.write_text(tomli_w.dumps(node_config), encoding="utf-8")
+    args = [
+        _script("flower-supernode"),
+        *(
+            ["--insecure"]
+            if root_certificates is None
+            else ["--root-certificates", str(root_certificates)]
+        ),
+        "--superlink",
+        server,
+        "--port",
+        str(free_port()),
+        "--node-config",
+        str(config_file),
+    ]
+    if on_start is not None:
+        on_start(n_slides)
+    with _process(args, flower_env(workdir / FLOWER_DIR), workdir / "supernode.log") as node:
+        while node.poll() is None:
+            refused = workdir / REFUSED_FILE
+            if refused.is_file():
+                raise TrainingError(refused.read_text(encoding="utf-8").strip())
+            time.sleep(0.5)
+        return int(node.returncode)
