@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +75,10 @@ from slidemill.workers.training import build_head
 
 log = logging.getLogger("slidemill.federated")
 
-RUN_ENCODER = "encoder-bundle"
-RUN_OUT = "out"
+ENV_ENCODER = "SLIDEMILL_FEDERATED_ENCODER"
+ENV_OUT = "SLIDEMILL_FEDERATED_OUT"
+"""The aggregator's paths reach its ServerApp through the SuperLink's environment, never the
+Flower App's configuration, which Flower ships to every site."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -95,10 +98,17 @@ class Site:
 
 
 class SitesGrid(Grid):
-    """The grid less the sites refused: Flower's strategies sample from `get_node_ids`."""
+    """The grid with the run's sites only: Flower's strategies sample from `get_node_ids`. A node
+    that joins after training started is described (so a site whose features do not fit hears
+    why, in one line) but does not join the run: its standardisation, reference and class
+    weights were fitted on the sites present at the start."""
 
-    def __init__(self, grid: Grid, accepted: Iterable[int]) -> None:
+    def __init__(
+        self, grid: Grid, accepted: Iterable[int], known: Iterable[int], describe: Describe
+    ) -> None:
         self._grid, self._accepted = grid, frozenset(accepted)
+        self._known, self._describe = set(known), describe
+        self.late: list[Site] = []
 
     def set_run(self, run: object) -> None:
         self._grid.set_run(run)  # type: ignore[arg-type]
@@ -111,7 +121,16 @@ class SitesGrid(Grid):
         return self._grid.create_message(*args, **kwargs)  # type: ignore[arg-type]
 
     def get_node_ids(self) -> list[int]:
-        return [n for n in self._grid.get_node_ids() if n in self._accepted]
+        nodes = list(self._grid.get_node_ids())
+        new = [n for n in nodes if n not in self._known]
+        if new:
+            self._known.update(new)
+            for site in self._describe(new):
+                log.warning(
+                    "site %r joined after training started: not in this run", site.info.name
+                )
+                self.late.append(site)
+        return [n for n in nodes if n in self._accepted]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._grid.push_messages(messages)
@@ -125,16 +144,27 @@ class SitesGrid(Grid):
         return self._grid.send_and_receive(messages, timeout=timeout)
 
 
-def _wait_for_sites(grid: Grid, settings: FederationSettings) -> list[int]:
+Describe = Callable[[Sequence[int]], list["Site"]]
+
+
+def _gather_sites(grid: Grid, settings: FederationSettings, describe: Describe) -> list[Site]:
+    """Describe each node as it joins until `min_sites` of them can train the model."""
     deadline = time.monotonic() + settings.join_timeout
-    while len(nodes := list(grid.get_node_ids())) < settings.min_sites:
+    sites: dict[int, Site] = {}
+    while True:
+        # a node that did not answer is asked again on the next pass
+        new = [n for n in grid.get_node_ids() if n not in sites]
+        if new:
+            sites.update((s.node_id, s) for s in describe(new))
+        ready = [s for s in sites.values() if s.reference_moments is not None]
+        if len(ready) >= settings.min_sites:
+            return sorted(sites.values(), key=lambda s: s.info.name)
         if time.monotonic() > deadline:
             raise TrainingError(
-                f"{len(nodes)} of the {settings.min_sites} sites needed joined within "
-                f"{settings.join_timeout:g} s"
+                f"{len(ready)} of the {settings.min_sites} sites needed joined with features the "
+                f"model can use within {settings.join_timeout:g} s"
             )
         time.sleep(1.0)
-    return nodes
 
 
 def describe_sites(
@@ -308,8 +338,11 @@ def run_aggregator(grid: Grid, settings: FederationSettings, encoder_dir: Path, 
     encoder_model = load_bundle(encoder_dir, torch.device("cpu"))
     enc = encoder_model.manifest
     encoder_id = encoder_identity(enc, encoder_model.encoder)
-    nodes = _wait_for_sites(grid, settings)
-    sites = describe_sites(grid, nodes, settings, enc.feature_dim, encoder_id)
+
+    def describe(new: Sequence[int]) -> list[Site]:
+        return describe_sites(grid, new, settings, enc.feature_dim, encoder_id)
+
+    sites = _gather_sites(grid, settings, describe)
     accepted = [s for s in sites if s.reference_moments is not None]
     for s in sites:
         if s.reference_moments is None:
@@ -373,7 +406,12 @@ def run_aggregator(grid: Grid, settings: FederationSettings, encoder_dir: Path, 
             checkpoint.save(server_round, current, {"sites": [s.info.name for s in accepted]})
         return None
 
-    sites_grid = SitesGrid(grid, [s.node_id for s in accepted])
+    sites_grid = SitesGrid(
+        grid,
+        [s.node_id for s in accepted],
+        [s.node_id for s in sites],
+        describe,
+    )
     if done < settings.rounds:
         strategy.start(
             grid=sites_grid,
@@ -448,7 +486,9 @@ def run_aggregator(grid: Grid, settings: FederationSettings, encoder_dir: Path, 
             }
             for s in accepted
         ],
-        "refused": [s.info.name for s in sites if s.reference_moments is None],
+        "refused": [s.info.name for s in sites if s.reference_moments is None]
+        + [s.info.name for s in sites_grid.late if s.reference_moments is None],
+        "joined_late": [s.info.name for s in sites_grid.late if s.reference_moments is not None],
         "rounds": rounds.history,
         "resumed_after_round": done,
         "privacy": None
@@ -509,6 +549,10 @@ server_app = ServerApp()
 
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
-    config = context.run_config
-    settings = FederationSettings.from_json(str(config[SETTINGS]))
-    run_aggregator(grid, settings, Path(str(config[RUN_ENCODER])), Path(str(config[RUN_OUT])))
+    settings = FederationSettings.from_json(str(context.run_config[SETTINGS]))
+    encoder, out = os.environ.get(ENV_ENCODER), os.environ.get(ENV_OUT)
+    if not encoder or not out:
+        raise TrainingError(
+            f"start the aggregator with slidemill federated serve ({ENV_OUT} unset)"
+        )
+    run_aggregator(grid, settings, Path(encoder), Path(out))

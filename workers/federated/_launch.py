@@ -22,11 +22,11 @@ from slidemill.cluster import is_loopback
 from slidemill.schemas import TlsFiles
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.federated._aggregator import (
+    ENV_ENCODER,
+    ENV_OUT,
     FEDERATION_JSON,
     MODEL_DIR,
     ROUNDS_DIR,
-    RUN_ENCODER,
-    RUN_OUT,
 )
 from slidemill.workers.federated._plan import FederationSettings
 from slidemill.workers.federated._records import SETTINGS
@@ -133,9 +133,9 @@ def _tls_args(tls: TlsFiles | None) -> list[str]:
     ]
 
 
-def write_app(folder: Path, settings: FederationSettings, encoder: Path, out: Path) -> Path:
+def write_app(folder: Path, settings: FederationSettings) -> Path:
     """The Flower App folder `flwr run` bundles: a pyproject naming slidemill's ServerApp and
-    ClientApp, with this run's configuration (settings, the encoder bundle, the output)."""
+    ClientApp, with this run's settings (Flower ships it to every site: no path in it)."""
     app = folder / APP_NAME
     app.mkdir(parents=True, exist_ok=True)
     project = {
@@ -156,11 +156,7 @@ def write_app(folder: Path, settings: FederationSettings, encoder: Path, out: Pa
                         "serverapp": "slidemill.workers.federated._aggregator:server_app",
                         "clientapp": "slidemill.workers.federated._site:site_app",
                     },
-                    "config": {
-                        SETTINGS: settings.to_json(),
-                        RUN_ENCODER: str(encoder),
-                        RUN_OUT: str(out),
-                    },
+                    "config": {SETTINGS: settings.to_json()},
                 }
             }
         },
@@ -215,6 +211,7 @@ def serve(
     home = out / FLOWER_DIR
     home.mkdir(parents=True, exist_ok=True)
     env = flower_env(home)
+    env[ENV_ENCODER], env[ENV_OUT] = str(encoder), str(out)
     connection: dict[str, object] = {"address": f"127.0.0.1:{port}"}
     if tls is None:
         connection["insecure"] = True
@@ -224,7 +221,7 @@ def serve(
         tomli_w.dumps({"superlink": {"default": "slidemill", "slidemill": connection}}),
         encoding="utf-8",
     )
-    app = write_app(home, settings, encoder, out)
+    app = write_app(home, settings)
     link = [
         _script("flower-superlink"),
         *_tls_args(tls),
@@ -330,10 +327,33 @@ def join(
     ]
     if on_start is not None:
         on_start(n_slides)
-    with _process(args, flower_env(workdir / FLOWER_DIR), workdir / "supernode.log") as node:
+    log = workdir / "supernode.log"
+    with _process(args, flower_env(workdir / FLOWER_DIR), log) as node:
         while node.poll() is None:
             refused = workdir / REFUSED_FILE
             if refused.is_file():
+                _until_sent(log, log.stat().st_size, node)
                 raise TrainingError(refused.read_text(encoding="utf-8").strip())
             time.sleep(0.5)
         return int(node.returncode)
+
+
+REPLY_SENT = b"Sent successfully"
+"""What Flower's SuperNode logs once a reply has left it."""
+REFUSAL_GRACE = 10.0
+"""Seconds a refused site stays connected after its reply left: a SuperNode that stops
+unregisters, and the SuperLink then answers the aggregator "node unavailable" in its place."""
+
+
+def _until_sent(log: Path, since: int, node: subprocess.Popen[bytes]) -> None:
+    """Wait (a minute at most) for the SuperNode to send the reply being written at `since`, so
+    the aggregator hears the refusal before the site stops."""
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline and node.poll() is None:
+        with log.open("rb") as f:
+            f.seek(since)
+            if REPLY_SENT in f.read():
+                break
+        time.sleep(0.2)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        node.wait(timeout=REFUSAL_GRACE)
