@@ -160,7 +160,10 @@ def _first_line(command: Any) -> str:
 
 
 def _type(param: Any, ctx: Any) -> str:
-    text = param.display_type(ctx).strip("<>")
+    # click ≥ 8.3 names it display_type; typer < 0.21 (which Flower pins) builds its parameters
+    # on the older API, where the metavar says the same
+    display = getattr(param, "display_type", None)
+    text = (display(ctx) if callable(display) else param.make_metavar(ctx)).strip("<>")
     low, high = getattr(param, "min", None), getattr(param, "max", None)
     if low is not None or high is not None:
         bounds = [f"≥ {low}"] if low is not None else []
