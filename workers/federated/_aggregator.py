@@ -289,47 +289,62 @@ class RoundsFedProx(FedProx):
         return arrays, metrics
 
 
+class RoundsDP(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's DP wrapper with `_Rounds`' checks and records (its accountant needs a plain
+    FedAvg inside, so they sit here)."""
+
+    rounds: _Rounds
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ok = self.rounds.answered(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, ok)
+        self.rounds.record(server_round, len(ok), metrics)
+        return arrays, metrics
+
+
 def _strategy(
     settings: FederationSettings, n_sites: int, checkpoint: _Checkpointing
 ) -> tuple[Strategy, _Rounds]:
-    # DP's accountant needs equal weights; otherwise sites weigh by slide count
-    weighted_by = "unit-weight" if settings.dp else "num-examples"
-    m = settings.min_sites
+    m, rounds = settings.min_sites, _Rounds(checkpoint, settings.min_sites)
+    if settings.dp:
+        # the accountant needs FedAvg's own aggregation, equal site weights and the same sites
+        # every round
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=settings.dp_delta,
+                population_size=n_sites,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
+        dp = RoundsDP(
+            FedAvg(
+                fraction_evaluate=0.0,
+                min_train_nodes=n_sites,
+                min_available_nodes=n_sites,
+                weighted_by_key="unit-weight",
+            ),
+            noise_multiplier=settings.dp_noise,
+            clipping_norm=settings.dp_clip,
+            num_sampled_clients=n_sites,
+            accountant=accountant,
+        )
+        dp.rounds = rounds
+        return dp, rounds
     inner: RoundsFedAvg | RoundsFedProx
     if settings.strategy == "fedprox":
         inner = RoundsFedProx(
             fraction_evaluate=0.0,
             min_train_nodes=m,
             min_available_nodes=m,
-            weighted_by_key=weighted_by,
             proximal_mu=settings.proximal_mu,
         )
     else:
-        inner = RoundsFedAvg(
-            fraction_evaluate=0.0,
-            min_train_nodes=m,
-            min_available_nodes=m,
-            weighted_by_key=weighted_by,
-        )
-    inner.rounds = _Rounds(checkpoint, m)
-    if not settings.dp:
-        return inner, inner.rounds
-    accountant = RdpAccountant(
-        PrivacyConfig(
-            target_delta=settings.dp_delta,
-            population_size=n_sites,
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION,
-        )
-    )
-    dp = DifferentialPrivacyClientSideFixedClipping(
-        inner,
-        noise_multiplier=settings.dp_noise,
-        clipping_norm=settings.dp_clip,
-        num_sampled_clients=n_sites,
-        accountant=accountant,
-    )
-    return dp, inner.rounds
+        inner = RoundsFedAvg(fraction_evaluate=0.0, min_train_nodes=m, min_available_nodes=m)
+    inner.rounds = rounds
+    return inner, rounds
 
 
 def run_aggregator(grid: Grid, settings: FederationSettings, encoder_dir: Path, out: Path) -> Path:
@@ -383,16 +398,26 @@ def run_aggregator(grid: Grid, settings: FederationSettings, encoder_dir: Path, 
 
     rounds_dir = out / ROUNDS_DIR
     rounds_dir.mkdir(parents=True, exist_ok=True)
-    arrays, done = state_record(head.state_dict()), 0
+    arrays, done, state = state_record(head.state_dict()), 0, {}
     state_path = rounds_dir / "state.json"
     if state_path.is_file():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         if state.get("settings_sha256") == settings.sha256():
             done = int(state["round"])
-            arrays = state_record(load_file(str(rounds_dir / f"round-{done:04d}.safetensors")))
+            saved = load_file(str(rounds_dir / f"round-{done:04d}.safetensors"))
+            # in the head's own order: safetensors sorts its keys, and Flower's DP clipping
+            # compares a site's reply key by key with what it was sent
+            arrays = state_record({k: saved[k] for k in head.state_dict()})
             log.info("resuming after round %d of %d", done, settings.rounds)
+        else:
+            state = {}
     checkpoint = _Checkpointing(rounds_dir, settings, done)
     strategy, rounds = _strategy(settings, len(accepted), checkpoint)
+    rounds.history = list(state.get("history", []))
+    accountant = strategy.accountant if isinstance(strategy, RoundsDP) else None
+    if accountant is not None and "accountant" in state:
+        # ε counts every round released, those before the restart too
+        accountant.load_state_dict(state["accountant"])
     train_config = ConfigRecord(
         {
             SETTINGS: settings.to_json(),
@@ -403,7 +428,13 @@ def run_aggregator(grid: Grid, settings: FederationSettings, encoder_dir: Path, 
 
     def after_round(server_round: int, current: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
-            checkpoint.save(server_round, current, {"sites": [s.info.name for s in accepted]})
+            extra: dict[str, object] = {
+                "sites": [s.info.name for s in accepted],
+                "history": rounds.history,
+            }
+            if accountant is not None:
+                extra["accountant"] = accountant.state_dict()
+            checkpoint.save(server_round, current, extra)
         return None
 
     sites_grid = SitesGrid(

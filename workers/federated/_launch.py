@@ -6,8 +6,11 @@ folder and the configuration files, starts the processes, and waits."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +43,8 @@ from slidemill.workers.federated._site import (
 from slidemill.workers.models import check_bundle
 from slidemill.workers.training import match_labels, read_label_csv, scan_features
 
+_ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception): ")
+"""The ServerApp's exception, as Flower streams its traceback."""
 FLOWER_DIR = "flower"
 """In the aggregator's output folder: Flower's home, the App folder, the SuperLink's state
 database and the logs."""
@@ -90,10 +95,23 @@ def _wait_listening(host: str, port: int, process: subprocess.Popen[bytes], log:
     )
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when slidemill dies, even by SIGKILL, so a restarted
+    aggregator finds its port free (Linux's PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 @contextlib.contextmanager
 def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
     try:
         yield process
     finally:
@@ -237,6 +255,7 @@ def serve(
         _wait_listening(host, port, superlink, home / "superlink.log")
         run = subprocess.Popen(
             [_script("flwr"), "run", str(app), "slidemill", "--stream"],
+            preexec_fn=_die_with_parent,
             env=env,
             cwd=home,
             stdout=subprocess.PIPE,
@@ -244,17 +263,20 @@ def serve(
             text=True,
         )
         assert run.stdout is not None
+        error = ""
         with (home / "run.log").open("a", encoding="utf-8") as log:
             for line in run.stdout:
                 log.write(line)
+                if _ERROR_LINE.match(line):
+                    error = line.strip()
                 if on_line is not None:
                     on_line(line.rstrip("\n"))
         run.wait()
     federation = out / FEDERATION_JSON
     if not federation.is_file():
         raise TrainingError(
-            f"the federated run ended without a model (exit {run.returncode}); its log: "
-            f"{home / 'run.log'}"
+            f"the federated run ended without a model: {error or f'exit {run.returncode}'} "
+            f"(its log: {home / 'run.log'})"
         )
     return ServeResult(federation, out / MODEL_DIR, time.perf_counter() - started)
 

@@ -74,6 +74,11 @@ class FederationSettings:
             raise TrainingError(f"dp_delta must lie in (0, 1), got {self.dp_delta}")
         if self.round_timeout <= 0 or self.join_timeout <= 0:
             raise TrainingError("round_timeout and join_timeout must be positive")
+        if self.dp and self.strategy != "fedavg":
+            raise TrainingError(
+                "differential privacy runs with FedAvg only (Flower's accountant needs its plain "
+                "aggregation): drop --strategy fedprox or --dp-noise"
+            )
         if not 50.0 <= self.ood_percentile <= 100.0:
             raise TrainingError(f"ood_percentile must lie in [50, 100], got {self.ood_percentile}")
 
