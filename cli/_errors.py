@@ -25,7 +25,7 @@ def exit_codes() -> tuple[tuple[type[SlidemillError], int], ...]:
     from slidemill.cluster import ClusterConfigError, MissingExtraError
     from slidemill.schemas import LayoutError
     from slidemill.service.errors import ServiceConfigError
-    from slidemill.viewer import ViewerConfigError
+    from slidemill.viewer.errors import ViewerConfigError
     from slidemill.workers import (
         EvaluationError,
         ModelBundleError,
