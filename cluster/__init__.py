@@ -15,6 +15,7 @@ from slidemill.cluster._backend import (
     PRE_SPAWN_ENVIRON_VAR,
     Backend,
     nanny_environ,
+    require_extra,
 )
 from slidemill.cluster._config import (
     ClusterSettings,
@@ -122,6 +123,7 @@ __all__ = [
     "preview",
     "refit",
     "register_worker_plugin",
+    "require_extra",
     "slurm_pools",
     "start_failure",
     "tls_material",

@@ -33,6 +33,7 @@ from slidemill.schemas._evaluation import (
 )
 from slidemill.schemas._export import write_json_schemas
 from slidemill.schemas._models import (
+    IMAGE_VERSION_FIELD,
     SCHEMA_MODELS,
     ModelManifest,
     Normalisation,
@@ -45,6 +46,7 @@ from slidemill.schemas._models import (
     StageTimings,
     TilingSpec,
     TissueMethod,
+    image_tag,
     slidemill_version,
 )
 from slidemill.schemas._qc import (
@@ -65,6 +67,7 @@ SCHEMA_MODELS["evaluation_report"] = EvaluationReport
 
 __all__ = [
     "BACKEND_NAMES",
+    "IMAGE_VERSION_FIELD",
     "REFERENCE_FORMAT",
     "SCHEMA_MODELS",
     "Adapt",
@@ -109,6 +112,7 @@ __all__ = [
     "TissueMethod",
     "TlsFiles",
     "describe",
+    "image_tag",
     "one_line",
     "slidemill_version",
     "validated",

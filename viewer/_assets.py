@@ -21,8 +21,8 @@ CHECKOUT_OSD = HERE / "node_modules/openseadragon/build/openseadragon"
 
 
 def openseadragon_dir() -> Path:
-    """OpenSeadragon's build folder (openseadragon.min.js and its images/): $SLIDEMILL_OPENSEADRAGON_DIR
-    when set, else the wheel's, else the checkout's."""
+    """OpenSeadragon's build folder (openseadragon.min.js and its images/): the one `OSD_ENV`
+    names when set, else the wheel's, else the checkout's."""
     given = os.environ.get(OSD_ENV)
     candidates = [Path(given)] if given else [PACKAGED_OSD, CHECKOUT_OSD]
     for folder in candidates:
