@@ -184,8 +184,14 @@ image-tools:
 
 # The worker images, from the wheel and a Debian base made here (images/build): IMAGES=cpu for
 # the CPU image alone. Needs root (rootful buildah) and the Debian and PyPI mirrors.
+# Dask's own packages are pinned to this venv's, so its clients and the images' workers speak
+# the same protocol (dask warns of a mismatch and refuses some).
 images: dist image-tools
+	@mkdir -p build/images
+	$(BIN)/python -m pip freeze --all | \
+	  grep -iE '^(dask|distributed|cloudpickle|msgpack|tornado|toolz)==' > build/images/dask-pins.txt
 	@for flavour in $(IMAGES); do \
+	  CONSTRAINTS="$(abspath build/images/dask-pins.txt) $(CONSTRAINTS)" \
 	  images/build $$flavour $$(ls $(DIST)/slidemill-*.whl) $(BIN)/python || exit 1; done
 
 # The wheel in a fresh venv outside the checkout: `slidemill run` on the sample slide and
