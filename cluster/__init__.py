@@ -59,6 +59,7 @@ from slidemill.cluster._security import existing_security, is_loopback, tls_secu
 from slidemill.cluster._slurm import (
     CUDA_WORKER,
     SlurmPools,
+    container_python,
     cpu_job_kwargs,
     gpu_job_kwargs,
     lifetime_fit,
@@ -107,6 +108,7 @@ __all__ = [
     "SlurmPools",
     "check_pools",
     "connect",
+    "container_python",
     "cpu_job_kwargs",
     "example_config",
     "example_names",

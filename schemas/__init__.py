@@ -7,6 +7,7 @@ JSON Schema.
 
 from slidemill.schemas._cluster import (
     BACKEND_NAMES,
+    IMAGE_VERSION_FIELD,
     Adapt,
     AnyClusterConfig,
     ClusterConfig,
@@ -18,9 +19,11 @@ from slidemill.schemas._cluster import (
     LocalClusterConfig,
     NannyEnv,
     SlurmClusterConfig,
+    SlurmContainer,
     SlurmCpuPool,
     SlurmGpuPool,
     TlsFiles,
+    image_tag,
 )
 from slidemill.schemas._evaluation import (
     ClassificationMetrics,
@@ -33,7 +36,6 @@ from slidemill.schemas._evaluation import (
 )
 from slidemill.schemas._export import write_json_schemas
 from slidemill.schemas._models import (
-    IMAGE_VERSION_FIELD,
     SCHEMA_MODELS,
     ModelManifest,
     Normalisation,
@@ -46,7 +48,6 @@ from slidemill.schemas._models import (
     StageTimings,
     TilingSpec,
     TissueMethod,
-    image_tag,
     slidemill_version,
 )
 from slidemill.schemas._qc import (
@@ -104,6 +105,7 @@ __all__ = [
     "SlideStoreAttrs",
     "SlidemillError",
     "SlurmClusterConfig",
+    "SlurmContainer",
     "SlurmCpuPool",
     "SlurmGpuPool",
     "StageTimings",

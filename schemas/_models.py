@@ -24,18 +24,6 @@ def slidemill_version() -> str:
         return "0+unknown"
 
 
-IMAGE_VERSION_FIELD = "{version}"
-"""In a cluster config's image, the installed version's tag (`image_tag`): the image `make
-images` built from the same code."""
-
-
-def image_tag(version: str | None = None) -> str:
-    """The container image tag of a slidemill version (the installed one by default): the
-    version with '+' (a PEP 440 local part, e.g. 0.2.dev3+g1a2b3c4) as '-', which a tag cannot
-    hold. `make images` tags with it; the shipped cluster configs name it as `{version}`."""
-    return (version or slidemill_version()).replace("+", "-")
-
-
 class TissueMethod(StrEnum):
     """How tissue is told from background on the low-resolution image."""
 
