@@ -198,7 +198,7 @@ images: dist image-tools
 # `slidemill view` serving OpenSeadragon (tests/test_dist.py).
 test-dist: dist
 	SLIDEMILL_TEST_WHEEL=$$(ls $(abspath $(DIST))/slidemill-*.whl) \
-	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_dist.py
+	  $(BIN)/python -m pytest -p no:cacheprovider -m dist tests/test_dist.py
 
 # The CPU image's `dask worker` under podman runs a batch (tests/test_images.py).
 test-images: install
@@ -206,4 +206,4 @@ test-images: install
 	SLIDEMILL_TEST_IMAGE=$(IMAGE_REPO):$$($(BIN)/python -c \
 	  'import sys; from slidemill.schemas import image_tag; print(image_tag(sys.argv[1]))' \
 	  $$(ls $(DIST)/slidemill-*.whl | xargs basename | cut -d- -f2)) \
-	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_images.py
+	  $(BIN)/python -m pytest -p no:cacheprovider -m image tests/test_images.py
