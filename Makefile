@@ -159,6 +159,9 @@ clean:
 .PHONY: dist image-tools images test-dist test-images
 
 DIST ?= dist
+# pytest's folders for these two, outside the checkout (the wheel's venv must be) and apart from
+# the numbered ones another pytest session on the machine may prune while these run
+TEST_TMP ?= $(or $(TMPDIR),/tmp)/slidemill-ship-tests
 IMAGES ?= cpu cuda
 IMAGE_REPO ?= localhost/slidemill
 export IMAGE_REPO
@@ -198,7 +201,7 @@ images: dist image-tools
 # `slidemill view` serving OpenSeadragon (tests/test_dist.py).
 test-dist: dist
 	SLIDEMILL_TEST_WHEEL=$$(ls $(abspath $(DIST))/slidemill-*.whl) \
-	  $(BIN)/python -m pytest -p no:cacheprovider -m dist tests/test_dist.py
+	  $(BIN)/python -m pytest -p no:cacheprovider -m dist --basetemp=$(TEST_TMP)-dist tests/test_dist.py
 
 # The CPU image's `dask worker` under podman runs a batch (tests/test_images.py).
 test-images: install
@@ -206,4 +209,4 @@ test-images: install
 	SLIDEMILL_TEST_IMAGE=$(IMAGE_REPO):$$($(BIN)/python -c \
 	  'import sys; from slidemill.schemas import image_tag; print(image_tag(sys.argv[1]))' \
 	  $$(ls $(DIST)/slidemill-*.whl | xargs basename | cut -d- -f2)) \
-	  $(BIN)/python -m pytest -p no:cacheprovider -m image tests/test_images.py
+	  $(BIN)/python -m pytest -p no:cacheprovider -m image --basetemp=$(TEST_TMP)-images tests/test_images.py
