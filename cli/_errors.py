@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from slidemill.schemas import InvalidInputError, SlidemillError
 
@@ -61,7 +62,8 @@ def report(err: SlidemillError) -> NoReturn:
     """Print `err` as one line and exit with its status."""
     from slidemill.pipeline.errors import one_line
 
-    console.print(f"[red]error:[/red] {one_line(err)}", highlight=False, soft_wrap=True)
+    # escaped: a message's brackets are text (pip install 'slidemill[viewer]'), not markup
+    console.print(f"[red]error:[/red] {escape(one_line(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code(err)) from err
 
 
