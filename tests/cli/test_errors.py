@@ -92,5 +92,6 @@ def test_an_encoder_whose_extra_is_not_installed_names_it(monkeypatch: pytest.Mo
     from slidemill.workers import ENCODERS
 
     monkeypatch.setitem(sys.modules, "torchvision", None)
-    with pytest.raises(MissingExtraError, match=r"resnet18 encoder needs torchvision.*\[encoders\]"):
+    needs = r"the resnet18 encoder needs torchvision.*slidemill\[encoders\]"
+    with pytest.raises(MissingExtraError, match=needs):
         ENCODERS.build("resnet18")
