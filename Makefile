@@ -153,3 +153,60 @@ bench-gpu:
 
 clean:
 	rm -rf $(DEMO) build site .pytest_cache .mypy_cache .ruff_cache viewer/node_modules
+
+# ---------------------------------------------------------------------------------------------
+# Shipping (docs/guides/install.md): the sdist and the wheel, worker images, and their checks.
+.PHONY: dist image-tools images test-dist test-images
+
+DIST ?= dist
+# pytest's folders for these two, outside the checkout (the wheel's venv must be) and apart from
+# the numbered ones another pytest session on the machine may prune while these run
+TEST_TMP ?= $(or $(TMPDIR),/tmp)/slidemill-ship-tests
+IMAGES ?= cpu cuda
+IMAGE_REPO ?= localhost/slidemill
+export IMAGE_REPO
+
+# `python -m build`: the sdist, then the wheel from it, in isolation; the version from git
+# (setuptools-scm), OpenSeadragon into the wheel by `npm ci` (setup.py).
+dist: install
+	rm -rf $(DIST)
+	$(BIN)/python -m build --outdir $(DIST) .
+
+# Debian's buildah, podman and mmdebstrap, and runc for podman on hosts whose cgroups crun
+# refuses (docs/guides/install.md); installed here when missing, as root.
+image-tools:
+	@missing=; for tool in buildah podman mmdebstrap runc; do \
+	  command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	      -o DPkg::Lock::Timeout=600 $$missing; \
+	  else echo "missing:$$missing; install them (Debian: sudo apt-get install$$missing)"; \
+	    exit 1; fi; \
+	fi
+
+# The worker images, from the wheel and a Debian base made here (images/build): IMAGES=cpu for
+# the CPU image alone. Needs root (rootful buildah) and the Debian and PyPI mirrors.
+# Dask's own packages are pinned to this venv's, so its clients and the images' workers speak
+# the same protocol (dask warns of a mismatch and refuses some).
+images: dist image-tools
+	@mkdir -p build/images
+	$(BIN)/python -m pip freeze --all | \
+	  grep -iE '^(dask|distributed|cloudpickle|msgpack|tornado|toolz)==' > build/images/dask-pins.txt
+	@for flavour in $(IMAGES); do \
+	  CONSTRAINTS="$(abspath build/images/dask-pins.txt) $(CONSTRAINTS)" \
+	  images/build $$flavour $$(ls $(DIST)/slidemill-*.whl) $(BIN)/python || exit 1; done
+
+# The wheel in a fresh venv outside the checkout: `slidemill run` on the sample slide and
+# `slidemill view` serving OpenSeadragon (tests/test_dist.py).
+test-dist: dist
+	SLIDEMILL_TEST_WHEEL=$$(ls $(abspath $(DIST))/slidemill-*.whl) \
+	  $(BIN)/python -m pytest -p no:cacheprovider -m dist --basetemp=$(TEST_TMP)-dist tests/test_dist.py
+
+# The CPU image's `dask worker` under podman runs a batch (tests/test_images.py).
+test-images: install
+	$(MAKE) images IMAGES=cpu
+	SLIDEMILL_TEST_IMAGE=$(IMAGE_REPO):$$($(BIN)/python -c \
+	  'import sys; from slidemill.schemas import image_tag; print(image_tag(sys.argv[1]))' \
+	  $$(ls $(DIST)/slidemill-*.whl | xargs basename | cut -d- -f2)) \
+	  $(BIN)/python -m pytest -p no:cacheprovider -m image --basetemp=$(TEST_TMP)-images tests/test_images.py

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from slidemill.schemas import InvalidInputError, SlidemillError
 
@@ -25,7 +26,7 @@ def exit_codes() -> tuple[tuple[type[SlidemillError], int], ...]:
     from slidemill.cluster import ClusterConfigError, MissingExtraError
     from slidemill.schemas import LayoutError
     from slidemill.service.errors import ServiceConfigError
-    from slidemill.viewer import ViewerConfigError
+    from slidemill.viewer.errors import ViewerConfigError
     from slidemill.workers import (
         EvaluationError,
         ModelBundleError,
@@ -61,7 +62,8 @@ def report(err: SlidemillError) -> NoReturn:
     """Print `err` as one line and exit with its status."""
     from slidemill.pipeline.errors import one_line
 
-    console.print(f"[red]error:[/red] {one_line(err)}", highlight=False, soft_wrap=True)
+    # escaped: a message's brackets are text (pip install 'slidemill[viewer]'), not markup
+    console.print(f"[red]error:[/red] {escape(one_line(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code(err)) from err
 
 

@@ -82,6 +82,10 @@ def serve(
 ) -> None:
     """Run the lab service: the HTTP API (docs at /docs), the job ledger, and the batches on
     one Dask cluster. Binds loopback unless told otherwise; elsewhere it needs a token."""
+    from slidemill.cluster import require_extra
+
+    for module in ("fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter"):
+        require_extra(module, "service", "slidemill serve")
     from slidemill.service import load_settings
     from slidemill.service import serve as run_service
 
@@ -250,8 +254,9 @@ def _token(token_file: Path | None) -> str | None:
 
 def _send(method: str, server: str, path: str, token_file: Path | None, json: Any = None) -> bytes:
     """One request, its reply's body; a refusal is the service's one line and exit 2 (4xx) or 1."""
-    import httpx
+    from slidemill.cluster import require_extra
 
+    httpx = require_extra("httpx", "service", "the service's clients")
     token = _token(token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:

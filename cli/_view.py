@@ -24,6 +24,10 @@ def view(
 ) -> None:
     """Serve run folders in the browser: a table of the slides, and each slide zoomable with its
     heatmap over it, the tile under the pointer and the top-k tiles."""
+    from slidemill.cluster import require_extra
+
+    require_extra("fastapi", "viewer", "slidemill view")
+    require_extra("uvicorn", "viewer", "slidemill view")
     from slidemill.viewer import ViewerConfigError, ViewerOptions, checked_token, is_loopback
     from slidemill.viewer import view as serve_viewer
 

@@ -15,6 +15,7 @@ from slidemill.cluster._backend import (
     PRE_SPAWN_ENVIRON_VAR,
     Backend,
     nanny_environ,
+    require_extra,
 )
 from slidemill.cluster._config import (
     ClusterSettings,
@@ -58,6 +59,7 @@ from slidemill.cluster._security import existing_security, is_loopback, tls_secu
 from slidemill.cluster._slurm import (
     CUDA_WORKER,
     SlurmPools,
+    container_python,
     cpu_job_kwargs,
     gpu_job_kwargs,
     lifetime_fit,
@@ -106,6 +108,7 @@ __all__ = [
     "SlurmPools",
     "check_pools",
     "connect",
+    "container_python",
     "cpu_job_kwargs",
     "example_config",
     "example_names",
@@ -122,6 +125,7 @@ __all__ = [
     "preview",
     "refit",
     "register_worker_plugin",
+    "require_extra",
     "slurm_pools",
     "start_failure",
     "tls_material",

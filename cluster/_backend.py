@@ -45,14 +45,15 @@ class Backend(Generic[C]):
     started."""
 
 
-def require_extra(module: str, extra: str) -> ModuleType:
-    """Import an optional dependency, or say which slidemill extra installs it."""
+def require_extra(module: str, extra: str, needed_by: str | None = None) -> ModuleType:
+    """Import an optional dependency, or say which slidemill extra installs it; `needed_by`
+    names what needs it (default: the `extra` backend)."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
         top = module.split(".")[0].replace("_", "-")
         raise MissingExtraError(
-            f"the {extra} backend needs {top}, which is not installed: "
+            f"{needed_by or f'the {extra} backend'} needs {top}, which is not installed: "
             f"pip install 'slidemill[{extra}]'"
         ) from err
 

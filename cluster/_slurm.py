@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -51,7 +52,7 @@ from slidemill.cluster._lifetime import (
 from slidemill.cluster._security import tls_security
 from slidemill.cluster._starting import PoolWatch, watching
 from slidemill.cluster.errors import ClusterConfigError, PoolStartError
-from slidemill.schemas import SlurmClusterConfig, SlurmCpuPool, SlurmGpuPool
+from slidemill.schemas import SlurmClusterConfig, SlurmCpuPool, SlurmGpuPool, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,49 @@ def _common(
         "interface": config.interface,
         "local_directory": config.local_directory,
         "log_directory": config.log_directory,
-        "python": config.python,
+        "python": container_python(config, gpu=isinstance(pool, SlurmGpuPool))
+        if config.container is not None
+        else config.python,
     }
+
+
+def _bound(folder: str) -> str:
+    """A folder as podman's and apptainer's `SRC:DST`, the same path inside, in double quotes
+    so that the job's shell expands a variable in it ($TMPDIR)."""
+    return f'"{folder}:{folder}"'
+
+
+def container_python(config: SlurmClusterConfig, gpu: bool) -> str:
+    """The job script's `python` when workers run in the worker image (`container`): the
+    runtime's command line, then the image's python, which dask-jobqueue follows with
+    `-m distributed.cli.dask_worker ...`. The node's network (the scheduler is reached as from
+    the node), the job's dask settings (`DASK_*`, the nannies' environment), the configured
+    folders plus node-local scratch and the TLS files' folder at the same paths; a GPU job's
+    devices (podman: CDI's nvidia.com/gpu, apptainer: --nv)."""
+    container = config.container
+    if container is None:
+        raise ValueError("this SLURM config has no container")
+    folders = [*container.binds]
+    if config.local_directory:
+        folders.append(config.local_directory)
+    if isinstance(config.tls, TlsFiles):  # the lab's own certificates, where they are
+        files = (config.tls.ca_file, config.tls.cert_file, config.tls.key_file)
+        folders.extend(dict.fromkeys(str(f.expanduser().parent) for f in files if f))
+    elif config.tls:  # the run's, written where dask-jobqueue writes them
+        folders.append(str(Path(config.shared_temp_directory).expanduser()))
+    if container.runtime == "podman":
+        words = [
+            "podman", "run", "--rm", "--network=host", "--userns=keep-id",
+            "'--env=DASK_*'", "'--env=SLURM_*'",
+            *(["--device=nvidia.com/gpu=all", "--env=CUDA_VISIBLE_DEVICES"] if gpu else []),
+            *(f"--volume={_bound(f)}" for f in folders),
+        ]  # fmt: skip
+    else:
+        words = [
+            "apptainer", "exec", *(["--nv"] if gpu else []),
+            *(f"--bind={_bound(f)}" for f in folders),
+        ]  # fmt: skip
+    return " ".join([*words, *map(shlex.quote, [*container.options, container.image, "python"])])
 
 
 def pool_lifetime(name: str, pool: SlurmCpuPool | SlurmGpuPool) -> tuple[Lifetime, Lifetime] | None:

@@ -15,7 +15,8 @@ class ClusterConfigError(ClusterError):
 
 
 class MissingExtraError(ClusterError):
-    """A backend's optional dependency is not installed (e.g. dask-jobqueue for `slurm`)."""
+    """An optional dependency is not installed (e.g. dask-jobqueue for `slurm`, fastapi for
+    `slidemill view`); the message names the extra that installs it."""
 
 
 class PoolStartError(ClusterError):

@@ -7,6 +7,7 @@ JSON Schema.
 
 from slidemill.schemas._cluster import (
     BACKEND_NAMES,
+    IMAGE_VERSION_FIELD,
     Adapt,
     AnyClusterConfig,
     ClusterConfig,
@@ -18,9 +19,11 @@ from slidemill.schemas._cluster import (
     LocalClusterConfig,
     NannyEnv,
     SlurmClusterConfig,
+    SlurmContainer,
     SlurmCpuPool,
     SlurmGpuPool,
     TlsFiles,
+    image_tag,
 )
 from slidemill.schemas._evaluation import (
     ClassificationMetrics,
@@ -65,6 +68,7 @@ SCHEMA_MODELS["evaluation_report"] = EvaluationReport
 
 __all__ = [
     "BACKEND_NAMES",
+    "IMAGE_VERSION_FIELD",
     "REFERENCE_FORMAT",
     "SCHEMA_MODELS",
     "Adapt",
@@ -101,6 +105,7 @@ __all__ = [
     "SlideStoreAttrs",
     "SlidemillError",
     "SlurmClusterConfig",
+    "SlurmContainer",
     "SlurmCpuPool",
     "SlurmGpuPool",
     "StageTimings",
@@ -109,6 +114,7 @@ __all__ = [
     "TissueMethod",
     "TlsFiles",
     "describe",
+    "image_tag",
     "one_line",
     "slidemill_version",
     "validated",

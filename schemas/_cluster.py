@@ -41,6 +41,28 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MALLOC_THRESHOLD = 256 << 20
 
 
+IMAGE_VERSION_FIELD = "{version}"
+"""In a config's container image, the installed slidemill's tag (`image_tag`): the image that
+`make images` built from the same code as the client that starts the workers."""
+
+
+def image_tag(version: str | None = None) -> str:
+    """The container image tag of a slidemill version (the installed one by default): the
+    version with '+' (a PEP 440 local part, e.g. 0.2.dev3+g1a2b3c4) as '-', which a tag cannot
+    hold. `make images` tags with it."""
+    from slidemill.schemas._models import slidemill_version  # _models imports this module
+
+    return (version or slidemill_version()).replace("+", "-")
+
+
+def _versioned(image: str | None) -> str | None:
+    """`image` with `{version}` filled in (`image_tag`)."""
+    return None if image is None else image.replace(IMAGE_VERSION_FIELD, image_tag())
+
+
+_IMAGE_DESCRIPTION = "'{version}' in it is the installed slidemill's tag (what `make images` tags)."
+
+
 def _check(pattern: re.Pattern[str], what: str, value: str) -> str:
     if not pattern.fullmatch(value.strip()):
         raise ValueError(f"{value!r} is not {what}")
@@ -419,6 +441,35 @@ class SlurmGpuPool(_SlurmPool):
         return self.cores // self.gpus
 
 
+class SlurmContainer(_Config):
+    """Workers inside slidemill's worker image on the compute nodes: each job starts them with
+    podman (rootless, the node's network) or Apptainer, instead of a Python on the nodes."""
+
+    runtime: Literal["podman", "apptainer"] = Field(
+        description="podman (`podman run`) or apptainer (`apptainer exec`)."
+    )
+    image: str = Field(
+        description="podman: an image in the nodes' storage (`podman load` of `podman save`, "
+        "or a registry's); apptainer: a .sif file every node sees, or docker-archive:FILE. "
+        + _IMAGE_DESCRIPTION
+    )
+    binds: list[str] = Field(
+        default_factory=list,
+        description="Host folders the workers see at the same path: the slides, the output "
+        "folder, the models. local_directory and, with TLS, shared_temp_directory are added.",
+    )
+    options: list[str] = Field(
+        default_factory=list,
+        description="More arguments for `podman run` / `apptainer exec`, before the image "
+        "(e.g. ['--ulimit', 'nofile=65536:65536']).",
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return _versioned(value) or value
+
+
 class SlurmClusterConfig(_Config):
     """SLURM through dask-jobqueue: a CPU pool and an optional GPU pool, one scheduler."""
 
@@ -431,7 +482,13 @@ class SlurmClusterConfig(_Config):
     )
     python: str | None = Field(
         default=None,
-        description="Python on the compute nodes; null = the one running slidemill.",
+        description="Python on the compute nodes; null = the one running slidemill (or the "
+        "image's, with `container`).",
+    )
+    container: SlurmContainer | None = Field(
+        default=None,
+        description="Start the workers inside slidemill's worker image (podman or Apptainer); "
+        "null = in the nodes' own Python.",
     )
     interface: str | None = Field(
         default=None, description="Network interface for scheduler and workers, e.g. 'ib0'."
@@ -461,6 +518,14 @@ class SlurmClusterConfig(_Config):
     cpu: SlurmCpuPool
     gpu: SlurmGpuPool | None = None
 
+    @model_validator(mode="after")
+    def _one_python(self) -> SlurmClusterConfig:
+        if self.container is not None and self.python is not None:
+            raise ValueError(
+                "give python (the nodes' own) or container (the image's python), not both"
+            )
+        return self
+
     @property
     def gpu_pool(self) -> bool:
         """Whether this config starts workers that declare a `GPU` resource."""
@@ -472,7 +537,9 @@ class SlurmClusterConfig(_Config):
 
 
 class _KubernetesPool(_Config):
-    image: str | None = Field(default=None, description="Worker image; null = the cluster's.")
+    image: str | None = Field(
+        default=None, description=f"Worker image; null = the cluster's. {_IMAGE_DESCRIPTION}"
+    )
     threads: int = Field(default=1, ge=1, description="Threads in each worker (one per pod).")
     cpu: str | None = Field(
         default=None, description="CPU request and limit per pod ('2', '500m'); null = threads."
@@ -490,6 +557,11 @@ class _KubernetesPool(_Config):
     @classmethod
     def _cpu(cls, value: str | None) -> str | None:
         return None if value is None else _check(_CPU_QUANTITY, "a CPU quantity", value)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return _versioned(value)
 
     @field_validator("memory")
     @classmethod
@@ -549,7 +621,9 @@ class KubernetesClusterConfig(_Config):
     namespace: str | None = Field(
         default=None, description="Namespace; null = the current context's."
     )
-    image: str = Field(description="Container image with slidemill installed.")
+    image: str = Field(
+        description=f"Container image with slidemill installed. {_IMAGE_DESCRIPTION}"
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every pod.")
     volumes: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -569,6 +643,11 @@ class KubernetesClusterConfig(_Config):
     nanny_env: NannyEnv = NannyEnv()
     cpu: KubernetesCpuPool
     gpu: KubernetesGpuPool | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return _versioned(value) or value
 
     @field_validator("scheduler_cpu")
     @classmethod

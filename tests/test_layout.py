@@ -4,6 +4,7 @@ import cycles, and a wheel that installs nothing but `slidemill/`."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -178,19 +179,24 @@ def test_the_link_tree_maps_each_installed_name_to_its_room() -> None:
         assert link.resolve() == (REPO / room).resolve()
 
 
+WHEEL_VERSION = "1.2.3.dev4"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # from a copy of what the wheel is built from: setuptools leaves build/ and egg-info behind
     source = tmp_path_factory.mktemp("source")
     for room in ROOMS:
         shutil.copytree(REPO / room, source / room, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
+    # a copy has no git metadata to take the version from: it must be named
+    env = {**os.environ, "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_SLIDEMILL": WHEEL_VERSION}
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
          "--wheel-dir", str(out), str(source)],
-        check=True, capture_output=True, timeout=300,
+        check=True, capture_output=True, timeout=300, env=env,
     )  # fmt: skip
     (path,) = out.glob("slidemill-*.whl")
     return path
@@ -204,6 +210,24 @@ def test_the_wheel_installs_only_the_slidemill_namespace(wheel: Path) -> None:
     assert "slidemill/service/ledger/migrations/env.py" in names
     assert "slidemill/service/ledger/migrations/versions/0001_batches_and_slides.py" in names
     assert not any("/tests/" in n or n.startswith("tests/") for n in names)
+
+
+def test_the_wheel_carries_openseadragon_its_licence_and_its_version(wheel: Path) -> None:
+    """The build step's `npm ci` (setup.py): the pinned OpenSeadragon is package data, where
+    slidemill.viewer looks first, so `slidemill view` needs no checkout."""
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    osd = "slidemill/viewer/openseadragon/"
+    assert {f"{osd}openseadragon.min.js", f"{osd}LICENSE.txt"} <= names
+    assert any(n.startswith(f"{osd}images/") and n.endswith(".png") for n in names)
+    lock = json.loads((REPO / "viewer/package-lock.json").read_text())
+    pinned = lock["packages"]["node_modules/openseadragon"]["version"]
+    assert f"openseadragon {pinned}\n" in archive.read(f"{osd}openseadragon.min.js").decode()
+    (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+    headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert f"Version: {WHEEL_VERSION}" in headers
+    extras = {h.split(": ", 1)[1] for h in headers if h.startswith("Provides-Extra: ")}
+    assert {"service", "viewer", "cluster", "encoders", "dev"} <= extras
 
 
 def test_installed_wheel_imports_as_slidemill_and_not_as_bare_folders(

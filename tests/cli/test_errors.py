@@ -3,6 +3,7 @@ keeps its traceback."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,33 @@ def test_a_bug_is_not_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert res.exit_code != EXIT_USAGE
     assert isinstance(res.exception, KeyError)  # propagated with its traceback
     assert "error:" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("missing", "args", "extra"),
+    [
+        ("fastapi", ["view", "{tmp}"], "viewer"),
+        ("sqlalchemy", ["serve", "--allow-root", "{tmp}"], "service"),
+        ("httpx", ["status", "--server", "http://127.0.0.1:9"], "service"),
+    ],
+)
+def test_a_command_whose_extra_is_not_installed_names_it(
+    missing: str, args: list[str], extra: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lab that installed the core alone is told which extra a command needs, in one line."""
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` fail
+    res = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert res.exit_code == EXIT_USAGE, res.output
+    assert f"needs {missing}, which is not installed: pip install 'slidemill[{extra}]'" in (
+        " ".join(res.output.split())
+    )
+
+
+def test_an_encoder_whose_extra_is_not_installed_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slidemill.cluster import MissingExtraError
+    from slidemill.workers import ENCODERS
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    needs = r"the resnet18 encoder needs torchvision.*slidemill\[encoders\]"
+    with pytest.raises(MissingExtraError, match=needs):
+        ENCODERS.build("resnet18")

@@ -32,6 +32,8 @@ from slidemill.cluster import (
     MissingExtraError,
     QueuedJob,
     connect,
+    container_python,
+    cpu_job_kwargs,
     example_config,
     example_names,
     gpu_job_kwargs,
@@ -51,7 +53,10 @@ from slidemill.schemas import (
     KubernetesClusterConfig,
     LocalClusterConfig,
     SlurmClusterConfig,
+    SlurmContainer,
     TlsFiles,
+    image_tag,
+    slidemill_version,
     write_json_schemas,
 )
 
@@ -426,6 +431,29 @@ def test_slurm_backend_submits_the_configured_jobs_and_cancels_them(
 # Kubernetes: the operator's own spec helpers, no cluster
 
 
+def scheduler_image(cluster: dict[str, Any]) -> str:
+    (container,) = cluster["spec"]["scheduler"]["spec"]["containers"]
+    return str(container["image"])
+
+
+def test_image_tags_are_versions_with_the_local_part_joined_by_a_dash() -> None:
+    assert image_tag("0.2.0") == "0.2.0"
+    assert image_tag("0.2.1.dev3+g1a2b3c4.d20261207") == "0.2.1.dev3-g1a2b3c4.d20261207"
+    assert image_tag() == slidemill_version().replace("+", "-")
+
+
+def test_version_in_an_image_is_the_installed_ones_tag(clean_environ: None) -> None:
+    config = load_cluster_config(example_config("kubernetes"))
+    assert isinstance(config, KubernetesClusterConfig)
+    data = config.model_dump() | {"image": "registry.lab/slidemill:{version}-site"}
+    data["cpu"] = data["cpu"] | {"image": "registry.lab/cpu:{version}"}
+    again = KubernetesClusterConfig.model_validate(data)
+    assert again.image == f"registry.lab/slidemill:{image_tag()}-site"
+    assert again.cpu.image == f"registry.lab/cpu:{image_tag()}"
+    # a name without the field stays as written
+    assert KubernetesClusterConfig.model_validate(data | {"image": "x/y:1"}).image == "x/y:1"
+
+
 def test_kubernetes_spec_has_image_namespace_gpu_limits_and_resources(
     clean_environ: None,
 ) -> None:
@@ -441,7 +469,10 @@ def test_kubernetes_spec_has_image_namespace_gpu_limits_and_resources(
     cpu = cluster["spec"]["worker"]
     assert cpu["replicas"] == 1  # adapt minimum
     (cpu_container,) = cpu["spec"]["containers"]
-    assert cpu_container["image"] == "ghcr.io/example-lab/slidemill:0.1.0"
+    # the images `make images` tags: this slidemill's version, '+' as '-'
+    tag = slidemill_version().replace("+", "-")
+    assert cpu_container["image"] == f"localhost/slidemill:{tag}"
+    assert scheduler_image(cluster) == f"localhost/slidemill:{tag}"
     assert cpu_container["resources"]["limits"] == {"cpu": "1", "memory": "4Gi"}
     assert "--resources" not in cpu_container["args"]
     assert {"name": "pathology-data", "mountPath": "/data"} in cpu_container["volumeMounts"]
@@ -451,7 +482,7 @@ def test_kubernetes_spec_has_image_namespace_gpu_limits_and_resources(
     gpu = spec.worker_groups["gpu"]
     assert gpu["replicas"] == 2
     (gpu_container,) = gpu["spec"]["containers"]
-    assert gpu_container["image"] == "ghcr.io/example-lab/slidemill:0.1.0-cuda"
+    assert gpu_container["image"] == f"localhost/slidemill:{tag}-cuda"
     assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     args = gpu_container["args"]
     assert args[args.index("--resources") + 1] == "GPU=1"
@@ -600,6 +631,61 @@ def test_slurm_job_scripts_carry_tls_unless_the_config_says_plain_tcp(
         script, address = pools.cpu.job_script(), pools.cpu.scheduler.address
     assert address.startswith("tcp://") and "--tls" not in script
     assert "plain TCP (tls: false)" in caplog.text
+
+
+def _worker_line(script: str) -> list[str]:
+    (line,) = [line for line in script.splitlines() if " -m distributed.cli.dask_worker " in line]
+    return shlex.split(line)
+
+
+def test_slurm_workers_start_inside_the_image_with_podman_or_apptainer(
+    slurm_example: SlurmClusterConfig,
+) -> None:
+    """`container`: the job scripts start the image's python through the runtime, with the
+    node's network, the configured folders, node-local scratch and the run's TLS files at the
+    same paths, and a GPU job's devices."""
+    podman = SlurmContainer(
+        runtime="podman", image="localhost/slidemill:{version}", binds=["/shared", "/data"],
+        options=["--ulimit", "nofile=65536:65536"],
+    )  # fmt: skip
+    assert podman.image == f"localhost/slidemill:{image_tag()}"
+    config = slurm_example.model_copy(update={"python": None, "container": podman})
+    with slurm_pools(config) as pools:
+        assert pools.gpu is not None
+        cpu, gpu = _worker_line(pools.cpu.job_script()), _worker_line(pools.gpu.job_script())
+        address = pools.cpu.scheduler.address
+    tls = str(Path(config.shared_temp_directory).expanduser())
+    for words in (cpu, gpu):
+        assert words[:3] == ["podman", "run", "--rm"]
+        assert "--network=host" in words and "--env=DASK_*" in words
+        mounts = [w.removeprefix("--volume=") for w in words if w.startswith("--volume=")]
+        # $TMPDIR is left for the job's shell to expand, so it was in double quotes
+        assert mounts == ["/shared:/shared", "/data:/data", "$TMPDIR:$TMPDIR", f"{tls}:{tls}"]
+        image = words.index(podman.image)
+        assert words[image - 2 : image] == ["--ulimit", "nofile=65536:65536"]
+        assert words[image + 1 : image + 4] == ["python", "-m", "distributed.cli.dask_worker"]
+        assert words[image + 4] == address
+    assert "--device=nvidia.com/gpu=all" in gpu and "--device=nvidia.com/gpu=all" not in cpu
+
+    apptainer = SlurmContainer(runtime="apptainer", image="/shared/slidemill-{version}.sif")
+    config = slurm_example.model_copy(update={"python": None, "container": apptainer, "tls": False})
+    kwargs = gpu_job_kwargs(config)
+    words = shlex.split(kwargs["python"])
+    assert words[:3] == ["apptainer", "exec", "--nv"]
+    assert words[-2:] == [f"/shared/slidemill-{image_tag()}.sif", "python"]
+    assert "--nv" not in shlex.split(cpu_job_kwargs(config)["python"])
+    assert container_python(config, gpu=False).count("--bind=") == 1  # $TMPDIR; no TLS folder
+
+
+def test_a_slurm_config_names_the_nodes_python_or_a_container_not_both(
+    slurm_example: SlurmClusterConfig,
+) -> None:
+    data = slurm_example.model_dump(mode="json") | {
+        "container": {"runtime": "podman", "image": "localhost/slidemill:{version}"}
+    }
+    with pytest.raises(ValueError, match="not both"):
+        SlurmClusterConfig.model_validate(data)
+    assert SlurmClusterConfig.model_validate(data | {"python": None}).container is not None
 
 
 def test_an_existing_scheduler_beyond_loopback_needs_tls_or_an_explicit_plain_tcp(

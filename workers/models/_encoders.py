@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from slidemill.cluster import require_extra
 from slidemill.workers.errors import ModelBundleError, UnknownComponentError
 from slidemill.workers.models._registry import Registry
 
@@ -46,7 +47,8 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, arch: str) -> None:
         super().__init__()
-        import torchvision  # here, not at import: it is slow to import and only ResNets need it
+        # here, not at import: it is slow to import and only ResNets need it
+        torchvision = require_extra("torchvision", "encoders", f"the {arch} encoder")
 
         net = getattr(torchvision.models, arch)(weights=None)
         self.feature_dim = int(net.fc.in_features)
@@ -144,7 +146,8 @@ class TimmEncoder(nn.Module):
 
     def __init__(self, model_name: str, **kwargs: int | float | str | bool) -> None:
         super().__init__()
-        import timm  # here, not at import: it is slow to import and only timm encoders need it
+        # here, not at import: it is slow to import and only timm encoders need it
+        timm = require_extra("timm", "encoders", f"the encoder 'timm:{model_name}'")
 
         if ":" in model_name:  # "hf-hub:…", "local-dir:…": timm would fetch weights
             raise UnknownComponentError(

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slidemill.cluster import require_extra
 from slidemill.workers.errors import PresetWeightsError, UnknownComponentError
 from slidemill.workers.models._encoders import ENCODERS
 from slidemill.workers.models._presets import PRESETS, Argument, EncoderPreset, LayerRef
@@ -30,10 +31,11 @@ def build_net(preset: EncoderPreset, depth: int | None = None) -> nn.Module:
     if depth is not None:
         arguments[preset.depth_argument] = depth
     if preset.library == "timm":
-        import timm  # here, not at import: slow to import, and only timm presets need it
-
+        # here, not at import: slow to import, and only timm presets need it
+        timm = require_extra("timm", "encoders", f"the {preset.name} encoder")
         return timm.create_model(preset.architecture, pretrained=False, **arguments)
-    import transformers  # here, not at import: slower still
+    # here, not at import: slower still
+    transformers = require_extra("transformers", "encoders", f"the {preset.name} encoder")
 
     model_class = getattr(transformers, preset.architecture)
     config = model_class.config_class(**arguments)
