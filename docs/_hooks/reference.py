@@ -164,7 +164,8 @@ def _type(param: Any, ctx: Any) -> str:
     # on the older API, where the metavar says the same
     display = getattr(param, "display_type", None)
     text = (display(ctx) if callable(display) else param.make_metavar(ctx)).strip("<>")
-    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    holder = param if hasattr(param, "min") else param.type  # click's range type, older typer
+    low, high = getattr(holder, "min", None), getattr(holder, "max", None)
     if low is not None or high is not None:
         bounds = [f"≥ {low}"] if low is not None else []
         bounds += [f"≤ {high}"] if high is not None else []
