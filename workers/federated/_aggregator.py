@@ -261,47 +261,31 @@ class _Rounds:
         )
 
 
-class RoundsFedAvg(FedAvg):
+class _RoundsMixin:
+    """Before a strategy's `aggregate_train`: `_Rounds`' checks; after it, its record."""
+
+    rounds: _Rounds
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ok = self.rounds.answered(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
+        self.rounds.record(server_round, len(ok), metrics)
+        return arrays, metrics
+
+
+class RoundsFedAvg(_RoundsMixin, FedAvg):
     """FedAvg with `_Rounds`' checks and records."""
 
-    rounds: _Rounds
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ok = self.rounds.answered(server_round, replies)
-        arrays, metrics = super().aggregate_train(server_round, ok)
-        self.rounds.record(server_round, len(ok), metrics)
-        return arrays, metrics
-
-
-class RoundsFedProx(FedProx):
+class RoundsFedProx(_RoundsMixin, FedProx):
     """FedProx with `_Rounds`' checks and records."""
 
-    rounds: _Rounds
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ok = self.rounds.answered(server_round, replies)
-        arrays, metrics = super().aggregate_train(server_round, ok)
-        self.rounds.record(server_round, len(ok), metrics)
-        return arrays, metrics
-
-
-class RoundsDP(DifferentialPrivacyClientSideFixedClipping):
+class RoundsDP(_RoundsMixin, DifferentialPrivacyClientSideFixedClipping):
     """Flower's DP wrapper with `_Rounds`' checks and records (its accountant needs a plain
     FedAvg inside, so they sit here)."""
-
-    rounds: _Rounds
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ok = self.rounds.answered(server_round, replies)
-        arrays, metrics = super().aggregate_train(server_round, ok)
-        self.rounds.record(server_round, len(ok), metrics)
-        return arrays, metrics
 
 
 def _strategy(

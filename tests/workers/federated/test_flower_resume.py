@@ -90,7 +90,7 @@ def test_a_killed_aggregator_resumes_and_dp_counts_every_round(tmp_path: Path) -
         )
     )
     reference.compose(
-        GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=2, population_size=2), 3
+        GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=2, population_size=2), 2
     )
     assert privacy["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
     assert "epsilon" in load_bundle(resolve_model_dir(out)).manifest.description
