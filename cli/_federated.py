@@ -11,6 +11,12 @@ import typer
 from slidemill.cli._errors import console
 
 
+def _require_flower() -> None:
+    from slidemill.cluster import require_extra
+
+    require_extra("flwr", "federated", needed_by="slidemill federated")
+
+
 def _tls(ca: Path | None, cert: Path | None, key: Path | None) -> object:
     from slidemill.schemas import TlsFiles
     from slidemill.workers.errors import TrainingError
@@ -86,6 +92,7 @@ def federated_serve(
 ) -> None:
     """Aggregate a federated training run: start Flower's SuperLink, wait for --min-sites sites
     to join, train the head for --rounds rounds, and write an ordinary bundle."""
+    _require_flower()
     from slidemill.workers.federated import FederationSettings, serve
     from slidemill.workers.training import TrainConfig
 
@@ -143,6 +150,7 @@ def federated_join(
     """Join a federated training run as a site: run Flower's SuperNode, which trains the global
     head on this site's features and sends back parameters and moment sums only. Runs until
     stopped."""
+    _require_flower()
     from slidemill.workers.federated import join
 
     code = join(
