@@ -48,7 +48,6 @@ from slidemill.schemas._models import (
     StageTimings,
     TilingSpec,
     TissueMethod,
-    slidemill_version,
 )
 from slidemill.schemas._qc import (
     REFERENCE_FORMAT,
@@ -60,6 +59,7 @@ from slidemill.schemas._qc import (
     SlideQC,
 )
 from slidemill.schemas._validate import describe, validated
+from slidemill.schemas._version import slidemill_version
 from slidemill.schemas.errors import InvalidInputError, LayoutError, SlidemillError, one_line
 
 # `write_json_schemas` exports every entry of this dict (the same object `_export` reads).

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from slidemill.schemas._version import slidemill_version
+
 LOOPBACK_DASHBOARD = "127.0.0.1:0"
 """The embedded clusters' dashboard: loopback, a free port. Dask's dashboard has no
 authentication and shows scheduler identity and worker logs, so it leaves this machine only when
@@ -50,8 +52,6 @@ def image_tag(version: str | None = None) -> str:
     """The container image tag of a slidemill version (the installed one by default): the
     version with '+' (a PEP 440 local part, e.g. 0.2.dev3+g1a2b3c4) as '-', which a tag cannot
     hold. `make images` tags with it."""
-    from slidemill.schemas._models import slidemill_version  # _models imports this module
-
     return (version or slidemill_version()).replace("+", "-")
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,15 +11,6 @@ from pydantic import BaseModel, Field, model_validator
 from slidemill.schemas._base import Frozen
 from slidemill.schemas._cluster import AnyClusterConfig
 from slidemill.schemas._qc import Calibration, FeatureReference, QCMode, SlideQC
-
-
-@cache
-def slidemill_version() -> str:
-    """The installed slidemill version, recorded in every output's provenance."""
-    try:
-        return version("slidemill")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
 
 
 class TissueMethod(StrEnum):
