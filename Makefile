@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= $(firstword $(SLIDEMILL_SAMPLE_SLIDE) ../shared/data/CMU-1-Small-Region.svs)
 DEMO ?= demo-out
 
-.PHONY: install demo test postgres chromium slurm netns lint docs bench bench-service bench-viewer bench-textured bench-families gpu-carry bench-gpu clean
+.PHONY: install demo test postgres chromium slurm netns lint docs bench bench-service bench-viewer bench-textured bench-families bench-federated gpu-carry bench-gpu clean
 
 # setuptools notes at every editable install that a folder named like the package may shadow
 # it: `slidemill/` is that folder on purpose (links to the rooms), so the note is silenced.
@@ -126,6 +126,11 @@ bench-textured: install
 # others. Steps already done are kept: remove the folder to rebuild every figure from nothing.
 bench-families: install
 	$(BIN)/slidemill bench-families --out .bench-learning-families --texture $(SAMPLE)
+
+# Three sites whose stain and scanner differ: each alone, pooled, and federated on Flower's own
+# processes (FedAvg, FedProx, FedAvg with DP), scored on one common held-out set.
+bench-federated: install
+	$(BIN)/slidemill bench-federated --out .bench-federated --texture $(SAMPLE)
 
 # The GPU benchmark in one command. Here (the venv installed) it runs its CPU path. On a GPU
 # machine whose image has torch but not the rest: `make gpu-carry` here first writes build/gpu

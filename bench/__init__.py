@@ -6,6 +6,7 @@ loop; `bench-gpu`: the same and encoding on a GPU (and the wheels a bare GPU mac
 `bench-learning`: training settings on small cohorts of the generators; `bench-explain`: how
 faithful the demo models' explanations are and what explaining costs; `bench-families`:
 whether settings chosen on some lesion families hold on another (leave one family out);
+`bench-federated`: sites whose stain and scanner differ, alone, pooled and federated on Flower;
 `bench-service`: the service under load; `bench-viewer`: what panning costs."""
 
 from slidemill.bench._encoders import (
@@ -36,6 +37,16 @@ from slidemill.bench._families import (
     leave_one_family_out,
     run_family_study,
     split_train_test,
+)
+from slidemill.bench._federated import (
+    BenchRow,
+    BenchSite,
+    FederatedBenchSettings,
+    FederatedRun,
+    SiteSplit,
+    federated_table,
+    run_federated_bench,
+    split_site,
 )
 from slidemill.bench._gpu import run_bench_gpu
 from slidemill.bench._learning import (
@@ -72,11 +83,15 @@ __all__ = [
     "FAMILY_STRATEGIES",
     "GENERATORS",
     "STRATEGIES",
+    "BenchRow",
+    "BenchSite",
     "Candidate",
     "Choice",
     "EncoderRow",
     "ExplainBench",
     "FamilySettings",
+    "FederatedBenchSettings",
+    "FederatedRun",
     "HeadFaithfulness",
     "HeldOutRow",
     "Latencies",
@@ -88,6 +103,7 @@ __all__ = [
     "ScalingPoint",
     "Score",
     "Served",
+    "SiteSplit",
     "StudyRow",
     "build_wheelhouse",
     "choose_setting",
@@ -99,6 +115,7 @@ __all__ = [
     "family_table",
     "fastest",
     "features_folder",
+    "federated_table",
     "find_demo",
     "large_slide_geometry",
     "leave_one_family_out",
@@ -116,10 +133,12 @@ __all__ = [
     "run_bench_explain",
     "run_bench_gpu",
     "run_family_study",
+    "run_federated_bench",
     "run_learning_study",
     "run_many_bench",
     "served",
     "single_process",
+    "split_site",
     "split_train_test",
     "study_features",
     "study_table",

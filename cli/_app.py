@@ -69,6 +69,7 @@ app.command("bench-gpu")(_command(_bench.bench_gpu))
 app.command("bench-encoders")(_command(_bench.bench_encoders))
 app.command("bench-learning")(_command(_bench.bench_learning))
 app.command("bench-families")(_command(_bench.bench_families))
+app.command("bench-federated")(_command(_bench.bench_federated))
 app.command("bench-service")(_command(_bench.bench_service))
 app.command("bench-viewer")(_command(_bench.bench_viewer))
 app.command("bench-explain")(_command(_bench.bench_explain))
@@ -98,6 +99,7 @@ federated_app = typer.Typer(
 )
 federated_app.command("serve")(_command(_federated.federated_serve))
 federated_app.command("join")(_command(_federated.federated_join))
+federated_app.command("keygen")(_command(_federated.federated_keygen))
 app.add_typer(federated_app, name="federated")
 
 

@@ -341,6 +341,88 @@ def bench_families(
     console.print(family_table(rows), soft_wrap=True, highlight=False, markup=False)
 
 
+def bench_federated(
+    out: Annotated[
+        Path, typer.Option(help="Folder for the sites' slides, features, models and figures.")
+    ] = Path(".bench-federated"),
+    texture: Annotated[
+        Path | None,
+        typer.Option(help="Real slide whose texture the slides use (default: sample)."),
+    ] = None,
+    sites: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated sites NAME:NEGATIVES:POSITIVES (training slides); each name "
+            "is its own stain and scanner (`synth --site`)."
+        ),
+    ] = "north:12:12,south:8:8,east:10:2",
+    held_out: Annotated[
+        int, typer.Option(min=2, help="Held-out slides per site (half positive).")
+    ] = 16,
+    family: Annotated[str, typer.Option(help="Lesion family of the slides.")] = "crowding",
+    size: Annotated[str, typer.Option(help="Level-0 size WIDTHxHEIGHT of each slide.")] = (
+        "3072x3072"
+    ),
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    local_epochs: Annotated[int, typer.Option(min=1, help="Epochs per site per round.")] = 4,
+    dp_noise: Annotated[
+        str, typer.Option(help="Comma-separated noise multipliers, a DP run each.")
+    ] = "0.3,1.0",
+    dp_clip: Annotated[float, typer.Option(help="Clipping norm of the DP runs.")] = 0.5,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes that write slides.")] = 2,
+) -> None:
+    """Sites whose stain and scanner differ, one with very few positives: each site alone and
+    pooled (`train`) against federated training on Flower (FedAvg, FedProx, FedAvg with DP),
+    every model scored on one common held-out set; writes OUT/federated-bench.json."""
+    from slidemill.bench import (
+        BenchSite,
+        FederatedBenchSettings,
+        federated_table,
+        run_federated_bench,
+    )
+    from slidemill.pipeline.demo import default_sample
+
+    _require_federated()
+    source = texture or default_sample()
+    if source is None:
+        fail("no sample slide found; give one with --texture or set SLIDEMILL_SAMPLE_SLIDE")
+    try:
+        chosen = tuple(
+            BenchSite(n, int(neg), int(pos))
+            for n, neg, pos in (t.strip().split(":") for t in sites.split(",") if t.strip())
+        )
+        settings = FederatedBenchSettings(
+            sites=chosen,
+            held_out=held_out,
+            family=family,
+            size=parse_size(size, "--size"),
+            rounds=rounds,
+            local_epochs=local_epochs,
+            dp_noise=tuple(float(z) for z in dp_noise.split(",") if z.strip()),
+            dp_clip=dp_clip,
+            seed=seed,
+            workers=workers,
+        )
+    except ValueError as e:
+        fail(f"--sites {sites!r} / --dp-noise / --family: {e} (sites as north:12:12,south:8:8)")
+    try:
+        rows = run_federated_bench(out, source, settings, console)
+    except ValueError as e:
+        fail(str(e))
+    console.print(
+        f"slidemill bench-federated, {datetime.date.today()}",
+        highlight=False,
+    )
+    console.print(federated_table(rows), soft_wrap=True, highlight=False, markup=False)
+
+
+def _require_federated() -> None:
+    from slidemill.cluster import require_extra
+
+    require_extra("flwr", "federated", needed_by="slidemill bench-federated")
+
+
 def bench_service(
     work: Annotated[
         Path, typer.Option(help="Scratch folder (generated slides, outputs, the ledger).")

@@ -50,6 +50,14 @@ def federated_serve(
     min_sites: Annotated[
         int, typer.Option(min=1, help="Sites needed to start, and to count a round.")
     ] = 2,
+    wait_sites: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Sites to wait for before the first round, when more than --min-sites (0: "
+            "--min-sites): a round then still counts when a site leaves.",
+        ),
+    ] = 0,
     local_epochs: Annotated[
         int, typer.Option(min=1, help="Epochs each site trains per round.")
     ] = 2,
@@ -89,6 +97,14 @@ def federated_serve(
     tls_ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="The SuperLink's certificate.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    site_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A site's public key (NAME.pub from `slidemill federated keygen`), or a folder "
+            "of them; repeatable. Only these sites are admitted (needs TLS); required beyond "
+            "loopback."
+        ),
+    ] = None,
 ) -> None:
     """Aggregate a federated training run: start Flower's SuperLink, wait for --min-sites sites
     to join, train the head for --rounds rounds, and write an ordinary bundle."""
@@ -99,6 +115,7 @@ def federated_serve(
     settings = FederationSettings(
         rounds=rounds,
         min_sites=min_sites,
+        wait_sites=wait_sites,
         local_epochs=local_epochs,
         strategy=strategy,
         proximal_mu=mu,
@@ -122,6 +139,7 @@ def federated_serve(
         host=host,
         port=port,
         tls=_tls(tls_ca, tls_cert, tls_key),  # type: ignore[arg-type]
+        site_keys=tuple(site_key or ()),
         on_line=lambda line: console.print(line, markup=False, highlight=False),
     )
     provenance = json.loads(result.federation_json.read_text(encoding="utf-8"))
@@ -146,6 +164,13 @@ def federated_join(
     root_certificates: Annotated[
         Path | None, typer.Option(help="The aggregator's CA (PEM), for TLS.")
     ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="This site's private key (NAME.key from `slidemill federated keygen`), when the "
+            "aggregator admits registered sites only; required beyond loopback."
+        ),
+    ] = None,
 ) -> None:
     """Join a federated training run as a site: run Flower's SuperNode, which trains the global
     head on this site's features and sends back parameters and moment sums only. Runs until
@@ -160,6 +185,21 @@ def federated_join(
         name,
         workdir,
         root_certificates=root_certificates,
+        key=key,
         on_start=lambda n: console.print(f"site {name}: {n} labelled slides; joining {server}"),
     )
     raise typer.Exit(code)
+
+
+def federated_keygen(
+    out: Annotated[Path, typer.Option(help="Folder for the key pair (made when missing).")],
+    name: Annotated[str, typer.Option(help="The site's name, as it joins with --name.")],
+) -> None:
+    """Make a site's key pair: OUT/NAME.key stays at the site (`join --key`), OUT/NAME.pub goes
+    to the aggregator (`serve --site-key`), which then admits this site's SuperNode only with it."""
+    _require_flower()
+    from slidemill.workers.federated import generate_site_key
+
+    private, public = generate_site_key(out, name)
+    console.print(f"private key: {private} (keep it at the site)", highlight=False)
+    console.print(f"public key: {public} (give it to the aggregator)", highlight=False)

@@ -102,6 +102,14 @@ def synth(
             "tissue among confounders, each slide with its own stain and scanner."
         ),
     ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            help="A lesion family's slides as the site of this name stains and scans them: its "
+            "stain, white balance, blur and JPEG quality shift every slide's (the same name, "
+            "the same shift)."
+        ),
+    ] = None,
 ) -> None:
     """Generate a labelled benchmark with ground truth: pyramidal SVS slides (JPEG tiles,
     0.5/2/8 µm/px) with planted lesions and look-alikes, `<stem>.mask.png` (lesions at 8 µm/px)
@@ -112,6 +120,7 @@ def synth(
     from slidemill.pipeline.synth import (
         DEGRADATIONS,
         FAMILIES,
+        site_shift,
         write_benchmark_set,
         write_degraded_set,
     )
@@ -121,6 +130,10 @@ def synth(
             fail(f"--degrade {kind}: choose from {', '.join(DEGRADATIONS)}")
     if generator is not None and generator not in ("drawn", "textured", *FAMILIES):
         fail(f"--generator {generator}: one of drawn, textured, {', '.join(FAMILIES)}")
+    if site is not None and generator not in FAMILIES:
+        fail(f"--site {site}: a site shifts a lesion family's slides; give --generator "
+             f"{'|'.join(FAMILIES)}")  # fmt: skip
+    shift = site_shift(site) if site is not None else None
     if generator == "drawn" and texture is not None:
         fail("--generator drawn takes no --texture")
     if generator not in (None, "drawn") and texture is None:
@@ -137,9 +150,12 @@ def synth(
         size=parse_size(size, "--size"),
         texture=texture,
         generator=generator if generator in FAMILIES else None,
+        site=shift,
     )
     for s in slides:
         console.print(f"{s.path}  {s.label}", highlight=False)
+    if shift is not None:
+        console.print(f"site {shift.name}: {shift.describe()}", highlight=False)
     if degrade:
         copies = write_degraded_set([s.path for s in slides], out / "degraded", degrade, seed)
         console.print(f"{len(copies)} degraded copies in {out / 'degraded'}", highlight=False)

@@ -6,7 +6,7 @@ planted regions), `_noise` (hashing and noise), `_cells` (nuclei and glands), `_
 colours), `_texture` (a real slide's texture), `_tiff` (writing the pyramid), `_plan`, `_truth`
 and `_benchset` (the labelled benchmark set), `_degrade` (degraded copies for slide QC); `_families`
 and `_scene` (lesion families: lesions that differ from normal tissue in different ways, among
-confounders, each slide with its own stain and scanner).
+confounders, each slide with its own stain and scanner, shifted per site by `SiteShift`).
 """
 
 from slidemill.pipeline.synth._benchset import BenchmarkSlide, write_benchmark_set
@@ -19,7 +19,7 @@ from slidemill.pipeline.synth._degrade import (
 )
 from slidemill.pipeline.synth._families import LESION_SHARE, plan_family_slide, write_scanned
 from slidemill.pipeline.synth._plan import plan_benchmark_slide
-from slidemill.pipeline.synth._scene import FAMILIES, VARIANTS, Band, Scene
+from slidemill.pipeline.synth._scene import FAMILIES, VARIANTS, Band, Scene, SiteShift, site_shift
 from slidemill.pipeline.synth._shade import BACKGROUND
 from slidemill.pipeline.synth._shapes import Blob, Ellipse
 from slidemill.pipeline.synth._slide import MASK_MPP, SyntheticSlide
@@ -40,6 +40,7 @@ __all__ = [
     "Blob",
     "Ellipse",
     "Scene",
+    "SiteShift",
     "SyntheticSlide",
     "TextureSource",
     "degrade",
@@ -48,6 +49,7 @@ __all__ = [
     "load_truth",
     "plan_benchmark_slide",
     "plan_family_slide",
+    "site_shift",
     "truth_beside",
     "write_array_slide",
     "write_benchmark_set",

@@ -3,7 +3,8 @@
 `write_benchmark_set` (the `slidemill synth` command) writes a labelled set into one folder:
 
     synthetic-NNN.svs          0.5 µm/px, levels at 0.5, 2 and 8 µm/px (a lesion family's
-                               slides: `<family>-NNN.svs`, as its scanner wrote them)
+                               slides: `<family>-NNN.svs`, as its scanner wrote them;
+                               a site's: `<site>-<family>-NNN.svs`)
     synthetic-NNN.mask.png     lesion mask at 8 µm/px (`MASK_MPP`), 255 = lesion; pixel (i, j)
                                covers level-0 [16j, 16j+16) x [16i, 16i+16) and holds the
                                truth at its centre
@@ -19,7 +20,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import numpy as np
 from slidemill.pipeline.synth._families import plan_family_slide, write_scanned
 from slidemill.pipeline.synth._noise import _MASK64
 from slidemill.pipeline.synth._plan import plan_benchmark_slide
-from slidemill.pipeline.synth._scene import FAMILIES
+from slidemill.pipeline.synth._scene import FAMILIES, SiteShift
 from slidemill.pipeline.synth._slide import MASK_MPP, SyntheticSlide
 from slidemill.pipeline.synth._texture import load_texture
 from slidemill.pipeline.synth._tiff import write_slide
@@ -68,16 +69,23 @@ def write_benchmark_set(
     mask_mpp: float = MASK_MPP,
     texture: Path | None = None,
     generator: str | None = None,
+    site: SiteShift | None = None,
 ) -> list[BenchmarkSlide]:
     """`n` SVS slides (`synthetic-NNN.svs`), n · `positive_fraction` (rounded half up) of them
     positive in a seeded random order, each with its lesion mask and truth sidecar, and
     `labels.csv` (slide_id, path relative to `out`, label). Deterministic in `seed`. With a
     `texture` slide, the textured benchmark (`plan_benchmark_slide`); with a `generator` of
-    `FAMILIES` too, that lesion family's set (`plan_family_slide`, `<family>-NNN.svs`)."""
+    `FAMILIES` too, that lesion family's set (`plan_family_slide`, `<family>-NNN.svs`), stained
+    and scanned as `site` does when one is given."""
     if generator is not None and generator not in FAMILIES:
         raise InvalidInputError(f"generator {generator!r}: one of {', '.join(FAMILIES)}")
     if generator is not None and texture is None:
         raise InvalidInputError(f"lesion family {generator}: needs a texture slide (--texture)")
+    if site is not None and generator is None:
+        raise InvalidInputError(
+            f"site {site.name!r}: a site shifts a lesion family's stain and scanner; "
+            f"give a generator ({', '.join(FAMILIES)})"
+        )
     if n < 1:
         raise InvalidInputError("n must be at least 1")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -102,7 +110,10 @@ def write_benchmark_set(
             slide = plan_family_slide(
                 slide_seed, i in positive, generator, size[0], size[1], mpp, source
             )
-            path = write_scanned(out / f"{generator}-{i:03d}.svs", slide, downsamples)
+            if site is not None and slide.scene is not None:
+                slide = replace(slide, scene=site.apply(slide.scene))
+            stem = f"{generator}-{i:03d}" if site is None else f"{site.name}-{generator}-{i:03d}"
+            path = write_scanned(out / f"{stem}.svs", slide, downsamples)
         else:
             slide = plan_benchmark_slide(slide_seed, i in positive, size[0], size[1], mpp, source)
             path = write_slide(out / f"synthetic-{i:03d}.svs", slide, downsamples=downsamples)

@@ -4,14 +4,17 @@ and scanner. Value objects only; the shading and the plans are in `_families`.""
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from slidemill.pipeline.synth._shapes import Blob
+from slidemill.schemas.errors import InvalidInputError
 
 FAMILIES: Final = ("crowding", "architecture", "stroma", "necrosis")
 """The lesion families, by what sets a lesion apart from the normal tissue around it:
@@ -91,3 +94,69 @@ class Scene:
     """The scanner's focus: sigma of a Gaussian blur of level 0, µm (applied when written)."""
     jpeg_quality: int = 90
     """The scanner's JPEG quality (applied when written)."""
+    site: str | None = None
+    """The site (`SiteShift`) whose stain and scanner shifted this slide's; None = none."""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteShift:
+    """One site's staining protocol and scanner, applied on top of every slide's own (a hospital
+    whose slides all come out bluer, blurrier or more compressed than another's)."""
+
+    name: str
+    """The site's name."""
+    stain_scale: tuple[float, float, float]
+    """Factors on the haematoxylin, eosin and residual concentrations."""
+    white: tuple[float, float, float]
+    """Factors on the scanner's white balance, per RGB channel."""
+    blur_um: float
+    """The scanner's own focus blur, µm (adds to each slide's in quadrature)."""
+    jpeg_quality: int
+    """The scanner's JPEG quality: no slide of the site is stored above it."""
+
+    def describe(self) -> str:
+        """One line: haematoxylin and eosin ×, white balance ×, blur, JPEG quality."""
+        h, e, _ = self.stain_scale
+        r, g, b = self.white
+        return (
+            f"haematoxylin x{h:.2f}, eosin x{e:.2f}, white balance x({r:.2f}, {g:.2f}, {b:.2f}), "
+            f"blur {self.blur_um:.2f} um, JPEG quality {self.jpeg_quality}"
+        )
+
+    def apply(self, scene: Scene) -> Scene:
+        """`scene` as this site's lab stains and its scanner writes it."""
+        return replace(
+            scene,
+            stain_scale=_times(scene.stain_scale, self.stain_scale),
+            white=_times(scene.white, self.white),
+            blur_um=math.hypot(scene.blur_um, self.blur_um),
+            jpeg_quality=min(scene.jpeg_quality, self.jpeg_quality),
+            site=self.name,
+        )
+
+
+def site_shift(name: str) -> SiteShift:
+    """The shift of the site called `name`: drawn from a hash of the name, so the same name is
+    the same site on every machine. Haematoxylin and eosin each ×0.65–1.4, white balance ×0.94–1.03
+    per channel, focus blur 0–1.1 µm, JPEG quality 55–92."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise InvalidInputError(
+            f"site name {name!r}: letters, digits, '_', '.' and '-', from a letter or digit"
+        )
+    digest = hashlib.sha256(name.encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    h, e = (float(math.exp(rng.uniform(math.log(0.65), math.log(1.4)))) for _ in range(2))
+    white = rng.uniform(0.94, 1.03, 3)
+    return SiteShift(
+        name,
+        (h, e, 1.0),
+        (float(white[0]), float(white[1]), float(white[2])),
+        float(rng.uniform(0.0, 1.1)),
+        int(rng.integers(55, 93)),
+    )
+
+
+def _times(
+    a: tuple[float, float, float], b: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    return (a[0] * b[0], a[1] * b[1], a[2] * b[2])

@@ -83,6 +83,7 @@ def _scene_json(scene: Scene, mpp: float) -> dict[str, Any]:
         "white": list(scene.white),
         "blur_um": scene.blur_um,
         "jpeg_quality": scene.jpeg_quality,
+        "site": scene.site,
         "scanner": "blur and JPEG quality are applied to the written level 0 only; "
         "the rebuilt slide renders the tissue before the scanner",
     }
@@ -129,6 +130,7 @@ def load_truth(path: Path) -> SyntheticSlide:
             (w[0], w[1], w[2]),
             sc["blur_um"],
             sc["jpeg_quality"],
+            sc.get("site"),
         )
 
     e, h = doc["stain"]["eosin"], doc["stain"]["haematoxylin"]

@@ -9,7 +9,15 @@ from moment sums, FedAvg/FedProx with Flower's DP wrapper, checkpoints, the bund
 """
 
 from slidemill.workers.federated._aggregator import FEDERATION_JSON, MODEL_DIR, ROUNDS_DIR
-from slidemill.workers.federated._launch import ServeResult, flower_env, join, serve
+from slidemill.workers.federated._launch import (
+    ServeResult,
+    flower_env,
+    free_port,
+    generate_site_key,
+    join,
+    serve,
+    site_public_keys,
+)
 from slidemill.workers.federated._plan import (
     FederationSettings,
     SiteInfo,
@@ -31,7 +39,10 @@ __all__ = [
     "SiteInfo",
     "encoder_identity",
     "flower_env",
+    "free_port",
+    "generate_site_key",
     "join",
     "refusal",
     "serve",
+    "site_public_keys",
 ]

@@ -148,7 +148,7 @@ Describe = Callable[[Sequence[int]], list["Site"]]
 
 
 def _gather_sites(grid: Grid, settings: FederationSettings, describe: Describe) -> list[Site]:
-    """Describe each node as it joins until `min_sites` of them can train the model."""
+    """Describe each node as it joins until `start_sites` of them can train the model."""
     deadline = time.monotonic() + settings.join_timeout
     sites: dict[int, Site] = {}
     while True:
@@ -157,11 +157,11 @@ def _gather_sites(grid: Grid, settings: FederationSettings, describe: Describe) 
         if new:
             sites.update((s.node_id, s) for s in describe(new))
         ready = [s for s in sites.values() if s.reference_moments is not None]
-        if len(ready) >= settings.min_sites:
+        if len(ready) >= settings.start_sites:
             return sorted(sites.values(), key=lambda s: s.info.name)
         if time.monotonic() > deadline:
             raise TrainingError(
-                f"{len(ready)} of the {settings.min_sites} sites needed joined with features the "
+                f"{len(ready)} of the {settings.start_sites} sites needed joined with features the "
                 f"model can use within {settings.join_timeout:g} s"
             )
         time.sleep(1.0)

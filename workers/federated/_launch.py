@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +151,105 @@ def _tls_args(tls: TlsFiles | None) -> list[str]:
     ]
 
 
+KEY_SUFFIX, PUBLIC_SUFFIX = ".key", ".pub"
+"""A site's key pair as `generate_site_key` writes it: NAME.key (private) and NAME.pub."""
+
+
+def generate_site_key(folder: Path, name: str) -> tuple[Path, Path]:
+    """A new key pair for the site `name` in `folder`: `NAME.key`, the private key the site's
+    SuperNode signs with (OpenSSH format, readable by its owner only), and `NAME.pub`, the public
+    key the aggregator registers (`serve --site-key`). Refuses to replace an existing key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _check_name(name)
+    folder = Path(folder)
+    private, public = folder / f"{name}{KEY_SUFFIX}", folder / f"{name}{PUBLIC_SUFFIX}"
+    for path in (private, public):
+        if path.exists():
+            raise TrainingError(
+                f"{path}: exists; a site's key is never replaced, choose a new name"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())  # the curve Flower's documentation uses
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    tmp = private.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    tmp.replace(private)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + f" {name}\n".encode()
+    )
+    return private, public
+
+
+def site_public_keys(paths: Sequence[Path]) -> dict[str, Path]:
+    """Site name → public key, from key files and folders of `*.pub` files (the name is the
+    file's stem). Raises `TrainingError` on a file that is not a NIST-curve EC public key, or a
+    name given twice."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys: dict[str, Path] = {}
+    for given in paths:
+        given = Path(given)
+        files = sorted(given.glob(f"*{PUBLIC_SUFFIX}")) if given.is_dir() else [given]
+        if not files:
+            raise TrainingError(f"--site-key {given}: no {PUBLIC_SUFFIX} file in it")
+        for path in files:
+            try:
+                key = serialization.load_ssh_public_key(path.read_bytes())
+            except (OSError, ValueError, UnsupportedAlgorithm) as e:
+                raise TrainingError(f"--site-key {path}: not a site's public key ({e})") from e
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise TrainingError(
+                    f"--site-key {path}: an EC key is needed (slidemill federated keygen)"
+                )
+            name = path.name.removesuffix(PUBLIC_SUFFIX)
+            if name in keys:
+                raise TrainingError(f"--site-key: two keys for site {name!r}")
+            keys[name] = path.resolve()
+    return keys
+
+
+def _register_sites(keys: dict[str, Path], env: dict[str, str], home: Path) -> None:
+    """Register each site's key with the SuperLink (its Control API, through `flwr`), so that
+    only those sites' SuperNodes are admitted. A key already registered (a resumed run's
+    SuperLink keeps its state) is left as it is."""
+    for name, key in keys.items():
+        done = subprocess.run(
+            [_script("flwr"), "supernode", "register", str(key), "slidemill", "--name", name],
+            env=env,
+            cwd=home,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        said = done.stdout + done.stderr
+        if done.returncode != 0 and "already in use" not in said:
+            reason = said.strip().splitlines()
+            raise TrainingError(
+                f"site {name!r}: its key {key} could not be registered: "
+                f"{reason[-1] if reason else f'exit {done.returncode}'}"
+            )
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise TrainingError(
+            f"site name {name!r}: letters, digits, '_', '.' and '-', from a letter or digit"
+        )
+
+
 def write_app(folder: Path, settings: FederationSettings) -> Path:
     """The Flower App folder `flwr run` bundles: a pyproject naming slidemill's ServerApp and
     ClientApp, with this run's settings (Flower ships it to every site: no path in it)."""
@@ -213,17 +312,31 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 9092,
     tls: TlsFiles | None = None,
+    site_keys: Sequence[Path] = (),
     on_line: Callable[[str], None] | None = None,
 ) -> ServeResult:
     """Start a SuperLink on host:port, submit slidemill's Flower App to it and wait for the
     federated run to finish; the bundle is `out/model`. Restarted on the same `out` with the
-    same settings, the run resumes after its last completed round."""
+    same settings, the run resumes after its last completed round. With `site_keys` (public
+    keys, or folders of them), only SuperNodes holding those keys' private halves are admitted
+    (Flower's SuperNode authentication, which needs TLS); beyond loopback both are required."""
     started = time.perf_counter()
     encoder = Path(encoder).resolve()
     if (encoder / "encoder-bundle").is_dir():  # a features folder: its encoder
         encoder = encoder / "encoder-bundle"
     check_bundle(encoder)
     _check_tls(host, tls, "federated serve")
+    keys = site_public_keys(site_keys)
+    if keys and tls is None:
+        raise TrainingError(
+            "federated serve: site keys need TLS (Flower authenticates sites over TLS only): "
+            "give --tls-ca, --tls-cert and --tls-key"
+        )
+    if not keys and not is_loopback(f"tcp://{host}:1"):
+        raise TrainingError(
+            f"federated serve: {host} is beyond loopback: give the sites' public keys "
+            "(--site-key), so that only they can join"
+        )
     out = Path(out).resolve()
     _check_out(out, settings)
     home = out / FLOWER_DIR
@@ -250,9 +363,13 @@ def serve(
         str(port),
         "--database",
         str(home / "superlink.db"),
+        *(["--enable-supernode-auth"] if keys else []),
     ]
     with _process(link, env, home / "superlink.log") as superlink:
         _wait_listening(host, port, superlink, home / "superlink.log")
+        _register_sites(keys, env, home)
+        if keys and on_line is not None:
+            on_line(f"sites admitted (SuperNode authentication): {', '.join(keys)}")
         run = subprocess.Popen(
             [_script("flwr"), "run", str(app), "slidemill", "--stream"],
             preexec_fn=_die_with_parent,
@@ -305,25 +422,35 @@ def join(
     workdir: Path,
     *,
     root_certificates: Path | None = None,
+    key: Path | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> int:
-    """Run a SuperNode for this site until it stops; returns its exit status. Raises
-    `TrainingError` at once on an unreadable features folder or labels, and with the
-    aggregator's one-line reason when the model cannot use this site's features."""
+    """Run a SuperNode for this site until it stops; returns its exit status. With `key` (the
+    site's private key, `generate_site_key`), the SuperNode authenticates with it. Raises
+    `TrainingError` at once on an unreadable features folder or labels; with the aggregator's
+    one-line reason when the model cannot use this site's features; and with Flower's reason
+    when the aggregator does not admit the site."""
     features, labels, workdir = (
         Path(features).resolve(),
         Path(labels).resolve(),
         Path(workdir).resolve(),
     )
-    if not name or any(c.isspace() or c in "\"'" for c in name):
-        raise TrainingError(f"site name {name!r}: give a name without spaces or quotes")
+    _check_name(name)
     n_slides = _check_site(features, labels, name)
     host = server.rsplit(":", 1)[0].strip("[]")
-    if root_certificates is None and not is_loopback(f"tcp://{host}:1"):
-        raise TrainingError(
-            f"federated join: {server} is beyond loopback: give the aggregator's CA "
-            "(--root-certificates) so the site's updates travel over TLS"
-        )
+    if not is_loopback(f"tcp://{host}:1"):
+        if root_certificates is None:
+            raise TrainingError(
+                f"federated join: {server} is beyond loopback: give the aggregator's CA "
+                "(--root-certificates) so the site's updates travel over TLS"
+            )
+        if key is None:
+            raise TrainingError(
+                f"federated join: {server} is beyond loopback: give this site's private key "
+                "(--key; slidemill federated keygen makes one, the aggregator registers its .pub)"
+            )
+    if key is not None and not Path(key).is_file():
+        raise TrainingError(f"federated join: no key file {key}")
     _site_workdir(workdir)
     node_config = {
         NODE_FEATURES: str(features),
@@ -346,6 +473,7 @@ def join(
         str(free_port()),
         "--node-config",
         str(config_file),
+        *(["--auth-supernode-private-key", str(Path(key).resolve())] if key is not None else []),
     ]
     if on_start is not None:
         on_start(n_slides)
@@ -357,7 +485,28 @@ def join(
                 _until_sent(log, log.stat().st_size, node)
                 raise TrainingError(refused.read_text(encoding="utf-8").strip())
             time.sleep(0.5)
+        if node.returncode != 0 and (reason := _flower_refusal(log)) is not None:
+            raise TrainingError(f"site {name!r}: the aggregator did not admit it: {reason}")
         return int(node.returncode)
+
+
+_FLOWER_CODE = re.compile(rb"\[code: (\d+)\] ([^\n]+)")
+_ADMISSION_HINTS = {
+    b"2001": "join with --key, and have the aggregator register this site's public key",
+    b"2004": "this site's key is not registered: have the aggregator add its .pub (--site-key)",
+}
+
+
+def _flower_refusal(log: Path) -> str | None:
+    """Flower's one-line reason a SuperNode stopped (its `[code: N] reason` line), with what
+    to do about a refused admission."""
+    found = _FLOWER_CODE.findall(log.read_bytes()) if log.is_file() else []
+    if not found:
+        return None
+    code, reason = found[-1]
+    hint = _ADMISSION_HINTS.get(code)
+    text = reason.decode(errors="replace").strip()
+    return f"{text} ({hint})" if hint else text
 
 
 REPLY_SENT = b"Sent successfully"

@@ -28,6 +28,10 @@ class FederationSettings:
     """Aggregation rounds."""
     min_sites: int = 2
     """Sites that must answer for a round to count; training waits for this many to join."""
+    wait_sites: int = 0
+    """Sites training waits for before its first round, when more than `min_sites` (0: as many
+    as `min_sites`): the sites expected, so that a round may still count without one of them
+    (Flower's min_available_nodes beside its min_train_nodes)."""
     local_epochs: int = 2
     """Epochs each site trains its copy of the global head per round (every bag once each)."""
     strategy: Strategy = "fedavg"
@@ -51,7 +55,7 @@ class FederationSettings:
     """Seconds a round waits for the sites' replies; a site that has left is dropped from the
     round when Flower sees it gone (its heartbeat stops) or at this timeout."""
     join_timeout: float = 600.0
-    """Seconds training waits for `min_sites` sites to join."""
+    """Seconds training waits for `start_sites` sites to join."""
     ood_percentile: float = 99.0
     """The OOD threshold: the highest of the sites' this-percentile of their slides' scores,
     each slide scored against a reference fitted without it."""
@@ -61,6 +65,10 @@ class FederationSettings:
             raise TrainingError(
                 f"rounds, min_sites and local_epochs must be at least 1, got {self.rounds}, "
                 f"{self.min_sites} and {self.local_epochs}"
+            )
+        if self.wait_sites < 0 or (self.wait_sites and self.wait_sites < self.min_sites):
+            raise TrainingError(
+                f"wait_sites ({self.wait_sites}) must be 0 or at least min_sites ({self.min_sites})"
             )
         if self.strategy not in ("fedavg", "fedprox"):
             raise TrainingError(f"strategy must be 'fedavg' or 'fedprox', got {self.strategy!r}")
@@ -94,6 +102,11 @@ class FederationSettings:
         if self.train.weight_averaging == 0:
             return 1
         return max(1, min(self.rounds, math.ceil(self.train.weight_averaging / self.local_epochs)))
+
+    @property
+    def start_sites(self) -> int:
+        """Sites that must have joined, with features the model can use, before round 1."""
+        return max(self.min_sites, self.wait_sites)
 
     def to_json(self) -> str:
         data = asdict(self)

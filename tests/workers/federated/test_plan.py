@@ -70,6 +70,7 @@ def test_settings_cross_as_json_and_identify_the_run() -> None:
         ({"dp_noise": -1.0}, "dp_noise"),
         ({"dp_delta": 1.0}, "dp_delta"),
         ({"ood_percentile": 10.0}, "ood_percentile"),
+        ({"min_sites": 3, "wait_sites": 2}, "wait_sites"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(kwargs: dict[str, object], words: str) -> None:

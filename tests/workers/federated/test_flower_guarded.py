@@ -1,0 +1,209 @@
+"""A federation as a lab would run it beyond loopback, here on loopback: Flower's SuperLink over
+TLS with the lab's certificate, admitting only the sites whose public keys it registered
+(Flower's SuperNode authentication). Two registered sites train; one is killed while its
+first round is under way, and training goes on with the other. A site with an unregistered
+key, and one with no key, are refused in one line each; the SuperLink speaks TLS only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from slidemill.schemas import TlsFiles
+from slidemill.workers.errors import TrainingError
+from slidemill.workers.federated import (
+    FEDERATION_JSON,
+    FederationSettings,
+    generate_site_key,
+    join,
+    serve,
+    site_public_keys,
+)
+from slidemill.workers.models import load_bundle
+from slidemill.workers.training import resolve_model_dir
+from tests.helpers import free_port, write_test_ca
+from tests.workers.federated.test_flower import DEADLINE, SLIDEMILL, _site
+
+pytestmark = pytest.mark.timeout(DEADLINE_S := 900)
+
+TRAIN_MESSAGE = b"Receiving: train message"
+"""What a SuperNode logs when a round's training message reaches it."""
+
+
+@dataclass(frozen=True)
+class Guarded:
+    out: Path
+    serve_code: int
+    serve_output: str
+    refused: dict[str, tuple[int, str]]
+    """Site → (exit status, output) of the sites the aggregator did not admit."""
+    killed_at: float
+    tls_peer: str
+    """The subject the SuperLink's certificate names, as a TLS client saw it."""
+    plain_reply: bytes
+    """What the SuperLink answered a plain-HTTP request."""
+
+
+def _popen(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: killed with its SuperNode
+    )  # fmt: skip
+
+
+def _probe_tls(port: int, ca: Path) -> tuple[str, bytes]:
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        cert = tls.getpeercert()
+    names = [pair for rdn in (cert or {}).get("subject", ()) for pair in rdn]
+    subject = {str(pair[0]): str(pair[1]) for pair in names if isinstance(pair, tuple)}
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        plain.settimeout(10)
+        try:
+            reply = plain.recv(4096)
+        except (TimeoutError, ConnectionResetError):
+            reply = b""
+    return str(subject.get("commonName", "")), reply
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    root = tmp_path_factory.mktemp("guarded")
+    ca, cert, key = write_test_ca(root / "pki")
+    keys = {n: generate_site_key(root / "keys" / n, n) for n in ("north", "west", "stranger")}
+    folders = {
+        n: _site(root, n, *spec)
+        for n, spec in {"north": (6, 4, 21), "west": (5, 4, 22), "stranger": (4, 4, 23),
+                        "nokey": (4, 4, 24)}.items()
+    }  # fmt: skip
+    port, out = free_port(), root / "model"
+    serve_p = _popen(
+        [*SLIDEMILL, "federated", "serve", "--encoder", str(folders["north"] / "features"),
+         "--out", str(out), "--rounds", "2", "--local-epochs", "1", "--min-sites", "1",
+         "--wait-sites", "2", "--port", str(port), "--round-timeout", "600",
+         "--tls-ca", str(ca), "--tls-cert", str(cert), "--tls-key", str(key),
+         "--site-key", str(keys["north"][1]), "--site-key", str(keys["west"][1])]
+    )  # fmt: skip
+    lines: list[str] = []
+    admitted = threading.Event()
+
+    def read() -> None:
+        assert serve_p.stdout is not None
+        for line in serve_p.stdout:
+            lines.append(line)
+            if "sites admitted" in line:
+                admitted.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    joins: dict[str, subprocess.Popen[str]] = {}
+    try:
+        assert admitted.wait(DEADLINE / 3), "".join(lines)[-3000:]
+        tls_peer, plain_reply = _probe_tls(port, ca)
+
+        def join_args(name: str, key_file: Path | None) -> list[str]:
+            folder = folders[name]
+            return [*SLIDEMILL, "federated", "join", "--features", str(folder / "features"),
+                    "--labels", str(folder / "labels.csv"), "--server", f"127.0.0.1:{port}",
+                    "--name", name, "--workdir", str(folder / "site"),
+                    "--root-certificates", str(ca),
+                    *(["--key", str(key_file)] if key_file else [])]  # fmt: skip
+
+        for name in ("north", "west", "stranger"):
+            joins[name] = _popen(join_args(name, keys[name][0]))
+        joins["nokey"] = _popen(join_args("nokey", None))
+        west_log = folders["west"] / "site" / "supernode.log"
+        deadline = time.monotonic() + DEADLINE / 2
+        while not (west_log.is_file() and TRAIN_MESSAGE in west_log.read_bytes()):
+            assert time.monotonic() < deadline and serve_p.poll() is None, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        os.killpg(joins["west"].pid, signal.SIGKILL)  # the site, its SuperNode and its ClientApp
+        killed_at = time.monotonic()
+        serve_p.wait(timeout=DEADLINE / 2)
+        reader.join(timeout=30)
+        refused = {}
+        for name in ("stranger", "nokey"):
+            text, _ = joins[name].communicate(timeout=120)
+            refused[name] = (joins[name].returncode, text)
+        yield Guarded(out, serve_p.returncode, "".join(lines), refused, killed_at, tls_peer,
+                      plain_reply)  # fmt: skip
+    finally:
+        for p in [serve_p, *joins.values()]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_registered_sites_train_and_a_site_killed_mid_round_leaves_it_to_the_other(
+    guarded: Guarded,
+) -> None:
+    assert guarded.serve_code == 0, guarded.serve_output[-4000:]
+    federation = json.loads((guarded.out / FEDERATION_JSON).read_text())
+    assert sorted(s["name"] for s in federation["sites"]) == ["north", "west"]
+    # west was sent round 1's training and died with it: both rounds count north's reply alone
+    assert [r["sites"] for r in federation["rounds"]] == [1, 1]
+    model = load_bundle(resolve_model_dir(guarded.out))
+    assert "north" in model.manifest.description
+
+
+def test_unregistered_sites_are_refused_in_one_line(guarded: Guarded) -> None:
+    code, text = guarded.refused["stranger"]
+    assert code == 2, text
+    (line,) = [ln for ln in text.splitlines() if "did not admit" in ln]
+    assert "site 'stranger'" in line and "not registered" in line, text
+    code, text = guarded.refused["nokey"]
+    assert code == 2 and "site 'nokey'" in text and "--key" in text, text
+
+
+def test_the_superlink_speaks_tls_with_the_labs_certificate_only(guarded: Guarded) -> None:
+    assert guarded.tls_peer == "localhost"
+    assert not guarded.plain_reply.startswith(b"HTTP/"), guarded.plain_reply[:200]
+
+
+def test_keys_and_tls_are_required_beyond_loopback_and_checked(tmp_path: Path) -> None:
+    private, public = generate_site_key(tmp_path / "k", "north")
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    with pytest.raises(TrainingError, match="never replaced"):
+        generate_site_key(tmp_path / "k", "north")
+    assert site_public_keys([tmp_path / "k"]) == {"north": public.resolve()}
+    (tmp_path / "k" / "bad.pub").write_text("not a key")
+    with pytest.raises(TrainingError, match=r"bad\.pub: not a site's public key"):
+        site_public_keys([tmp_path / "k"])
+    with pytest.raises(TrainingError, match="site name"):
+        generate_site_key(tmp_path / "k", "../x")
+    features = _site(tmp_path, "site", 2, 2, 5) / "features"
+    settings = FederationSettings(rounds=1, min_sites=1)
+    with pytest.raises(TrainingError, match="site keys need TLS"):
+        serve(settings, features, tmp_path / "o1", site_keys=[public])
+    with pytest.raises(TrainingError, match="beyond loopback: give TLS"):
+        serve(settings, features, tmp_path / "o2", host="0.0.0.0")
+    ca_file, cert_file, key_file = write_test_ca(tmp_path / "pki")
+    tls = TlsFiles(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    with pytest.raises(TrainingError, match="beyond loopback: give the sites' public keys"):
+        serve(settings, features, tmp_path / "o3", host="0.0.0.0", tls=tls)
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+    labels = features.parent / "labels.csv"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    with pytest.raises(TrainingError, match="--key"):
+        join(features, labels, "192.0.2.1:9092", "site", tmp_path / "w", root_certificates=ca)
+    assert not (tmp_path / "w").exists()
