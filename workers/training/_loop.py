@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -223,6 +224,80 @@ def _weighted_val_loss(
     return total / weight_sum
 
 
+@dataclass(frozen=True, slots=True)
+class _Steps:
+    """What every epoch of a training loop shares: the optimiser, the class weights, the share
+    of an instance loss, the bag order's generator, and FedProx's anchor (empty without)."""
+
+    optimiser: torch.optim.Optimizer
+    weights: torch.Tensor
+    mix: float
+    order_rng: torch.Generator
+    anchor: list[torch.Tensor]
+    anchor_mu: float = 0.0
+
+
+def _steps(
+    head: nn.Module, config: TrainConfig, weights: torch.Tensor, seed: int, anchor_mu: float = 0.0
+) -> _Steps:
+    optimiser_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return _Steps(
+        optimiser=optimiser_cls(head.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+        weights=weights,
+        mix=config.instance_loss_weight if isinstance(head, InstanceLossHead) else 0.0,
+        order_rng=torch.Generator().manual_seed(seed),
+        anchor=[p.detach().clone() for p in head.parameters()] if anchor_mu > 0 else [],
+        anchor_mu=anchor_mu,
+    )
+
+
+def _train_epoch(
+    head: nn.Module,
+    steps: _Steps,
+    bags: Mapping[str, NDArray[np.float32]],
+    labels: Mapping[str, int],
+    ids: Sequence[str],
+    config: TrainConfig,
+    where: str,
+) -> float:
+    """One epoch over `ids`, a bag a step (in `steps.order_rng`'s order when `config.shuffle`);
+    the loss is the class-weighted bag loss, mixed with the head's instance loss, plus FedProx's
+    proximal term μ/2 ‖w − w₀‖² when there is an anchor. Returns the mean loss; a loss that is not
+    finite is a `TrainingError` naming `where` and the slide."""
+    device = steps.weights.device
+    head.train()
+    if config.shuffle:
+        order = torch.randperm(len(ids), generator=steps.order_rng).tolist()
+    else:
+        order = list(range(len(ids)))
+    total = 0.0
+    for i in order:
+        slide_id = ids[i]
+        y = int(labels[slide_id])
+        x = _bag_tensor(bags[slide_id], device)
+        out: MILOutput = head(x)
+        loss = bag_loss(out.logits, y, steps.weights)
+        if steps.mix > 0.0 and isinstance(head, InstanceLossHead):
+            loss = (1.0 - steps.mix) * loss + steps.mix * head.instance_loss(x, y)
+        if steps.anchor:
+            drift = sum(
+                (p - p0).square().sum()
+                for p, p0 in zip(head.parameters(), steps.anchor, strict=True)
+            )
+            loss = loss + 0.5 * steps.anchor_mu * drift
+        steps.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        steps.optimiser.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"{where}: the loss became {value} on slide {slide_id}; lower the learning rate"
+            )
+        total += value
+    head.eval()
+    return total / len(order)
+
+
 def train_fold(
     bags: Mapping[str, NDArray[np.float32]],
     labels: Mapping[str, int],
@@ -266,11 +341,8 @@ def train_fold(
         head = build_head(config.head, config.head_kwargs, in_dim, n_classes).to(device)
         if isinstance(head, FittedInputHead):
             head.fit_input(_bag_tensor(bags[i], device) for i in train_ids)
-        optimiser_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        optimiser = optimiser_cls(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         weights = torch.tensor(w, dtype=torch.float32, device=device)
-        order_rng = torch.Generator().manual_seed(run_seed)
-        mix = config.instance_loss_weight if isinstance(head, InstanceLossHead) else 0.0
+        steps = _steps(head, config, weights, run_seed)
         best_state: dict[str, torch.Tensor] = {}
         best_loss, best_epoch = math.inf, 0
         recent: list[float] = []  # the last `smoothing` validation losses
@@ -280,32 +352,9 @@ def train_fold(
         swa_from = config.max_epochs - config.weight_averaging + 1
         for epoch in range(1, config.max_epochs + 1):
             epoch_start = time.perf_counter()
-            head.train()
-            if config.shuffle:
-                order = torch.randperm(len(train_ids), generator=order_rng).tolist()
-            else:
-                order = list(range(len(train_ids)))
-            total = 0.0
-            for i in order:
-                slide_id = train_ids[i]
-                y = int(labels[slide_id])
-                x = _bag_tensor(bags[slide_id], device)
-                out: MILOutput = head(x)
-                loss = bag_loss(out.logits, y, weights)
-                if mix > 0.0 and isinstance(head, InstanceLossHead):
-                    loss = (1.0 - mix) * loss + mix * head.instance_loss(x, y)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"fold {fold}, epoch {epoch}: the loss became {value} on slide "
-                        f"{slide_id}; lower the learning rate"
-                    )
-                total += value
-            train_loss = total / len(order)
-            head.eval()
+            train_loss = _train_epoch(
+                head, steps, bags, labels, train_ids, config, f"fold {fold}, epoch {epoch}"
+            )
             val_loss = _weighted_val_loss(head, bags, val_ids, labels, weights, device)
             if not math.isfinite(val_loss):
                 raise TrainingError(
@@ -388,45 +437,11 @@ def train_epochs(
         raise TrainingError("no slides to train on")
     device = next(head.parameters()).device
     with deterministic(seed, device):
-        optimiser_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        optimiser = optimiser_cls(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        w = torch.tensor(list(weights), dtype=torch.float32, device=device)
-        anchor = [p.detach().clone() for p in head.parameters()] if anchor_mu > 0 else []
-        mix = config.instance_loss_weight if isinstance(head, InstanceLossHead) else 0.0
-        order_rng = torch.Generator().manual_seed(seed)
+        weights_t = torch.tensor(list(weights), dtype=torch.float32, device=device)
+        steps = _steps(head, config, weights_t, seed, anchor_mu)
         mean_loss = math.nan
-        head.train()
         for epoch in range(1, epochs + 1):
-            order = (
-                torch.randperm(len(ids), generator=order_rng).tolist()
-                if config.shuffle
-                else list(range(len(ids)))
-            )
-            total = 0.0
-            for i in order:
-                y = int(labels[ids[i]])
-                x = _bag_tensor(bags[ids[i]], device)
-                loss = bag_loss(head(x).logits, y, w)
-                if mix > 0.0 and isinstance(head, InstanceLossHead):
-                    loss = (1.0 - mix) * loss + mix * head.instance_loss(x, y)
-                if anchor:
-                    drift = sum(
-                        (p - p0).square().sum()
-                        for p, p0 in zip(head.parameters(), anchor, strict=True)
-                    )
-                    loss = loss + 0.5 * anchor_mu * drift
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"epoch {epoch}: the loss became {value} on slide {ids[i]}; lower the "
-                        "learning rate"
-                    )
-                total += value
-            mean_loss = total / len(order)
-        head.eval()
+            mean_loss = _train_epoch(head, steps, bags, labels, ids, config, f"epoch {epoch}")
     return mean_loss
 
 
