@@ -89,10 +89,11 @@ class FederatedBenchSettings:
     """Tile side, px."""
     tile_mpp: float = 0.5
     """Tile resolution, µm/px."""
-    rounds: int = 10
-    """Federated rounds."""
-    local_epochs: int = 4
-    """Epochs each site trains per round: rounds x local epochs = `train`'s 40 epochs."""
+    rounds: int = 20
+    """Federated rounds (`federated serve`'s default)."""
+    local_epochs: int = 2
+    """Epochs each site trains per round (`serve`'s default: rounds x local epochs = `train`'s
+    40 epochs)."""
     mu: float = 0.1
     """FedProx's μ."""
     dp_noise: tuple[float, ...] = (0.3, 1.0)

@@ -363,8 +363,8 @@ def bench_federated(
     size: Annotated[str, typer.Option(help="Level-0 size WIDTHxHEIGHT of each slide.")] = (
         "3072x3072"
     ),
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
-    local_epochs: Annotated[int, typer.Option(min=1, help="Epochs per site per round.")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 20,
+    local_epochs: Annotated[int, typer.Option(min=1, help="Epochs per site per round.")] = 2,
     dp_noise: Annotated[
         str, typer.Option(help="Comma-separated noise multipliers, a DP run each.")
     ] = "0.3,1.0",

@@ -238,6 +238,16 @@ class _Rounds:
     def __init__(self, checkpoint: _Checkpointing, min_sites: int) -> None:
         self.checkpoint, self.min_sites = checkpoint, min_sites
         self.history: list[dict[str, object]] = []
+        self.fixed: ArrayRecord = ArrayRecord()
+        """The head's buffers (its input standardisation), fitted from the sites' moments before
+        round 1: no site trains them, so the aggregate keeps them as fitted (DP's noise, added
+        to every array the sites send, would otherwise land on them)."""
+
+    def keep_fixed(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        if arrays is not None:
+            for key, value in self.fixed.items():
+                arrays[key] = value
+        return arrays
 
     def answered(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         r = server_round + self.checkpoint.offset
@@ -272,7 +282,7 @@ class _RoundsMixin:
         ok = self.rounds.answered(server_round, replies)
         arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
         self.rounds.record(server_round, len(ok), metrics)
-        return arrays, metrics
+        return self.rounds.keep_fixed(arrays), metrics
 
 
 class RoundsFedAvg(_RoundsMixin, FedAvg):
@@ -398,6 +408,7 @@ def run_aggregator(grid: Grid, settings: FederationSettings, encoder_dir: Path, 
     checkpoint = _Checkpointing(rounds_dir, settings, done)
     strategy, rounds = _strategy(settings, len(accepted), checkpoint)
     rounds.history = list(state.get("history", []))
+    rounds.fixed = state_record(dict(head.named_buffers()))
     accountant = strategy.accountant if isinstance(strategy, RoundsDP) else None
     if accountant is not None and "accountant" in state:
         # ε counts every round released, those before the restart too

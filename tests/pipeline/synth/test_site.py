@@ -1,6 +1,5 @@
 """Sites (`synth --site NAME`): a site's stain and scanner come from its name alone, shift every
-slide of a lesion family's set on top of the slide's own, and are recorded in the truth; the
-benchmark's split holds out the same slides every time."""
+slide of a lesion family's set on top of the slide's own, and are recorded in the truth."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from hypothesis import strategies as st
 from skimage.color import rgb2hed
 from typer.testing import CliRunner
 
-from slidemill.bench import split_site
 from slidemill.cli import app
 from slidemill.pipeline.synth import Scene, load_truth, site_shift, write_benchmark_set
 from slidemill.schemas.errors import InvalidInputError
@@ -100,14 +98,3 @@ def test_a_site_needs_a_lesion_family(sample_slide: Path, tmp_path: Path) -> Non
     res = runner.invoke(app, [*base, "--generator", "crowding", "--site", "../up"])
     assert res.exit_code == 2 and "site name" in res.output, res.output
     assert not (tmp_path / "c").exists()
-
-
-def test_the_benchmark_holds_out_the_same_slides_of_each_class() -> None:
-    labels = {f"s-{i:03d}": int(i % 3 == 0) for i in range(20)}
-    split = split_site(labels, 4)
-    assert split == split_site(dict(reversed(labels.items())), 4)
-    assert sorted(split.held_out.values()) == [0, 0, 1, 1]
-    assert set(split.train) | set(split.held_out) == set(labels)
-    assert not set(split.train) & set(split.held_out)
-    with pytest.raises(ValueError, match="none left"):
-        split_site({"a": 0, "b": 1, "c": 0}, 2)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.supercore.privacy_accounting import (
     GaussianPrivacyEvent,
     NeighboringRelation,
@@ -24,9 +25,10 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from slidemill.workers.federated import FEDERATION_JSON
 from slidemill.workers.models import load_bundle
-from slidemill.workers.training import resolve_model_dir
+from slidemill.workers.training import build_head, resolve_model_dir
 from tests.helpers import free_port
 from tests.workers.federated.test_flower import DEADLINE, SLIDEMILL, _join, _site
+from tests.workers.training.test_train import cohort
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -93,4 +95,14 @@ def test_a_killed_aggregator_resumes_and_dp_counts_every_round(tmp_path: Path) -
         GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=2, population_size=2), 2
     )
     assert privacy["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
-    assert "epsilon" in load_bundle(resolve_model_dir(out)).manifest.description
+    model = load_bundle(resolve_model_dir(out))
+    assert "epsilon" in model.manifest.description
+    # DP's noise lands on what the sites train, not on the standardisation fitted from their
+    # moments: the bundle's is the pooled fit over both sites' tiles
+    pooled = build_head("topk_linear", {}, 16, 2)
+    pooled.fit_input(  # type: ignore[operator]
+        torch.from_numpy(b) for seed in (20, 21) for b in cohort(5, 4, seed=seed).bags.values()
+    )
+    for name in ("input_mean", "input_std"):
+        got, want = model.head.get_buffer(name), pooled.get_buffer(name)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), name
