@@ -39,7 +39,7 @@ demo: install
 TEST_WORKERS ?= 2
 
 test: install postgres chromium slurm netns
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The ledger's tests start a real PostgreSQL server from Debian's `postgresql` package (its
 # binaries live off the PATH, in /usr/lib/postgresql/<major>/bin); installed here when missing.

@@ -27,6 +27,7 @@ read an output folder can too.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Final
 
@@ -84,6 +85,18 @@ FEDERATION_JSON: Final = "federation.json"
 FEDERATED_MODEL_DIR: Final = "model"
 ROUNDS_DIR: Final = "rounds"
 """The global head after each completed round, so a restarted aggregator resumes."""
+
+SITE_NAME: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+"""A site's name (`synth --site`, `federated join --name`): it names files and folders, so
+letters, digits, '_', '.' and '-', from a letter or digit, at most 64 characters."""
+
+
+def site_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a site's name, or None when it can."""
+    if re.fullmatch(SITE_NAME, name):
+        return None
+    return f"site name {name!r}: letters, digits, '_', '.' and '-', from a letter or digit"
+
 
 # A features folder (`slidemill features`): a run folder plus the encoder the features came from
 ENCODER_BUNDLE: Final = "encoder-bundle"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -15,6 +14,7 @@ from numpy.typing import NDArray
 
 from slidemill.pipeline.synth._shapes import Blob
 from slidemill.schemas.errors import InvalidInputError
+from slidemill.schemas.layout import site_name_problem
 
 FAMILIES: Final = ("crowding", "architecture", "stroma", "necrosis")
 """The lesion families, by what sets a lesion apart from the normal tissue around it:
@@ -139,10 +139,8 @@ def site_shift(name: str) -> SiteShift:
     """The shift of the site called `name`: drawn from a hash of the name, so the same name is
     the same site on every machine. Haematoxylin and eosin each ×0.65–1.4, white balance ×0.94–1.03
     per channel, focus blur 0–1.1 µm, JPEG quality 55–92."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise InvalidInputError(
-            f"site name {name!r}: letters, digits, '_', '.' and '-', from a letter or digit"
-        )
+    if (problem := site_name_problem(name)) is not None:
+        raise InvalidInputError(problem)
     digest = hashlib.sha256(name.encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     h, e = (float(math.exp(rng.uniform(math.log(0.65), math.log(1.4)))) for _ in range(2))

@@ -23,6 +23,7 @@ import tomli_w
 
 from slidemill.cluster import is_loopback
 from slidemill.schemas import TlsFiles
+from slidemill.schemas.layout import site_name_problem
 from slidemill.workers.errors import TrainingError
 from slidemill.workers.federated._aggregator import (
     ENV_ENCODER,
@@ -178,6 +179,7 @@ def generate_site_key(folder: Path, name: str) -> tuple[Path, Path]:
         serialization.NoEncryption(),
     )
     tmp = private.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)  # left by an interrupted keygen
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -244,10 +246,8 @@ def _register_sites(keys: dict[str, Path], env: dict[str, str], home: Path) -> N
 
 
 def _check_name(name: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise TrainingError(
-            f"site name {name!r}: letters, digits, '_', '.' and '-', from a letter or digit"
-        )
+    if (problem := site_name_problem(name)) is not None:
+        raise TrainingError(problem)
 
 
 def write_app(folder: Path, settings: FederationSettings) -> Path:
