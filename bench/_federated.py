@@ -149,6 +149,9 @@ class BenchRow:
     """Mean bytes each site sent per training round (its audit of what it sent)."""
     seconds: float = 0.0
     """Wall time of its training."""
+    vs_pooled: tuple[float, float, float] | None = None
+    """Its slide AUROC minus pooled training's, with the 95% interval of a paired bootstrap
+    over the held-out slides; None for pooled itself."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +412,32 @@ def _auroc(y: Sequence[int], p: NDArray[np.float64]) -> float:
     return float(auroc(np.asarray(y) == 1, p))
 
 
+def _vs_pooled(
+    y: Sequence[int], p: NDArray[np.float64], pooled: NDArray[np.float64], seed: int
+) -> tuple[float, float, float]:
+    """AUROC(p) − AUROC(pooled) on the same slides, and its 95% percentile interval from a
+    paired bootstrap (scipy's), slides resampled with both models' scores."""
+    from scipy.stats import bootstrap
+
+    labels = np.asarray(y)
+
+    def delta(idx: NDArray[np.int64]) -> float:
+        take = labels[idx]
+        if take.min() == take.max():  # a resample of one class: no AUROC
+            return math.nan
+        return _auroc(list(take), p[idx]) - _auroc(list(take), pooled[idx])
+
+    ci = bootstrap(
+        (np.arange(labels.size),),
+        delta,
+        vectorized=False,
+        n_resamples=2000,
+        method="percentile",
+        random_state=seed,
+    ).confidence_interval
+    return delta(np.arange(labels.size)), float(ci.low), float(ci.high)
+
+
 def _sent_per_round(sites_dir: Path) -> dict[str, float]:
     """Mean bytes per training round each site's audit says it sent."""
     from slidemill.workers.federated import AUDIT_FILE
@@ -449,8 +478,11 @@ def run_federated_bench(
     bags = FeatureBags({sid: folder.slides[sid].store for sid in ids})
     models = out / "models"
 
+    scores: dict[str, NDArray[np.float64]] = {}
+
     def row(model: str, where: Path, trained_on: int, seconds: float, **extra: object) -> BenchRow:
-        p = dict(zip(ids, _scores(where, bags, ids), strict=True))
+        scores[model] = _scores(where, bags, ids)
+        p = dict(zip(ids, scores[model], strict=True))
         per_site = {
             name: _auroc([test[k] for k in sp.held_out], np.array([p[k] for k in sp.held_out]))
             for name, sp in splits.items()
@@ -484,6 +516,13 @@ def run_federated_bench(
                 sent_bytes_per_round=_sent_per_round(models / f"{run.key}-sites"),
             )
         )
+    y = [test[k] for k in ids]
+    rows = [
+        r
+        if r.model == "pooled"
+        else replace(r, vs_pooled=_vs_pooled(y, scores[r.model], scores["pooled"], s.seed))
+        for r in rows
+    ]
     report = {
         "settings": asdict(s),
         "shifts": {site.name: asdict(site_shift(site.name)) for site in s.sites},
@@ -504,6 +543,7 @@ def federated_table(rows: Sequence[BenchRow]) -> str:
         "model",
         "training slides",
         "slide AUROC",
+        "minus pooled [95% CI]",
         *(f"on {n}" for n in sites),
         "ε",
         "bytes/round/site",
@@ -516,6 +556,7 @@ def federated_table(rows: Sequence[BenchRow]) -> str:
             r.model,
             str(r.trained_on),
             f"{r.slide_auroc:.3f}",
+            "–" if r.vs_pooled is None else "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r.vs_pooled),
             *(f"{r.site_auroc[n]:.3f}" if not math.isnan(r.site_auroc[n]) else "–" for n in sites),
             f"{r.epsilon:.2f}" if r.epsilon is not None else "–",
             f"{np.mean(list(sent.values())):,.0f}" if sent else "–",
