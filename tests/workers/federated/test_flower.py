@@ -27,7 +27,7 @@ from tests.workers.training.test_train import cohort, write_features
 
 # the module's federation (Flower's processes, 2 rounds, each message a fresh ClientApp
 # process) is set up inside its first test's time limit
-pytestmark = pytest.mark.timeout(DEADLINE_S := 900)
+pytestmark = [pytest.mark.timeout(DEADLINE_S := 900), pytest.mark.slow]
 
 SITES = {"north": (8, 6, 10), "south": (6, 4, 11), "east": (5, 3, 12)}
 """Site → (negative slides, positive slides, seed): sizes differ, east has few positives."""

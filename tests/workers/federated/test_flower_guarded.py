@@ -35,7 +35,7 @@ from slidemill.workers.training import resolve_model_dir
 from tests.helpers import free_port, write_test_ca
 from tests.workers.federated.test_flower import DEADLINE, SLIDEMILL, _site
 
-pytestmark = pytest.mark.timeout(DEADLINE_S := 900)
+pytestmark = [pytest.mark.timeout(DEADLINE_S := 900), pytest.mark.slow]
 
 TRAIN_MESSAGE = b"Receiving: train message"
 """What a SuperNode logs when a round's training message reaches it."""

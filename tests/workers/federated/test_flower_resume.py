@@ -30,7 +30,7 @@ from tests.helpers import free_port
 from tests.workers.federated.test_flower import DEADLINE, SLIDEMILL, _join, _site
 from tests.workers.training.test_train import cohort
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def _serve(encoder: Path, out: Path, port: int, *extra: str) -> subprocess.Popen[str]:
