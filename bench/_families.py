@@ -24,11 +24,11 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +39,9 @@ from slidemill.pipeline.synth import FAMILIES, write_benchmark_set
 
 if TYPE_CHECKING:
     from slidemill.workers.training import CrossValidation
+
+_Job = TypeVar("_Job")
+_Done = TypeVar("_Done")
 
 _SEED_OFFSET = 3000
 """The families' sets share no seed with the demo's or the learning study's sets."""
@@ -245,13 +248,20 @@ def prepare_slides(out: Path, texture: Path, s: FamilySettings, console: Console
         f"[bold]synth[/bold] {len(todo)} families x {s.n_train + s.n_test} slides "
         f"({s.size[0]}x{s.size[1]}) → {out}/<family>/slides"
     )
-    if s.workers <= 1 or len(todo) == 1:
-        for args in todo:
-            _write_family(args)
+    for family in in_processes(_write_family, todo, s.workers):
+        console.print(f"  {family}: done", highlight=False)
+
+
+def in_processes(
+    fn: Callable[[_Job], _Done], jobs: Sequence[_Job], workers: int
+) -> Iterator[_Done]:
+    """`fn` over `jobs`, in `workers` spawned processes (here when one would do), results in
+    the jobs' order as they finish."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
         return
-    with ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for family in pool.map(_write_family, todo):
-            console.print(f"  {family}: done", highlight=False)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(fn, jobs)
 
 
 def prepare_features(
@@ -555,15 +565,8 @@ def run_family_study(
                 soft_wrap=True,
             )
 
-    if s.workers <= 1:
-        for job in jobs:
-            keep(_score_family(job))
-    else:
-        with ProcessPoolExecutor(
-            s.workers, mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            for rows in pool.map(_score_family, jobs):
-                keep(rows)
+    for rows in in_processes(_score_family, jobs, s.workers):
+        keep(rows)
     console.print(f"  scores ready, {time.perf_counter() - started:.0f} s", highlight=False)
     choices, held = leave_one_family_out(scores, s)
     doc = {

@@ -23,13 +23,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 from rich.console import Console
 
+from slidemill.bench._families import in_processes
 from slidemill.pipeline.synth import FAMILIES, site_shift, write_benchmark_set
 
 _SEED_OFFSET = 5000
@@ -199,13 +198,8 @@ def prepare_slides(out: Path, texture: Path, s: FederatedBenchSettings, console:
     for site in s.sites:
         console.print(f"site {site.name}: {site_shift(site.name).describe()}", highlight=False)
     console.print(f"[bold]synth[/bold] {len(todo)} sites ({s.family}) → {out}/slides/<site>")
-    if s.workers <= 1 or len(todo) == 1:
-        for args in todo:
-            _write_site(args)
-        return
-    with ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for name in pool.map(_write_site, todo):
-            console.print(f"  {name}: done", highlight=False)
+    for name in in_processes(_write_site, todo, s.workers):
+        console.print(f"  {name}: done", highlight=False)
 
 
 @dataclass(frozen=True, slots=True)
