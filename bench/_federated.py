@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 import threading
@@ -312,9 +313,7 @@ def _train(features: Path, labels: Path, folder: Path, seed: int) -> float:
     config = TrainConfig(seed=seed)
     config = replace(config, n_folds=max(2, min(config.n_folds, smaller)))
     started = time.perf_counter()
-    if folder.exists():  # an interrupted run's partial folder
-        import shutil
-
+    if folder.exists():  # an interrupted run's partial folder, inside this benchmark's OUT
         shutil.rmtree(folder)
     train_from_features(labels, features, folder, config)
     return time.perf_counter() - started
