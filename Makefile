@@ -35,13 +35,11 @@ demo: install
 	$(BIN)/slidemill demo --out $(DEMO) --sample $(SAMPLE)
 
 # Two pytest processes, whole files each (module fixtures start once): the suite waits on
-# subprocesses and clusters as much as it computes. Files go out in collection order, which
-# puts the end-to-end files first (tests/conftest.py); xdist's own reordering, by number of
-# tests, would leave the long one-test files for the end, one worker waiting on the other.
+# subprocesses and clusters as much as it computes.
 TEST_WORKERS ?= 2
 
 test: install postgres chromium slurm netns
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The ledger's tests start a real PostgreSQL server from Debian's `postgresql` package (its
 # binaries live off the PATH, in /usr/lib/postgresql/<major>/bin); installed here when missing.
