@@ -118,10 +118,3 @@ def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 p.kill()
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with end-to-end (`slow`) tests first, each file's tests in their order: `make
-    test` hands whole files to its two workers in collection order, so the longest files start
-    first instead of leaving one worker alone with them at the end."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: order kept within each
