@@ -34,9 +34,9 @@ install: $(BIN)/.installed $(OSD)
 demo: install
 	$(BIN)/slidemill demo --out $(DEMO) --sample $(SAMPLE)
 
-# Three pytest processes on two cores, whole files each (module fixtures start once): the suite
-# waits on subprocesses, clusters and Flower's processes as much as it computes.
-TEST_WORKERS ?= 3
+# Two pytest processes, whole files each (module fixtures start once): the suite waits on
+# subprocesses and clusters as much as it computes.
+TEST_WORKERS ?= 2
 
 test: install postgres chromium slurm netns
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
