@@ -29,6 +29,14 @@ def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = DEADL
         time.sleep(0.02)
 
 
+def _scheduler_address(path: Path) -> str:
+    """The address in a scheduler file, or '' while it is missing or half-written."""
+    try:
+        return str(json.loads(path.read_text())["address"])
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
 class DaskProcesses:
     """A scheduler and workers as processes; `hold_dir` arms and watches their held stages."""
 
@@ -38,7 +46,7 @@ class DaskProcesses:
         self.hold_dir.mkdir(parents=True)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.scheduler = self._start_scheduler()
-        self.address: str = json.loads((folder / "scheduler.json").read_text())["address"]
+        self.address: str = _scheduler_address(folder / "scheduler.json")
 
     def _spawn(self, module: str, *args: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "SLIDEMILL_TEST_HOLD_DIR": str(self.hold_dir)}
@@ -59,7 +67,11 @@ class DaskProcesses:
             "dask_scheduler", "--host", "127.0.0.1", "--port", "0",
             "--scheduler-file", str(sched_file), "--dashboard-address", ":0",
         )  # fmt: skip
-        wait_for(lambda: sched_file.exists() or proc.poll() is not None, "the scheduler")
+        # the scheduler writes its file in place: it may exist before it holds the whole JSON
+        wait_for(
+            lambda: _scheduler_address(sched_file) != "" or proc.poll() is not None,
+            "the scheduler",
+        )
         assert proc.poll() is None, "the scheduler exited"
         return proc
 
