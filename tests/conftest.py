@@ -117,4 +117,3 @@ def external_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-
